@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="umx",
+    version="0.1.0",
+    description="Open-Unmix music source separation training, data first",
+    python_requires=">=3.11",
+    packages=find_packages(include=["umx", "umx.*"]),
+    install_requires=[
+        "torch==2.13.0",
+        "numpy",
+        "soundfile",
+        "soxr",
+        "webdataset",
+        "fsspec",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-xdist"],
+    },
+    entry_points={
+        "console_scripts": [
+            "umx-synth=umx.synth:main",
+            "umx-prep=umx.prep.cli:main",
+            "umx-train=umx.train.cli:main",
+        ]
+    },
+)

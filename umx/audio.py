@@ -1,0 +1,118 @@
+"""The only module that touches audio files.
+
+soundfile does I/O, soxr resamples. Arrays are channel-first `[channels, frames]`
+like torch audio tensors; int16 is the storage form (what shards hold), float32
+the compute form (int16 / 32768, exactly what soundfile returns for PCM16).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .errors import AudioError
+
+INT16_SCALE = 32768.0
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: str
+    sample_rate: int
+    frames: int
+    channels: int
+    subtype: str
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def info(path: str | Path) -> AudioInfo:
+    """Header facts of an audio file, without decoding it."""
+    if not Path(path).is_file():
+        raise AudioError(path, "file not found")
+    try:
+        i = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioError(path, f"not a readable audio file ({e})") from None
+    if i.frames <= 0:
+        raise AudioError(path, "contains no audio frames")
+    return AudioInfo(str(path), int(i.samplerate), int(i.frames), int(i.channels), str(i.subtype))
+
+
+def read(path: str | Path, dtype: str = "float32") -> tuple[np.ndarray, int]:
+    """Decode a whole file to `[channels, frames]` in `dtype` ('float32' or 'int16')."""
+    if dtype not in ("float32", "int16"):
+        raise ValueError(f"dtype must be float32 or int16, not {dtype}")
+    if not Path(path).is_file():
+        raise AudioError(path, "file not found")
+    try:
+        data, rate = sf.read(str(path), dtype=dtype, always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise AudioError(path, f"not a readable audio file ({e})") from None
+    if data.shape[0] == 0:
+        raise AudioError(path, "contains no audio frames")
+    return np.ascontiguousarray(data.T), int(rate)
+
+
+def write(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str | None = None) -> None:
+    """Write `[channels, frames]` audio; the format follows the file extension.
+
+    Writes to a temporary name and renames, so a killed write never leaves a
+    truncated file under the final name.
+    """
+    path = Path(path)
+    audio = np.asarray(audio)
+    if audio.ndim != 2:
+        raise ValueError(f"{path}: audio must be [channels, frames], got shape {audio.shape}")
+    if subtype is None and path.suffix.lower() in (".wav", ".flac"):
+        subtype = "PCM_16"
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        sf.write(str(tmp), audio.T, sample_rate, subtype=subtype, format=_format_of(path))
+        tmp.replace(path)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        tmp.unlink(missing_ok=True)
+        raise AudioError(path, f"cannot write audio ({e})") from None
+
+
+def _format_of(path: Path) -> str:
+    ext = path.suffix.lower().lstrip(".")
+    formats = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "aiff": "AIFF", "aif": "AIFF", "mp3": "MP3"}
+    if ext not in formats:
+        raise AudioError(path, f"unknown audio extension '.{ext}' (use one of {sorted(formats)})")
+    return formats[ext]
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """High-quality resampling of `[channels, frames]` float audio with soxr."""
+    if from_rate == to_rate:
+        return audio
+    out = soxr.resample(np.ascontiguousarray(audio.T, dtype=np.float32), from_rate, to_rate, quality="HQ")
+    return np.ascontiguousarray(out.T)
+
+
+def force_stereo(audio: np.ndarray) -> np.ndarray:
+    """Mono → duplicated, more than two channels → first two (open-unmix's force_stereo)."""
+    if audio.shape[0] == 1:
+        return np.repeat(audio, 2, axis=0)
+    return audio[:2]
+
+
+def to_int16(audio: np.ndarray) -> np.ndarray:
+    """float [-1, 1) → int16, rounding and clipping like libsndfile's PCM16 writer."""
+    if audio.dtype == np.int16:
+        return audio
+    return np.clip(np.rint(audio * INT16_SCALE), -32768, 32767).astype(np.int16)
+
+
+def to_float32(audio: np.ndarray) -> np.ndarray:
+    """int16 → float32 in [-1, 1) (the exact values soundfile returns for PCM16)."""
+    if audio.dtype == np.float32:
+        return audio
+    return audio.astype(np.float32) / np.float32(INT16_SCALE)

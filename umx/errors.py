@@ -1,0 +1,35 @@
+"""User-facing errors: each names the thing (file, field, shard) and the problem.
+
+CLIs catch `UmxError` and print its message instead of a traceback.
+"""
+
+
+class UmxError(Exception):
+    """An error caused by the user's input, reported without a traceback."""
+
+
+class AudioError(UmxError):
+    """An audio file could not be read or written."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class ManifestError(UmxError):
+    """A manifest is missing, malformed, or fails validation; names the field."""
+
+    def __init__(self, where, field: str, problem: str):
+        self.where = str(where)
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{self.where}: field '{field}': {problem}")
+
+
+class LayoutError(UmxError):
+    """A dataset folder does not match the layout it was declared as."""
+
+
+class ShardError(UmxError):
+    """A shard is missing, damaged, or does not match its manifest entry."""

@@ -1,0 +1,148 @@
+"""OpenUnmix and its spectrogram front end.
+
+Architecture, parameter names and shapes are those of the `openunmix` 1.3.0
+package, so a `<target>.pth` written here loads there with `strict=True` (and
+back). The front end is `torch.stft` (no torchaudio): magnitude of a
+non-centred Hann-window STFT, as open-unmix trains.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def bandwidth_to_max_bin(sample_rate: float, n_fft: int, bandwidth: float) -> int:
+    """Number of STFT bins at or below `bandwidth` Hz (open-unmix's definition)."""
+    freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1, endpoint=True)
+    return int(np.max(np.where(freqs <= bandwidth)[0]) + 1)
+
+
+class STFT(nn.Module):
+    """Complex STFT of `[batch, channels, time]` → `[batch, channels, bins, frames]`.
+
+    center=False as in open-unmix training: the loss only sees full frames.
+    """
+
+    def __init__(self, n_fft: int = 4096, n_hop: int = 1024, center: bool = False):
+        super().__init__()
+        self.n_fft, self.n_hop, self.center = n_fft, n_hop, center
+        self.window = nn.Parameter(torch.hann_window(n_fft), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        spec = torch.stft(
+            x.reshape(-1, shape[-1]), n_fft=self.n_fft, hop_length=self.n_hop, window=self.window,
+            center=self.center, normalized=False, onesided=True, pad_mode="reflect", return_complex=True,
+        )
+        return spec.reshape(shape[:-1] + spec.shape[-2:])
+
+
+class Spectrogram(nn.Module):
+    """Magnitude spectrogram, optionally downmixed to mono in the magnitude domain.
+
+    This is open-unmix's `encoder` (TorchSTFT + ComplexNorm): the model's input
+    and the space in which the training loss is computed.
+    """
+
+    def __init__(self, n_fft: int = 4096, n_hop: int = 1024, mono: bool = False):
+        super().__init__()
+        self.stft = STFT(n_fft, n_hop)
+        self.mono = mono
+
+    def forward(self, x: Tensor) -> Tensor:
+        mag = self.stft(x).abs()
+        return mag.mean(1, keepdim=True) if self.mono else mag
+
+
+class OpenUnmix(nn.Module):
+    """Spectrogram-mask model: dense bottleneck → 3-layer (Bi)LSTM with skip → dense.
+
+    Input and output: magnitude spectrograms `[batch, channels, bins, frames]`.
+    `input_mean`/`input_scale` are the dataset statistics (mean and std per
+    bin); they are stored as -mean and 1/std, exactly as open-unmix does.
+    """
+
+    def __init__(
+        self,
+        nb_bins: int = 4096,
+        nb_channels: int = 2,
+        hidden_size: int = 512,
+        nb_layers: int = 3,
+        unidirectional: bool = False,
+        input_mean: Optional[np.ndarray] = None,
+        input_scale: Optional[np.ndarray] = None,
+        max_bin: Optional[int] = None,
+    ):
+        super().__init__()
+        self.nb_output_bins = nb_bins
+        self.nb_bins = max_bin if max_bin else nb_bins
+        self.hidden_size = hidden_size
+
+        self.fc1 = nn.Linear(self.nb_bins * nb_channels, hidden_size, bias=False)
+        self.bn1 = nn.BatchNorm1d(hidden_size)
+        lstm_hidden = hidden_size if unidirectional else hidden_size // 2
+        self.lstm = nn.LSTM(
+            input_size=hidden_size, hidden_size=lstm_hidden, num_layers=nb_layers,
+            bidirectional=not unidirectional, batch_first=False, dropout=0.4 if nb_layers > 1 else 0,
+        )
+        self.fc2 = nn.Linear(hidden_size * 2, hidden_size, bias=False)
+        self.bn2 = nn.BatchNorm1d(hidden_size)
+        self.fc3 = nn.Linear(hidden_size, self.nb_output_bins * nb_channels, bias=False)
+        self.bn3 = nn.BatchNorm1d(self.nb_output_bins * nb_channels)
+
+        mean = torch.zeros(self.nb_bins) if input_mean is None else \
+            torch.from_numpy(-np.asarray(input_mean)[: self.nb_bins]).float()
+        scale = torch.ones(self.nb_bins) if input_scale is None else \
+            torch.from_numpy(1.0 / np.asarray(input_scale)[: self.nb_bins]).float()
+        self.input_mean = nn.Parameter(mean)
+        self.input_scale = nn.Parameter(scale)
+        self.output_scale = nn.Parameter(torch.ones(self.nb_output_bins))
+        self.output_mean = nn.Parameter(torch.ones(self.nb_output_bins))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.permute(3, 0, 1, 2)  # frames first for the LSTM
+        nb_frames, nb_samples, nb_channels, _ = x.shape
+        mix = x.detach().clone()
+
+        x = (x[..., : self.nb_bins] + self.input_mean) * self.input_scale
+        x = self.fc1(x.reshape(-1, nb_channels * self.nb_bins))
+        x = torch.tanh(self.bn1(x).reshape(nb_frames, nb_samples, self.hidden_size))
+
+        x = torch.cat([x, self.lstm(x)[0]], -1)  # skip connection around the LSTM
+        x = F.relu(self.bn2(self.fc2(x.reshape(-1, x.shape[-1]))))
+        x = self.bn3(self.fc3(x))
+        x = x.reshape(nb_frames, nb_samples, nb_channels, self.nb_output_bins)
+        x = x * self.output_scale + self.output_mean
+        return (F.relu(x) * mix).permute(1, 2, 3, 0)
+
+
+def load_target(model_dir: str, target: str, device: str | torch.device = "cpu") -> OpenUnmix:
+    """Load `<target>.pth` + `<target>.json` from a model directory (ours or open-unmix's).
+
+    Mirrors `openunmix.utils.load_target_models`: sizes come from the json's
+    `args`, the bandwidth from the stored input_mean; `unidirectional` is read
+    too (open-unmix forgets it).
+    """
+    import json
+    from pathlib import Path
+
+    from .errors import UmxError
+
+    folder = Path(model_dir).expanduser()
+    json_path, pth_path = folder / f"{target}.json", folder / f"{target}.pth"
+    for p in (json_path, pth_path):
+        if not p.is_file():
+            raise UmxError(f"{p}: not found (is {folder} a model directory with a '{target}' model?)")
+    args = json.loads(json_path.read_text())["args"]
+    state = torch.load(pth_path, map_location=device, weights_only=True)
+    model = OpenUnmix(
+        nb_bins=args["nfft"] // 2 + 1, nb_channels=args["nb_channels"], hidden_size=args["hidden_size"],
+        unidirectional=bool(args.get("unidirectional", False)), max_bin=state["input_mean"].shape[0],
+    )
+    model.load_state_dict(state, strict=True)
+    return model.to(device)

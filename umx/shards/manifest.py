@@ -1,0 +1,154 @@
+"""manifest.json: the contract between umx-prep and umx-train.
+
+It says what a shard set holds (layout, rate, channels, sources, splits, the
+shards of each split with their tracks and checksums, input statistics) so the
+trainer never needs to know which dataset layout the data came from. It is
+validated on read; every error names the field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ManifestError
+from . import storage
+
+FORMAT = "umx-shards"
+VERSION = 1
+NAME = "manifest.json"
+
+
+def stats_key(n_fft: int, n_hop: int) -> str:
+    """Key of the input-scaler statistics for one STFT setting."""
+    return f"stft{n_fft}-hop{n_hop}"
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    name: str
+    sha256: str
+    bytes: int
+    track_ids: list[str]
+    track_frames: list[int]
+
+    @property
+    def frames(self) -> int:
+        return sum(self.track_frames)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest; `raw` is the JSON object as stored."""
+
+    raw: dict
+    location: str  # the shard set's base URL or folder
+
+    @property
+    def layout(self) -> str:
+        return self.raw["layout"]
+
+    @property
+    def sample_rate(self) -> int:
+        return self.raw["sample_rate"]
+
+    @property
+    def channels(self) -> int:
+        return self.raw["channels"]
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self.raw["sources"])
+
+    @property
+    def target(self) -> str:
+        return self.raw["target"]
+
+    def splits(self) -> list[str]:
+        return list(self.raw["splits"])
+
+    def shards(self, split: str) -> list[ShardEntry]:
+        if split not in self.raw["splits"]:
+            raise ManifestError(self.location, f"splits.{split}",
+                                f"this shard set has no '{split}' split (it has {self.splits()})")
+        return [ShardEntry(**s) for s in self.raw["splits"][split]["shards"]]
+
+    def shard_url(self, entry: ShardEntry) -> str:
+        return storage.join(self.location, entry.name)
+
+    def statistics(self, n_fft: int, n_hop: int) -> dict | None:
+        return self.raw.get("statistics", {}).get(stats_key(n_fft, n_hop))
+
+
+_TOP = {
+    "format": str, "version": int, "layout": str, "sample_rate": int, "channels": int,
+    "sources": list, "target": str, "storage": dict, "splits": dict,
+}
+_SHARD = {"name": str, "sha256": str, "bytes": int, "track_ids": list, "track_frames": list}
+
+
+def _require(obj: dict, spec: dict, where: str, prefix: str) -> None:
+    if not isinstance(obj, dict):
+        raise ManifestError(where, prefix.rstrip(".") or "(top level)", "must be a JSON object")
+    for key, typ in spec.items():
+        if key not in obj:
+            raise ManifestError(where, prefix + key, "is missing")
+        value = obj[key]
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise ManifestError(where, prefix + key, f"must be {typ.__name__}, got {type(value).__name__}")
+
+
+def validate(raw: Any, where: str = NAME) -> dict:
+    """Check a manifest object; raise ManifestError naming the first bad field."""
+    _require(raw, _TOP, where, "")
+    if raw["format"] != FORMAT:
+        raise ManifestError(where, "format", f"must be '{FORMAT}', got '{raw['format']}'")
+    if raw["version"] > VERSION:
+        raise ManifestError(where, "version", f"is {raw['version']}, newer than this umx reads "
+                            f"({VERSION}); upgrade umx")
+    if raw["version"] < 1:
+        raise ManifestError(where, "version", f"must be >= 1, got {raw['version']}")
+    if raw["sample_rate"] <= 0:
+        raise ManifestError(where, "sample_rate", "must be positive")
+    if raw["channels"] not in (1, 2):
+        raise ManifestError(where, "channels", f"must be 1 or 2, got {raw['channels']}")
+    if not raw["sources"] or not all(isinstance(s, str) for s in raw["sources"]):
+        raise ManifestError(where, "sources", "must be a non-empty list of names")
+    if raw["target"] not in raw["sources"]:
+        raise ManifestError(where, "target", f"'{raw['target']}' is not one of sources {raw['sources']}")
+    if not raw["splits"]:
+        raise ManifestError(where, "splits", "is empty")
+    for split, body in raw["splits"].items():
+        _require(body, {"shards": list}, where, f"splits.{split}.")
+        for i, shard in enumerate(body["shards"]):
+            prefix = f"splits.{split}.shards[{i}]."
+            _require(shard, _SHARD, where, prefix)
+            if len(shard["track_ids"]) != len(shard["track_frames"]):
+                raise ManifestError(where, prefix + "track_frames", "length differs from track_ids")
+            if "/" in shard["name"] or shard["name"].startswith("."):
+                raise ManifestError(where, prefix + "name", f"'{shard['name']}' is not a plain file name")
+    for key, stats in raw.get("statistics", {}).items():
+        _require(stats, {"mean": list, "std": list}, where, f"statistics.{key}.")
+        if len(stats["mean"]) != len(stats["std"]):
+            raise ManifestError(where, f"statistics.{key}.std", "length differs from mean")
+    return raw
+
+
+def manifest_url(location: str) -> str:
+    """Accept a shard-set folder/URL or the manifest file itself."""
+    return location if location.endswith(".json") else storage.join(location, NAME)
+
+
+def load(location: str) -> Manifest:
+    """Read and validate the manifest of a shard set (folder, URL or manifest path)."""
+    url = manifest_url(str(location))
+    base = url.rsplit("/", 1)[0] if "/" in url else "."
+    try:
+        with storage.open_read(url) as f:
+            raw = json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError:
+        raise ManifestError(url, "(file)", "no manifest here: is this a shard set written by umx-prep?") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ManifestError(url, "(file)", f"is not valid JSON ({e})") from None
+    return Manifest(validate(raw, url), base)

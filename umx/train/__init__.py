@@ -1,0 +1,1 @@
+"""umx-train: streaming loader (CPU workers) → device augmentation → OpenUnmix."""

@@ -1,0 +1,86 @@
+"""Device-side augmentation on whole batches `[batch, sources, channels, time]`.
+
+In the style of Demucs' augment.py: each augmentation is a few-line module.
+They run after the int16 crops reach the device, so the CPU workers only copy
+memory. Every module draws from the generator it is given, which the trainer
+seeds per (seed, epoch): a resumed run repeats the same draws.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+INT16_SCALE = 32768.0
+
+
+class Gain(nn.Module):
+    """Scale each source by U(low, high) — open-unmix's `gain` source augmentation,
+    so the model does not learn fixed source levels."""
+
+    def __init__(self, low: float = 0.25, high: float = 1.25):
+        super().__init__()
+        self.low, self.high = low, high
+
+    def forward(self, wav: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        b, s = wav.shape[:2]
+        g = torch.rand(b, s, 1, 1, device=wav.device, generator=generator, dtype=wav.dtype)
+        return wav * (self.low + g * (self.high - self.low))
+
+
+class ChannelSwap(nn.Module):
+    """Swap left and right of each source with probability p — open-unmix's
+    `channelswap`, so the model does not learn a fixed stereo placement."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = p
+
+    def forward(self, wav: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if wav.shape[2] != 2:
+            return wav
+        b, s = wav.shape[:2]
+        swap = torch.rand(b, s, 1, 1, device=wav.device, generator=generator) < self.p
+        return torch.where(swap, wav.flip(2), wav)
+
+
+class Remix(nn.Module):
+    """Random track mixing: each interferer source comes from another random item
+    of the batch (an independent permutation per source, Demucs' Remix idea);
+    the target (source 0) stays with its own track. This is open-unmix's
+    `random_track_mix` with the batch as the pool of tracks.
+    """
+
+    def forward(self, wav: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        b, s = wav.shape[:2]
+        if b < 2 or s < 2:
+            return wav
+        perms = torch.argsort(torch.rand(s - 1, b, device=wav.device, generator=generator), dim=1)
+        interferers = [wav[perms[i], i + 1] for i in range(s - 1)]
+        return torch.stack([wav[:, 0], *interferers], dim=1)
+
+
+AUGMENTATIONS = {"gain": Gain, "channelswap": ChannelSwap}
+
+
+class Augment(nn.Module):
+    """int16 batch → float batch → [remix] → source augmentations in the given order."""
+
+    def __init__(self, source_augmentations: list[str] = (), random_mix: bool = False):
+        super().__init__()
+        unknown = [a for a in source_augmentations if a not in AUGMENTATIONS]
+        if unknown:
+            raise ValueError(f"unknown source augmentation(s) {unknown}; available: {sorted(AUGMENTATIONS)}")
+        steps = ([Remix()] if random_mix else []) + [AUGMENTATIONS[a]() for a in source_augmentations]
+        self.steps = nn.ModuleList(steps)
+
+    def forward(self, pcm: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        wav = pcm.float() / INT16_SCALE
+        for step in self.steps:
+            wav = step(wav, generator)
+        return wav
+
+
+def mix_and_target(wav: Tensor) -> tuple[Tensor, Tensor]:
+    """`[batch, sources, channels, time]` → (mixture = sum of sources, target = source 0)."""
+    return wav.sum(1), wav[:, 0]

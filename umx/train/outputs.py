@@ -1,0 +1,42 @@
+"""The model directory, exactly the files open-unmix's train.py writes.
+
+`<target>.pth` best weights · `<target>.chkpnt` model/optimizer/scheduler/epoch/
+best loss · `<target>.json` args and histories · `separator.json` STFT
+settings. Every file is written atomically, so a run killed mid-write leaves
+the previous complete version.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import UmxError
+from ..shards.storage import atomic_writer, write_json
+
+
+def save_torch(obj, path: Path) -> None:
+    with atomic_writer(path) as f:
+        torch.save(obj, f)
+
+
+def write_separator_json(folder: Path, nfft: int, nhop: int, sample_rate: int, nb_channels: int) -> None:
+    write_json(folder / "separator.json",
+               {"nb_channels": nb_channels, "nfft": nfft, "nhop": nhop, "sample_rate": sample_rate})
+
+
+def read_results(folder: Path, target: str) -> tuple[dict, dict]:
+    """The `<target>.json` and `<target>.chkpnt` of a run to resume."""
+    folder = Path(folder).expanduser()
+    json_path, ckpt_path = folder / f"{target}.json", folder / f"{target}.chkpnt"
+    for p in (json_path, ckpt_path):
+        if not p.is_file():
+            raise UmxError(f"{p}: not found (is {folder} the output folder of a '{target}' run?)")
+    try:
+        results = json.loads(json_path.read_text())
+    except json.JSONDecodeError as e:
+        raise UmxError(f"{json_path}: not valid JSON ({e})") from None
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    return results, checkpoint
