@@ -1,0 +1,106 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from umx.errors import UmxError
+from umx.shards import manifest as mf
+from umx.shards.webdataset import read_shard
+from umx.train.loader import TrainStream, assign, load_split
+
+SEQ = 44100  # 1 s crops
+
+
+def _tracks(shard_set):
+    m = mf.load(shard_set)
+    return {r.id: r for e in m.shards("train") for r in read_shard(m.shard_url(e))}
+
+
+def _epoch(stream, workers):
+    loader = DataLoader(stream, batch_size=None, num_workers=workers)
+    return list(loader)
+
+
+@pytest.mark.parametrize("n_shards, consumers", [(7, 3), (2, 4), (1, 2), (4, 4)])
+def test_assignment_has_no_duplicates_and_misses_nothing(n_shards, consumers):
+    records = 5
+    seen = Counter()
+    for c in range(consumers):
+        for shard, select in assign(n_shards, c, consumers):
+            for r in range(records):
+                if select is None or select(r):
+                    seen[(shard, r)] += 1
+    assert set(seen) == {(s, r) for s in range(n_shards) for r in range(records)}
+    assert set(seen.values()) == {1}
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_every_track_once_per_epoch_across_workers(shard_set, workers):
+    m = mf.load(shard_set)
+    n_shards = len(m.shards("train"))
+    stream = TrainStream(m, "vocals", SEQ, batch_size=2, seed=1)
+    batches = _epoch(stream, workers)
+    ids = [t for b in batches for t in b.track_ids]
+    assert sorted(ids) == sorted(_tracks(shard_set)), f"{n_shards} shards, {workers} workers"
+    assert len(batches) == stream.batches_per_epoch(workers)
+
+
+def test_samples_per_track_and_crop_content(shard_set):
+    m = mf.load(shard_set)
+    stream = TrainStream(m, "drums", SEQ, batch_size=4, samples_per_track=3, pool_size=2, seed=5)
+    tracks = _tracks(shard_set)
+    batches = _epoch(stream, 0)
+    ids = Counter(t for b in batches for t in b.track_ids)
+    assert ids == {t: 3 for t in tracks}
+    order = ["drums", "vocals", "bass", "other"]
+    for b in batches:
+        assert b.audio.dtype == torch.int16 and b.audio.shape[1:] == (4, 2, SEQ)
+        for crop, tid in zip(b.audio.numpy(), b.track_ids):
+            full = np.stack([tracks[tid].sources[s] for s in order])
+            # the crop is one window of the track, the same offset for every source
+            target = full[0, 0]
+            offsets = [o for o in range(full.shape[-1] - SEQ + 1)
+                       if target[o] == crop[0, 0, 0] and np.array_equal(target[o:o + SEQ], crop[0, 0])]
+            assert offsets, "crop not found in its track"
+            np.testing.assert_array_equal(full[..., offsets[0]:offsets[0] + SEQ], crop)
+
+
+def test_deterministic_per_seed_and_epoch(shard_set):
+    m = mf.load(shard_set)
+
+    def run(seed, epoch, workers=0):
+        s = TrainStream(m, "vocals", SEQ, batch_size=3, seed=seed)
+        s.set_epoch(epoch)
+        return [(b.track_ids, b.audio) for b in _epoch(s, workers)]
+
+    a, b = run(1, 2), run(1, 2)
+    assert all(x[0] == y[0] and torch.equal(x[1], y[1]) for x, y in zip(a, b))
+    c = run(1, 3)
+    assert any(x[0] != y[0] or not torch.equal(x[1], y[1]) for x, y in zip(a, c))
+    w1, w2 = run(1, 2, 2), run(1, 2, 2)
+    assert all(x[0] == y[0] and torch.equal(x[1], y[1]) for x, y in zip(w1, w2))
+
+
+def test_short_tracks_excluded_and_clear_error(shard_set):
+    m = mf.load(shard_set)
+    frames = [f for e in m.shards("train") for f in e.track_frames]
+    cut = sorted(frames)[1] + 1  # the two shortest tracks are too short
+    stream = TrainStream(m, "vocals", cut, batch_size=8)
+    assert stream.samples_per_epoch() == len(frames) - 2
+    assert sum(len(b.track_ids) for b in _epoch(stream, 0)) == len(frames) - 2
+    with pytest.raises(UmxError, match="no 'train' track is at least"):
+        TrainStream(m, "vocals", max(frames) + 1, batch_size=8)
+    with pytest.raises(UmxError, match="target 'piano' is not a source"):
+        TrainStream(m, "piano", SEQ, batch_size=8)
+
+
+def test_full_track_mode_and_valid_split(shard_set):
+    m = mf.load(shard_set)
+    stream = TrainStream(m, "vocals", None, batch_size=1)
+    tracks = _tracks(shard_set)
+    for b in _epoch(stream, 0):
+        assert b.audio.shape[-1] == tracks[b.track_ids[0]].frames
+    valid = load_split(m, "bass", "valid")
+    assert len(valid) == 2 and valid[0][1].shape[:2] == (4, 2)
