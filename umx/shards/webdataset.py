@@ -32,6 +32,15 @@ class TrackRecord:
     id: str
     meta: dict
     sources: dict[str, np.ndarray]
+    mixture: np.ndarray | None = None  # the real mixture file, where the layout has one
+
+    def mixture_or_sum(self) -> np.ndarray:
+        """float32 mixture: the stored one, else the sum of the sources."""
+        from ..audio import to_float32
+
+        if self.mixture is not None:
+            return to_float32(self.mixture)
+        return sum(to_float32(a) for a in self.sources.values())
 
     @property
     def frames(self) -> int:
@@ -67,6 +76,8 @@ class ShardWriter:
         sample = {"__key__": record.id, "meta.json": record.meta}
         for name, pcm in record.sources.items():
             sample[f"{name}.npy"] = np.ascontiguousarray(pcm, dtype=np.int16)
+        if record.mixture is not None:
+            sample["mixture.npy"] = np.ascontiguousarray(record.mixture, dtype=np.int16)
         tar.write(sample)
         ids.append(record.id)
         frames.append(int(record.frames))
@@ -99,12 +110,14 @@ def _decode(url: str, sample: dict) -> TrackRecord:
         meta = json.loads(sample["meta.json"])
         sources = {name: np.load(io.BytesIO(sample[f"{name}.npy"]), allow_pickle=False)
                    for name in meta["sources"]}
+        mixture = np.load(io.BytesIO(sample["mixture.npy"]), allow_pickle=False) if "mixture.npy" in sample else None
     except (KeyError, ValueError, OSError) as e:
         raise ShardError(f"{url}: record '{key}' is damaged ({type(e).__name__}: {e})") from None
-    for name, pcm in sources.items():
+    arrays = {**sources, **({"mixture": mixture} if mixture is not None else {})}
+    for name, pcm in arrays.items():
         if pcm.dtype != np.int16 or pcm.ndim != 2:
-            raise ShardError(f"{url}: record '{key}' source '{name}' is not int16 [channels, frames]")
-    return TrackRecord(key, meta, sources)
+            raise ShardError(f"{url}: record '{key}' array '{name}' is not int16 [channels, frames]")
+    return TrackRecord(key, meta, sources, mixture)
 
 
 def read_shard(url: str, select: Callable[[int], bool] | None = None) -> Iterator[TrackRecord]:

@@ -144,7 +144,7 @@ class Trainer:
             self.optimizer, factor=cfg.lr_decay_gamma, patience=cfg.lr_decay_patience, cooldown=10)
         self.stopper = EarlyStopping(cfg.patience)
         self.history = {"train_loss_history": [], "valid_loss_history": [], "train_time_history": [],
-                        "best_epoch": 0, "epochs_trained": 0}
+                        "lr_history": [], "best_epoch": 0, "epochs_trained": 0}
         if cfg.checkpoint:
             self._resume(cfg.checkpoint)
 
@@ -172,7 +172,7 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.stopper = EarlyStopping(self.cfg.patience, results["best_loss"], results["num_bad_epochs"])
         for key in self.history:
-            self.history[key] = results[key]
+            self.history[key] = results.get(key, [])  # lr_history is umx's own
 
     # --- one epoch -------------------------------------------------------
     def _loader(self) -> DataLoader:
@@ -233,6 +233,7 @@ class Trainer:
             h["train_loss_history"].append(train_loss)
             h["valid_loss_history"].append(valid_loss)
             h["train_time_history"].append(time.time() - start)
+            h["lr_history"].append(self.optimizer.param_groups[0]["lr"])  # after the plateau step
             h["epochs_trained"] = epoch
             is_best = valid_loss == self.stopper.best
             if is_best:
