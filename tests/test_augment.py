@@ -44,11 +44,11 @@ def test_remix_mixes_different_tracks_and_keeps_target():
 
 def test_augment_pipeline_is_seeded_and_converts_int16():
     pcm = torch.randint(-32768, 32767, (8, 4, 2, 100), dtype=torch.int16)
-    aug = Augment(["gain", "channelswap"], random_mix=True)
+    aug = Augment(["gain", "channelswap"], remix="independent")
     a, b = aug(pcm, _gen(1)), aug(pcm, _gen(1))
     assert torch.equal(a, b) and a.dtype == torch.float32
     assert not torch.equal(a, aug(pcm, _gen(2)))
-    plain = Augment([], False)(pcm)
+    plain = Augment([])(pcm)
     assert torch.equal(plain, pcm.float() / 32768)
     x, y = mix_and_target(plain)
     assert torch.allclose(x, plain.sum(1)) and torch.equal(y, plain[:, 0])

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 from umx.errors import UmxError
 from umx.shards import manifest as mf
 from umx.shards.webdataset import read_shard
-from umx.train.loader import TrainStream, assign, load_split
+from umx.train.loader import TrainStream, assign, load_validation
 
 SEQ = 44100  # 1 s crops
 
@@ -102,5 +102,5 @@ def test_full_track_mode_and_valid_split(shard_set):
     tracks = _tracks(shard_set)
     for b in _epoch(stream, 0):
         assert b.audio.shape[-1] == tracks[b.track_ids[0]].frames
-    valid = load_split(m, "bass", "valid")
-    assert len(valid) == 2 and valid[0][1].shape[:2] == (4, 2)
+    valid = load_validation(m, "bass", "valid")
+    assert len(valid) == 2 and valid[0].sources.shape[:2] == (4, 2) and valid[0].mixture is None

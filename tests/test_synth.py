@@ -118,7 +118,10 @@ def test_track_layouts_write_expected_files(tmp_path, layout):
 def test_musdb_layout_and_exact_mixture(tmp_path):
     root = synth.write_layout("musdb", tmp_path, n_train=2, n_valid=1, duration=2.0)
     tracks = {p.parent.name for p in root.rglob("mixture.wav")}
-    assert len(tracks) == 3 and all(t.startswith("Synth Artist ") and " - " in t for t in tracks)
+    assert len(tracks) == 4 and all(" - " in t for t in tracks)
+    # n_valid train tracks carry names of MUSDB18's validation list, n_valid more go to test
+    assert {p.name for p in (root / "train").iterdir()} & set(synth.MUSDB_VALID_NAMES) == \
+        {synth.MUSDB_VALID_NAMES[0]}
     assert len(list((root / "test").iterdir())) == 1 and not (root / "valid").exists()
     for folder in (root / "train").iterdir():
         assert {p.name for p in folder.iterdir()} == {f"{n}.wav" for n in ("mixture", *synth.SOURCES)}
@@ -176,3 +179,20 @@ def test_main_rejects_unknown_layout(capsys):
     with pytest.raises(SystemExit):
         synth.main(["nope", "out"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_musdb_stems_hold_the_same_music(tmp_path):
+    wav = synth.write_layout("musdb", tmp_path / "w", n_train=1, n_valid=1, duration=2.0)
+    stems = synth.write_layout("musdb", tmp_path / "s", n_train=1, n_valid=1, duration=2.0, as_stems=True)
+    files = sorted((stems / "test").glob("*.stem.mp4"))
+    assert len(files) == 1 and len(list((stems / "train").glob("*.stem.mp4"))) == 2
+    from umx.audio import read_stems
+    decoded, rate = read_stems(files[0])
+    folder = wav / "test" / files[0].name.removesuffix(".stem.mp4")
+    assert rate == SR and decoded.shape[0] == 5
+    for i, name in enumerate(synth.MUSDB_STEM_ORDER):
+        ref, _ = read(folder / f"{name}.wav")
+        assert ref.shape[1] <= decoded.shape[2] <= ref.shape[1] + 4096  # AAC pads the end
+        err = decoded[i, :, :ref.shape[1]] - ref
+        snr = 10 * np.log10((ref ** 2).sum() / (err ** 2).sum())
+        assert snr > 10, (name, snr)  # lossy AAC, but the same music, time-aligned

@@ -116,7 +116,7 @@ def test_fine_tune_starts_from_model(shard_set, trained, tmp_path):
 
 def test_cli_defaults_match_the_spec():
     a = build_parser().parse_args(["--shards", "s"])
-    expected = dict(target="vocals", output="open-unmix", checkpoint=None, model=None, no_cuda=False, epochs=1000,
+    expected = dict(target=None, output="open-unmix", checkpoint=None, model=None, no_cuda=False, epochs=1000,
                     batch_size=16, patience=140, seq_dur=6.0, unidirectional=False, hidden_size=512, nfft=4096,
                     nhop=1024, lr=0.001, lr_decay_patience=80, lr_decay_gamma=0.3, weight_decay=0.00001,
                     bandwidth=16000, nb_channels=2, nb_workers=0, quiet=False, seed=42)
@@ -127,14 +127,12 @@ def test_cli_defaults_match_the_spec():
     assert b.random_track_mix is True
 
 
-def test_layout_defaults_follow_open_unmix():
-    fix = TrainConfig().resolved("trackfolder_fix")
-    assert (fix.samples_per_track, fix.source_augmentations, fix.random_track_mix) == (1, [], False)
-    mus = TrainConfig().resolved("musdb")
-    assert (mus.samples_per_track, mus.source_augmentations, mus.random_track_mix) == \
-           (64, ["gain", "channelswap"], True)
-    aligned = TrainConfig(source_augmentations=["gain"], random_track_mix=True).resolved("aligned")
-    assert (aligned.source_augmentations, aligned.random_track_mix) == ([], False)
+def test_target_defaults_to_the_shard_sets(shard_set, tmp_path):
+    from umx.shards import manifest as mf
+
+    cfg = _cfg(shard_set, tmp_path).resolved(mf.load(shard_set))
+    assert cfg.target == "vocals"
+    assert (cfg.samples_per_track, cfg.source_augmentations, cfg.random_track_mix) == (1, [], False)
 
 
 def test_cli_trains_and_reports_errors(shard_set, tmp_path, capsys):

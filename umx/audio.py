@@ -116,3 +116,34 @@ def to_float32(audio: np.ndarray) -> np.ndarray:
     if audio.dtype == np.float32:
         return audio
     return audio.astype(np.float32) / np.float32(INT16_SCALE)
+
+
+def read_stems(path: str | Path) -> tuple[np.ndarray, int]:
+    """Decode every stream of a multistream `.stem.mp4` once: float32 `[stems, channels, frames]`.
+
+    Uses stempeg (Debian's ffmpeg underneath), as the `musdb` package does.
+    """
+    import stempeg
+
+    if not Path(path).is_file():
+        raise AudioError(path, "file not found")
+    try:
+        stems, rate = stempeg.read_stems(str(path), dtype=np.float32, always_3d=True)
+    except Exception as e:  # stempeg/ffmpeg raise many types; name the file either way
+        raise AudioError(path, f"cannot decode stems with ffmpeg ({type(e).__name__}: {e})") from None
+    return np.ascontiguousarray(stems.transpose(0, 2, 1)), int(rate)
+
+
+def write_stems(path: str | Path, stems: np.ndarray, sample_rate: int, bitrate: int = 256000) -> None:
+    """Write float `[stems, channels, frames]` as a multistream AAC `.stem.mp4` (MUSDB18's format)."""
+    import stempeg
+
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    try:
+        stempeg.write_stems(str(tmp), np.ascontiguousarray(stems.transpose(0, 2, 1)), sample_rate=sample_rate,
+                            writer=stempeg.StreamsWriter(codec="aac", bitrate=bitrate))
+        tmp.replace(path)
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        raise AudioError(path, f"cannot write stems with ffmpeg ({type(e).__name__}: {e})") from None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import to_float32, to_int16, write
+from .audio import to_float32, to_int16, write, write_stems
 from .errors import UmxError
 
 SOURCES = ("vocals", "bass", "drums", "other")
@@ -297,9 +297,23 @@ def _pcm16(stems: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: to_float32(to_int16(x)) for name, x in stems.items()}
 
 
+# MUSDB18's fixed validation tracks start with these names (musdb's mus.yaml)
+MUSDB_VALID_NAMES = ("Actions - One Minute Smile", "Clara Berry And Wooldog - Waltz For My Victims",
+                     "Johnny Lokke - Promises & Lies", "Patrick Talbot - A Reason To Leave")
+MUSDB_STEM_ORDER = ("mixture", "drums", "bass", "other", "vocals")  # stream ids of a .stem.mp4
+
+
 def write_layout(layout: str, root: str | Path, n_train: int = 6, n_valid: int = 2, duration: float = 12.0,
-                 seed: int = 0, sample_rate: int = 44100, ext: str = ".wav") -> Path:
-    """Write a synthetic dataset in one of the Open-Unmix folder layouts (LAYOUTS) under `root`."""
+                 seed: int = 0, sample_rate: int = 44100, ext: str = ".wav", as_stems: bool = False,
+                 target_ext: str | None = None) -> Path:
+    """Write a synthetic dataset in one of the Open-Unmix folder layouts (LAYOUTS) under `root`.
+
+    musdb: `train/` holds n_train tracks plus n_valid tracks named after MUSDB18's
+    validation list (so prep's valid split is not empty), `test/` n_valid tracks;
+    `as_stems=True` writes MUSDB18's `.stem.mp4` files instead of MUSDB18-HQ folders.
+    `target_ext` gives the vocals files their own extension (e.g. vocals.flac beside
+    .wav interferers, as in the spec's trackfolder_var example).
+    """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; valid layouts: {', '.join(LAYOUTS)}")
     if n_train < 0 or n_valid < 0:
@@ -307,7 +321,10 @@ def write_layout(layout: str, root: str | Path, n_train: int = 6, n_valid: int =
     ext = ".wav" if layout == "musdb" else ext if ext.startswith(".") else "." + ext
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    splits = (("train", n_train), ("test" if layout == "musdb" else "valid", n_valid))
+    if layout == "musdb" and n_valid > len(MUSDB_VALID_NAMES):
+        raise ValueError(f"musdb: at most {len(MUSDB_VALID_NAMES)} validation tracks, got {n_valid}")
+    n_extra = n_valid if layout == "musdb" else 0
+    splits = (("train", n_train + n_extra), ("test" if layout == "musdb" else "valid", n_valid))
     for split, (split_dir, count) in enumerate(splits):
         if layout == "sourcefolder":  # unaligned: unequal file counts per source, own song per file
             counts = count + np.random.default_rng([seed, split]).permutation(len(SOURCES)) if count else [0] * 4
@@ -326,6 +343,13 @@ def write_layout(layout: str, root: str | Path, n_train: int = 6, n_valid: int =
                 title = " ".join(rng.choice(_WORDS, 2, replace=False))
                 files = {"mixture": mixture, **{s: stems[s] for s in SOURCES}}
                 track = f"Synth Artist {i:03d} - {title}"
+                if split_dir == "train" and i >= n_train:
+                    track = MUSDB_VALID_NAMES[i - n_train]
+                if as_stems:
+                    (root / split_dir).mkdir(parents=True, exist_ok=True)
+                    write_stems(root / split_dir / f"{track}.stem.mp4",
+                                np.stack([files[s] for s in MUSDB_STEM_ORDER]), sample_rate)
+                    continue
             elif layout == "aligned":
                 files, track = {"mixture": mixture, "vocals": stems["vocals"]}, f"track_{i:03d}"
             elif layout == "trackfolder_var":
@@ -337,7 +361,8 @@ def write_layout(layout: str, root: str | Path, n_train: int = 6, n_valid: int =
                 files, track = {s: stems[s] for s in SOURCES}, f"track_{i:03d}"
             (root / split_dir / track).mkdir(parents=True, exist_ok=True)
             for name, audio in files.items():
-                write(root / split_dir / track / f"{name}{ext}", audio, sample_rate)
+                suffix = target_ext if target_ext and name == "vocals" and layout != "musdb" else ext
+                write(root / split_dir / track / f"{name}{suffix}", audio, sample_rate)
     return root
 
 
@@ -352,10 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     parser.add_argument("--sample-rate", type=int, default=44100, help="Hz (default 44100)")
     parser.add_argument("--ext", default=".wav", help="audio file extension (default .wav; musdb is always .wav)")
+    parser.add_argument("--stems", action="store_true", help="musdb: write MUSDB18 .stem.mp4 files (needs ffmpeg)")
     args = parser.parse_args(argv)
     try:
         root = write_layout(args.layout, args.out, args.train, args.valid, args.duration, args.seed,
-                            args.sample_rate, args.ext)
+                            args.sample_rate, args.ext, as_stems=args.stems)
     except (UmxError, ValueError) as e:
         print(f"umx-synth: error: {e}", file=sys.stderr)
         return 1

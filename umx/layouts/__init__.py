@@ -15,23 +15,38 @@ from ..errors import LayoutError
 
 @dataclass
 class Track:
-    """One track to prepare: its split, a safe id, and one file per source."""
+    """One record to prepare: its split, a safe id, and where each source's audio is.
+
+    `files` maps source name → file; `mixture` is the real mixture file where
+    the layout has one; `stems` is a multistream file (MUSDB18 `.stem.mp4`)
+    whose stream ids `files` then names instead (`stem_ids`).
+    """
 
     split: str
-    name: str  # original name (folder name), kept in metadata
+    name: str  # original name (folder or file name), kept in metadata
     files: dict[str, Path]
+    mixture: Path | None = None
+    stems: Path | None = None
+    stem_ids: dict[str, int] = field(default_factory=dict)
     id: str = ""
 
 
 @dataclass
 class Scan:
-    """What a layout found: tracks to prepare, candidates rejected and why."""
+    """What a layout found (tracks to prepare, candidates rejected and why) and
+    how its data is to be sampled at training time (`sampling`, see manifest.py)."""
 
     tracks: list[Track] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     target: str = ""
     options: dict = field(default_factory=dict)
+    sampling: dict = field(default_factory=dict)
+    splits: tuple[str, ...] = ("train", "valid")
+
+    def reject(self, split: str, track: str, file, problem: str, action: str = "track skipped") -> None:
+        self.rejected.append({"split": split, "track": track, "file": str(file), "problem": problem,
+                              "action": action})
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -56,9 +71,23 @@ def assign_ids(tracks: list[Track]) -> None:
         t.id = base if n == 0 else f"{base}_{n}"
 
 
+RESERVED = {"mixture"}  # a record's real mixture is stored under this name
+
+
 def source_name(filename: str) -> str:
     """Source name of a file name pattern: its stem, lower-case and safe."""
-    return safe_id(Path(filename).stem).lower()
+    name = safe_id(Path(filename).stem.replace("*", "")).lower()
+    if name in RESERVED:
+        raise LayoutError(f"'{filename}' cannot be a source: '{name}' is reserved for the mixture input")
+    return name
+
+
+def sampling(records: str = "tracks", train_input: str = "sum", valid_input: str = "sum",
+             valid: str = "full_tracks", remix: str = "independent", augment: bool = True, **defaults) -> dict:
+    """How the trainer samples this data (written to the manifest; see manifest.py)."""
+    base = {"samples_per_track": 1, "source_augmentations": [], "random_mix": False}
+    return {"records": records, "train_input": train_input, "valid_input": valid_input, "valid": valid,
+            "remix": remix, "augment": augment, "defaults": {**base, **defaults}}
 
 
 def split_dir(root: Path, split: str) -> Path:
@@ -71,14 +100,46 @@ def split_dir(root: Path, split: str) -> Path:
 
 def scan(layout: str, root: str | Path, **options) -> Scan:
     """Scan `root` as `layout`; options are the layout's own (target file, …)."""
-    from . import trackfolder_fix
+    from . import aligned, musdb, sourcefolder, trackfolder_fix, trackfolder_var
 
-    scanners = {"trackfolder_fix": trackfolder_fix.scan}
+    scanners = {"musdb": musdb.scan, "aligned": aligned.scan, "sourcefolder": sourcefolder.scan,
+                "trackfolder_fix": trackfolder_fix.scan, "trackfolder_var": trackfolder_var.scan}
     if layout not in scanners:
         raise LayoutError(f"unknown layout '{layout}' (this version prepares: {sorted(scanners)})")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise LayoutError(f"{root}: dataset folder not found")
-    result = scanners[layout](root, **options)
+    result = scanners[layout](root, **{k: v for k, v in options.items() if v is not None})
     assign_ids(result.tracks)
     return result
+
+
+# options that decide what prep reads, per layout (open-unmix's dataset arguments)
+STRUCTURE = {
+    "musdb": ("is_wav", "subsets"),
+    "aligned": ("input_file", "output_file"),
+    "sourcefolder": ("target_dir", "interferer_dirs", "ext"),
+    "trackfolder_fix": ("target_file", "interferer_files"),
+    "trackfolder_var": ("target_file", "ext"),
+}
+# options that act at training time; prep stores them as the shard set's defaults
+TRAINING = {
+    "musdb": ("samples_per_track",),
+    "aligned": ("samples_per_track",),
+    "sourcefolder": ("nb_train_samples", "nb_valid_samples"),
+    "trackfolder_fix": ("samples_per_track", "random_track_mix"),
+    "trackfolder_var": ("samples_per_track", "silence_missing_targets", "random_interferer_mix"),
+}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_options(layout: str, given: dict, allowed: tuple[str, ...] | None = None) -> None:
+    """Refuse options that belong to another layout, naming the option and what fits."""
+    allowed = allowed if allowed is not None else STRUCTURE[layout] + TRAINING[layout]
+    wrong = [k for k, v in given.items() if v not in (None, False, []) and k not in allowed]
+    if wrong:
+        raise LayoutError(f"{', '.join(flag(k) for k in wrong)}: not an option of the {layout} layout "
+                          f"(its options: {', '.join(flag(k) for k in allowed) or 'none'})")

@@ -1,17 +1,53 @@
-"""`umx-prep LAYOUT ROOT --out DIR [layout options]`: thin argument parsing."""
+"""`umx-prep LAYOUT ROOT --out DIR [layout options]`: thin argument parsing.
+
+The layout options are open-unmix's dataset arguments, spelled as there
+(`--input-file` and `--input_file` alike); umx-train shares them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
 from ..cli_util import run_cli, underscore_aliases
+from ..layouts import STRUCTURE, TRAINING, check_options
 from ..shards.webdataset import DEFAULT_SHARD_BYTES
 from .pipeline import prepare, print_summary
 
 LAYOUTS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var")
+LAYOUT_ARGS = sorted({k for v in STRUCTURE.values() for k in v} | {k for v in TRAINING.values() for k in v})
+
+
+def add_layout_arguments(p: argparse.ArgumentParser, training: bool = True) -> None:
+    """open-unmix's per-dataset arguments (defaults None: the layout's own apply)."""
+    g = p.add_argument_group("dataset layout options (open-unmix's)")
+    g.add_argument("--is-wav", action=argparse.BooleanOptionalAction, default=None,
+                   help="musdb: MUSDB18-HQ wav folders (default); --no-is-wav reads .stem.mp4")
+    g.add_argument("--subsets", nargs="+", help="musdb: subsets to prepare (default: train test)")
+    g.add_argument("--input-file", help="aligned: input file name (glob), e.g. mixture.wav")
+    g.add_argument("--output-file", help="aligned: output file name (glob), e.g. vocals.wav")
+    g.add_argument("--target-dir", help="sourcefolder: folder of the target source")
+    g.add_argument("--interferer-dirs", nargs="+", help="sourcefolder: folders of interfering sources")
+    g.add_argument("--ext", help="sourcefolder / trackfolder_var: audio file extension (default .wav)")
+    g.add_argument("--target-file", help="trackfolder_fix / _var: target file name, e.g. vocals.wav")
+    g.add_argument("--interferer-files", nargs="+", help="trackfolder_fix: interferer file names")
+    g.add_argument("--silence-missing-targets", "--silence-missing", action="store_true", default=None,
+                   help="trackfolder_var: tracks without the target get a silent one")
+    g.add_argument("--nb-train-samples", type=int, help="sourcefolder: samples per epoch (default 1000)")
+    g.add_argument("--nb-valid-samples", type=int, help="sourcefolder: validation samples (default 100)")
+    g.add_argument("--samples-per-track", type=int, help="crops per track per epoch (musdb 64, else 1)")
+    if not training:  # umx-train defines these with its other training options
+        g.add_argument("--random-track-mix", action="store_true", default=None,
+                       help="trackfolder_fix: make random track mixing the set's default")
+        g.add_argument("--random-interferer-mix", action="store_true", default=None,
+                       help="trackfolder_var: make random interferer mixing the set's default")
+
+
+def layout_options(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k, None) for k in LAYOUT_ARGS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,8 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("layout", choices=LAYOUTS, help="dataset layout of ROOT (open-unmix's --dataset)")
     p.add_argument("root", help="dataset folder (open-unmix's --root)")
     p.add_argument("--out", required=True, help="shard set folder to write")
-    p.add_argument("--target-file", help="trackfolder layouts: target file name, e.g. vocals.wav")
-    p.add_argument("--interferer-files", nargs="+", help="trackfolder_fix: interferer file names")
     p.add_argument("--sample-rate", type=int, default=44100, help="rate of the shard set; other rates are resampled")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel track readers")
     p.add_argument("--shard-size", type=float, default=DEFAULT_SHARD_BYTES / 2**20, help="shard size in MiB")
@@ -29,31 +63,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail instead of repairing or skipping any file")
     p.add_argument("--overwrite", action="store_true", help="replace a shard set already at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_layout_arguments(p, training=False)
     underscore_aliases(p)
     return p
 
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    options = {}
-    if args.layout == "trackfolder_fix":
-        options = {"target_file": args.target_file, "interferer_files": args.interferer_files}
+    options = {k: v for k, v in layout_options(args).items() if v is not None}
+    check_options(args.layout, options)
     manifest = prepare(
         args.layout, args.root, args.out, workers=max(1, args.workers), sample_rate=args.sample_rate,
         shard_bytes=int(args.shard_size * 2**20), max_length_diff=args.max_length_diff, strict=args.strict,
         overwrite=args.overwrite, progress=not args.quiet, **options,
     )
     report = Path(args.out) / "report.json"
-    _print_problems(report)
+    print_problems(report)
     print_summary(manifest, args.out, report)
     return 0
 
 
-def _print_problems(report_path: Path) -> None:
-    import json
-
-    entries = json.loads(report_path.read_text())["files"]
-    for e in entries:
+def print_problems(report_path: Path) -> None:
+    for e in json.loads(Path(report_path).read_text())["files"]:
         if e["status"] != "ok":
             print(f"{e['status']}: {e['file']}: {e['problem']} → {e['action']}", file=sys.stderr)
 

@@ -41,49 +41,72 @@ class Loaded:
     moments: stats.Moments | None
 
 
-def _load_track(track: Track, sample_rate: int, stft: tuple[int, int], max_length_diff: float) -> Loaded:
+def _read_arrays(track: Track) -> tuple[dict[str, tuple[np.ndarray, int, Path]], np.ndarray | None]:
+    """Decode a track's sources (and real mixture) once: name → (float32, rate, file)."""
+    if track.stems is not None:
+        decoded, rate = audio.read_stems(track.stems)
+        arrays = {n: (decoded[track.stem_ids[n]], rate, track.stems) for n in track.files}
+        if track.mixture is not None:
+            arrays["mixture"] = (decoded[track.stem_ids["mixture"]], rate, track.stems)
+        return arrays
+    arrays = {}
+    for name, path in {**track.files, **({"mixture": track.mixture} if track.mixture else {})}.items():
+        data, rate = audio.read(path, "float32")
+        arrays[name] = (data, rate, path)
+    return arrays
+
+
+def _load_track(track: Track, sample_rate: int, stft: tuple[int, int] | None, max_length_diff: float,
+                store_mixture: bool) -> Loaded:
     notes: list[tuple[str, str, str, str]] = []
-    sources: dict[str, np.ndarray] = {}
-    for name, path in track.files.items():
-        try:
-            data, rate = audio.read(path, "float32")
-        except AudioError as e:
-            notes.append((str(path), "skipped", e.problem, "track skipped"))
-            return Loaded(track, None, notes, None)
-        problems, actions = [], []
+    try:
+        arrays = _read_arrays(track)
+    except AudioError as e:
+        notes.append((e.path, "skipped", e.problem, "track skipped"))
+        return Loaded(track, None, notes, None)
+    pcm: dict[str, np.ndarray] = {}
+    fixes: dict[str, dict[str, None]] = {}  # file → problems and actions (ordered, once each)
+    for name, (data, rate, path) in arrays.items():
+        done = fixes.setdefault(str(path), {})
         if not np.isfinite(data).all():
             notes.append((str(path), "skipped", "contains NaN or inf samples", "track skipped"))
             return Loaded(track, None, notes, None)
         if data.shape[0] != 2:
-            problems.append(f"{data.shape[0]} channel(s)")
-            actions.append("duplicated to stereo" if data.shape[0] == 1 else "kept first two channels")
+            done[f"{data.shape[0]} channel(s)|" + ("duplicated to stereo" if data.shape[0] == 1
+                                                   else "kept first two channels")] = None
             data = audio.force_stereo(data)
         if rate != sample_rate:
-            problems.append(f"sample rate {rate} Hz")
-            actions.append(f"resampled to {sample_rate} Hz")
+            done[f"sample rate {rate} Hz|resampled to {sample_rate} Hz"] = None
             data = audio.resample(data, rate, sample_rate)
-        notes.append((str(path), "repaired" if problems else "ok", "; ".join(problems), "; ".join(actions)))
-        sources[name] = audio.to_int16(data)
+        pcm[name] = audio.to_int16(data)
+    for path, done in fixes.items():
+        problems, actions = zip(*(d.split("|") for d in done)) if done else ((), ())
+        notes.append((path, "repaired" if done else "ok", "; ".join(problems), "; ".join(actions)))
 
-    lengths = {n: a.shape[-1] for n, a in sources.items()}
+    lengths = {n: a.shape[-1] for n, a in pcm.items()}
     shortest, longest = min(lengths.values()), max(lengths.values())
     if longest != shortest:
         diff = (longest - shortest) / sample_rate
         problem = f"sources differ in length by {diff:.3f} s ({lengths})"
+        longest_file = str(arrays[max(lengths, key=lengths.get)][2])
         if diff > max_length_diff:
-            notes.append((str(track.files[max(lengths, key=lengths.get)]), "skipped", problem, "track skipped"))
+            notes.append((longest_file, "skipped", problem, "track skipped"))
             return Loaded(track, None, notes, None)
-        notes.append((str(track.files[max(lengths, key=lengths.get)]), "repaired", problem,
-                      f"all sources cut to {shortest} frames"))
-        sources = {n: a[:, :shortest] for n, a in sources.items()}
+        notes.append((longest_file, "repaired", problem, f"all sources cut to {shortest} frames"))
+        pcm = {n: a[:, :shortest] for n, a in pcm.items()}
 
+    mixture = pcm.pop("mixture", None)
     moments = None
-    if track.split == "train":
-        mixture = sum(audio.to_float32(a) for a in sources.values())
-        moments = stats.track_moments(mixture, *stft)
+    if track.split == "train" and stft is not None:
+        # open-unmix's statistics see the dataset's unaugmented input: the real mixture where it has one
+        mix = audio.to_float32(mixture) if mixture is not None else sum(audio.to_float32(a) for a in pcm.values())
+        moments = stats.track_moments(mix, *stft)
     meta = {"id": track.id, "name": track.name, "split": track.split, "frames": shortest,
-            "sources": list(sources), "files": {n: str(p) for n, p in track.files.items()}}
-    return Loaded(track, TrackRecord(track.id, meta, sources), notes, moments)
+            "sources": list(pcm), "files": {n: str(p) for n, p in track.files.items()}}
+    if track.mixture is not None:
+        meta["mixture_file"] = str(track.mixture)
+    record = TrackRecord(track.id, meta, pcm, mixture if store_mixture else None)
+    return Loaded(track, record, notes, moments)
 
 
 def _worker_init() -> None:
@@ -126,19 +149,23 @@ def prepare(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        splits, moments = _write_shards(found.tracks, staging, report, workers, sample_rate, shard_bytes,
+        splits, moments, widest = _write_shards(found, staging, report, workers, sample_rate, shard_bytes,
                                         max_length_diff, progress)
-        kept = {s: sum(len(e["track_ids"]) for e in entries) for s, entries in splits.items()}
+        kept = {s: sum(len(e["track_ids"]) for e in splits.get(s, [])) for s in found.splits}
         _check_usable(found, report, kept, strict, root)
         manifest = {
             "format": mf.FORMAT, "version": mf.VERSION, "created_by": f"umx {__version__}",
             "layout": layout, "layout_options": found.options, "sample_rate": sample_rate, "channels": 2,
-            "sources": found.sources, "target": found.target, "mixture": "sum of sources",
+            "sources": found.sources, "target": found.target, "sampling": found.sampling,
             "storage": {"format": "webdataset", "encoding": "int16", "shard_bytes": shard_bytes},
-            "splits": {s: {"tracks": kept[s], "frames": sum(sum(e["track_frames"]) for e in entries),
-                           "shards": entries} for s, entries in splits.items()},
-            "statistics": {mf.stats_key(*DEFAULT_STFT): moments.finalize()},
+            "splits": {s: {"tracks": kept[s], "frames": sum(sum(e["track_frames"]) for e in splits[s]),
+                           "max_sources": widest.get(s, 0), "shards": splits[s]} for s in found.splits},
         }
+        if found.sampling["records"] == "source_files":
+            stats_ = stats.source_file_statistics(staging, manifest, *DEFAULT_STFT)
+        else:
+            stats_ = moments.finalize()
+        manifest["statistics"] = {mf.stats_key(*DEFAULT_STFT): stats_}
         mf.validate(manifest, str(out / mf.NAME))
         storage.write_json(staging / "report.json", report.to_json(kept))
         _publish(staging, out, manifest)
@@ -147,11 +174,15 @@ def prepare(
     return manifest
 
 
-def _write_shards(tracks, staging, report, workers, sample_rate, shard_bytes, max_length_diff, progress):
+def _write_shards(found, staging, report, workers, sample_rate, shard_bytes, max_length_diff, progress):
     splits: dict[str, list[dict]] = {}
+    widest: dict[str, int] = {}  # most sources in one record, per split
     writers: dict[str, ShardWriter] = {}
     moments = stats.empty(DEFAULT_STFT[0])
-    jobs = [(t, sample_rate, DEFAULT_STFT, max_length_diff) for t in tracks]
+    per_track_stats = DEFAULT_STFT if found.sampling["records"] == "tracks" else None
+    stored_input = found.sampling["train_input"] == "mixture"
+    jobs = [(t, sample_rate, per_track_stats, max_length_diff, t.split != "train" or stored_input)
+            for t in found.tracks]
     pool = mp.get_context("fork").Pool(workers, _worker_init) if workers > 1 else None
     try:
         results = pool.imap(_load_star, jobs) if pool else map(_load_star, jobs)
@@ -164,6 +195,7 @@ def _write_shards(tracks, staging, report, workers, sample_rate, shard_bytes, ma
             if t.split not in writers:
                 writers[t.split] = ShardWriter(staging, t.split, shard_bytes)
             writers[t.split].write(loaded.record)
+            widest[t.split] = max(widest.get(t.split, 0), len(loaded.record.sources))
             if loaded.moments is not None:
                 moments = moments.merge(loaded.moments)
     finally:
@@ -171,7 +203,7 @@ def _write_shards(tracks, staging, report, workers, sample_rate, shard_bytes, ma
             pool.terminate()
     for split, w in writers.items():
         splits[split] = w.close()
-    return splits, moments
+    return splits, moments, widest
 
 
 def _check_usable(found, report: Report, kept: dict[str, int], strict: bool, root) -> None:
@@ -181,11 +213,11 @@ def _check_usable(found, report: Report, kept: dict[str, int], strict: bool, roo
     if strict and problems:
         lines = "\n".join(f"  {p['file']}: {p['problem']} ({p['action']})" for p in problems)
         raise UmxError(f"--strict: {len(problems)} file(s) would be repaired or skipped:\n{lines}")
-    for split in ("train", "valid"):
+    for split in found.splits:
         if kept.get(split, 0) == 0:
             why = [p for p in problems if p["split"] == split]
-            lines = "\n".join(f"  {p['file']}: {p['problem']}" for p in why) or "  (no track folders found)"
-            raise UmxError(f"{Path(root) / split}: no usable track in the '{split}' split:\n{lines}")
+            lines = "\n".join(f"  {p['file']}: {p['problem']}" for p in why) or "  (no tracks found)"
+            raise UmxError(f"{Path(root)}: no usable track in the '{split}' split:\n{lines}")
 
 
 def _publish(staging: Path, out: Path, manifest: dict) -> None:

@@ -79,3 +79,35 @@ def from_shard_set(manifest, n_fft: int, n_hop: int, progress: bool = False) -> 
     if total.count == 0:
         raise ValueError(f"{manifest.location}: no training track is longer than nfft={n_fft} samples")
     return total.finalize()
+
+
+def source_file_statistics(folder, manifest: dict, n_fft: int, n_hop: int, seq_dur: float = 6.0,
+                           seed: int = 42) -> dict:
+    """Statistics for unaligned source folders, as open-unmix's get_statistics draws them:
+    `nb_train_samples` mixtures of one random file per source, each its centre
+    `seq_dur` seconds (files not longer than that are left out, as in training)."""
+    from pathlib import Path
+
+    from ..audio import to_float32
+    from ..shards.webdataset import read_shard
+
+    files: dict[str, list[np.ndarray]] = {s: [] for s in manifest["sources"]}
+    for entry in manifest["splits"]["train"]["shards"]:
+        for record in read_shard(str(Path(folder) / entry["name"])):
+            for name, pcm in record.sources.items():
+                files[name].append(pcm)
+    seq = int(seq_dur * manifest["sample_rate"])
+    usable = {s: [a for a in arrays if a.shape[-1] > seq] for s, arrays in files.items()}
+    if not all(usable.values()):  # short clips: use the longest centre every source can give
+        seq = min(max(a.shape[-1] for a in arrays) for arrays in files.values())
+        usable = {s: [a for a in arrays if a.shape[-1] >= seq] for s, arrays in files.items()}
+    rng = np.random.default_rng(seed)
+    total = empty(n_fft)
+    for _ in range(manifest["sampling"]["defaults"]["nb_train_samples"]):
+        mix = 0
+        for arrays in usable.values():
+            a = arrays[int(rng.integers(len(arrays)))]
+            start = max(a.shape[-1] // 2 - seq // 2, 0)
+            mix = mix + to_float32(a[:, start:start + seq])
+        total = total.merge(track_moments(mix, n_fft, n_hop))
+    return total.finalize()

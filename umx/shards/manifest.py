@@ -65,6 +65,10 @@ class Manifest:
     def target(self) -> str:
         return self.raw["target"]
 
+    @property
+    def sampling(self) -> dict:
+        return self.raw["sampling"]
+
     def splits(self) -> list[str]:
         return list(self.raw["splits"])
 
@@ -83,8 +87,20 @@ class Manifest:
 
 _TOP = {
     "format": str, "version": int, "layout": str, "sample_rate": int, "channels": int,
-    "sources": list, "target": str, "storage": dict, "splits": dict,
+    "sources": list, "target": str, "sampling": dict, "storage": dict, "splits": dict,
 }
+# How the trainer samples a shard set, so it never needs to know the layout:
+#   records      "tracks" (aligned sources of one track) | "source_files" (one file of one source)
+#   train_input  "sum" (mix the sources) | "mixture" (the stored input file is the model input)
+#   valid_input  "sum" | "mixture" (the real mixture, stored for validation tracks)
+#   valid        "full_tracks" | "crops" (nb_valid_samples seeded crops)
+#   remix        "independent" (each interferer from its own random track) | "joint" (all
+#                interferers from one random track) | "never"
+#   augment      whether source augmentations may be applied
+#   defaults     the layout's training defaults (samples_per_track, source_augmentations, random_mix, …)
+_SAMPLING = {"records": ("tracks", "source_files"), "train_input": ("sum", "mixture"),
+             "valid_input": ("sum", "mixture"), "valid": ("full_tracks", "crops"),
+             "remix": ("independent", "joint", "never")}
 _SHARD = {"name": str, "sha256": str, "bytes": int, "track_ids": list, "track_frames": list}
 
 
@@ -117,6 +133,12 @@ def validate(raw: Any, where: str = NAME) -> dict:
         raise ManifestError(where, "sources", "must be a non-empty list of names")
     if raw["target"] not in raw["sources"]:
         raise ManifestError(where, "target", f"'{raw['target']}' is not one of sources {raw['sources']}")
+    for key, allowed in _SAMPLING.items():
+        if raw["sampling"].get(key) not in allowed:
+            raise ManifestError(where, f"sampling.{key}", f"must be one of {list(allowed)}, "
+                                f"got {raw['sampling'].get(key)!r}")
+    if not isinstance(raw["sampling"].get("defaults"), dict):
+        raise ManifestError(where, "sampling.defaults", "must be a JSON object")
     if not raw["splits"]:
         raise ManifestError(where, "splits", "is empty")
     for split, body in raw["splits"].items():

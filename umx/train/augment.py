@@ -45,18 +45,26 @@ class ChannelSwap(nn.Module):
 
 
 class Remix(nn.Module):
-    """Random track mixing: each interferer source comes from another random item
-    of the batch (an independent permutation per source, Demucs' Remix idea);
-    the target (source 0) stays with its own track. This is open-unmix's
-    `random_track_mix` with the batch as the pool of tracks.
+    """Random track mixing with the batch as the pool of tracks; the target
+    (slot 0) stays with its own track.
+
+    independent: each interferer slot comes from another random item (its own
+    permutation per slot, Demucs' Remix idea) — open-unmix's `random_track_mix`.
+    joint: all interferer slots move together, so a sample's interferers are
+    one other track's — open-unmix's `random_interferer_mix` (trackfolder_var).
     """
+
+    def __init__(self, joint: bool = False):
+        super().__init__()
+        self.joint = joint
 
     def forward(self, wav: Tensor, generator: torch.Generator | None = None) -> Tensor:
         b, s = wav.shape[:2]
         if b < 2 or s < 2:
             return wav
-        perms = torch.argsort(torch.rand(s - 1, b, device=wav.device, generator=generator), dim=1)
-        interferers = [wav[perms[i], i + 1] for i in range(s - 1)]
+        n = 1 if self.joint else s - 1
+        perms = torch.argsort(torch.rand(n, b, device=wav.device, generator=generator), dim=1)
+        interferers = [wav[perms[0 if self.joint else i], i + 1] for i in range(s - 1)]
         return torch.stack([wav[:, 0], *interferers], dim=1)
 
 
@@ -64,14 +72,18 @@ AUGMENTATIONS = {"gain": Gain, "channelswap": ChannelSwap}
 
 
 class Augment(nn.Module):
-    """int16 batch → float batch → [remix] → source augmentations in the given order."""
+    """int16 batch → float → [remix] → source augmentations in the given order.
 
-    def __init__(self, source_augmentations: list[str] = (), random_mix: bool = False):
+    `remix` is None, "independent" or "joint" (see Remix). A stored input slot
+    (aligned data, `input_slot=True`) is never augmented: such sets never are.
+    """
+
+    def __init__(self, source_augmentations: list[str] = (), remix: str | None = None):
         super().__init__()
         unknown = [a for a in source_augmentations if a not in AUGMENTATIONS]
         if unknown:
             raise ValueError(f"unknown source augmentation(s) {unknown}; available: {sorted(AUGMENTATIONS)}")
-        steps = ([Remix()] if random_mix else []) + [AUGMENTATIONS[a]() for a in source_augmentations]
+        steps = ([Remix(joint=remix == "joint")] if remix else []) + [AUGMENTATIONS[a]() for a in source_augmentations]
         self.steps = nn.ModuleList(steps)
 
     def forward(self, pcm: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -81,6 +93,13 @@ class Augment(nn.Module):
         return wav
 
 
-def mix_and_target(wav: Tensor) -> tuple[Tensor, Tensor]:
-    """`[batch, sources, channels, time]` → (mixture = sum of sources, target = source 0)."""
-    return wav.sum(1), wav[:, 0]
+def mix_and_target(wav: Tensor, input_slot: bool = False, complement: bool = False) -> tuple[Tensor, Tensor]:
+    """`[batch, slots, channels, time]` → (model input x, target y).
+
+    x is the sum of the sources, or the last slot where it is a stored input;
+    y is slot 0, or with `complement` everything but slot 0 (musdb's accompaniment).
+    """
+    if input_slot:
+        return wav[:, -1], wav[:, 0]
+    x = wav.sum(1)
+    return x, (x - wav[:, 0]) if complement else wav[:, 0]

@@ -1,4 +1,6 @@
-"""`umx-train --shards DIR --target vocals [open-unmix's train.py options]`."""
+"""`umx-train --shards DIR [open-unmix's train.py options]`, or open-unmix's own
+command line (`--dataset LAYOUT --root DIR …`), which prepares the dataset once
+into a cache and trains from that shard set."""
 
 from __future__ import annotations
 
@@ -6,18 +8,27 @@ import argparse
 import sys
 
 from ..cli_util import run_cli, underscore_aliases
+from ..errors import UmxError
+from ..layouts import STRUCTURE, TRAINING, check_options, flag
+from ..prep import cache
+from ..prep.cli import LAYOUTS, add_layout_arguments, layout_options
 from .trainer import TrainConfig, train
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog="umx-train", description="Train an Open-Unmix target model from a shard set.")
-    p.add_argument("--shards", required=True, help="shard set folder (or its manifest.json) written by umx-prep")
-    p.add_argument("--target", default=d.target, help="source to separate (a source of the shard set)")
+    p = argparse.ArgumentParser(prog="umx-train", description="Train an Open-Unmix target model from a shard set "
+                                "(or, with open-unmix's --dataset/--root, from a dataset folder prepared on demand).")
+    p.add_argument("--shards", help="shard set folder (or its manifest.json) written by umx-prep")
+    p.add_argument("--dataset", choices=LAYOUTS, help="open-unmix's dataset layout of --root (default: musdb)")
+    p.add_argument("--root", help="open-unmix's dataset folder: prepared once into a cache, then streamed")
+    p.add_argument("--target", help="source to separate (default: the shard set's target, e.g. vocals)")
     p.add_argument("--output", default=d.output, help="model directory to write")
     p.add_argument("--checkpoint", help="model directory of a run to resume")
     p.add_argument("--model", help="model directory of a trained target to fine-tune")
     p.add_argument("--no-cuda", action="store_true", help="train on the CPU even if CUDA is available")
+    p.add_argument("--audio-backend", help="accepted for open-unmix compatibility and ignored: "
+                   "umx-prep decodes audio once (soundfile, ffmpeg for .stem.mp4)")
 
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=d.epochs, help="train until this epoch (counting resumed ones)")
@@ -28,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr-decay-gamma", type=float, default=d.lr_decay_gamma)
     t.add_argument("--weight-decay", type=float, default=d.weight_decay)
     t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--debug", action="store_true", help="skip the input statistics (faster start)")
 
     m = p.add_argument_group("model")
     m.add_argument("--seq-dur", type=float, default=d.seq_dur, help="crop length in s; <= 0: full tracks")
@@ -40,21 +52,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = p.add_argument_group("data")
     s.add_argument("--nb-workers", type=int, default=d.nb_workers, help="DataLoader worker processes")
-    s.add_argument("--samples-per-track", type=int, help="crops per track per epoch (musdb: 64, else 1)")
     s.add_argument("--source-augmentations", nargs="*", choices=("gain", "channelswap"),
                    help="per-source augmentations (musdb: gain channelswap, else none)")
     s.add_argument("--random-track-mix", action=argparse.BooleanOptionalAction, default=None,
                    help="draw interferers from other tracks (musdb: on, else off)")
+    s.add_argument("--random-interferer-mix", action=argparse.BooleanOptionalAction, default=None,
+                   help="trackfolder_var: all interferers from one random track")
     s.add_argument("--pool-size", type=int, default=d.pool_size, help="tracks each worker holds for random crops")
+    add_layout_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     underscore_aliases(p)
     return p
 
 
+TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)
+
+
+def resolve_shards(args: argparse.Namespace) -> str:
+    """--shards as given, or open-unmix's --dataset/--root prepared into the cache."""
+    options = layout_options(args)
+    options["random_track_mix"], options["random_interferer_mix"] = args.random_track_mix, args.random_interferer_mix
+    if args.shards:
+        if args.root or args.dataset:
+            raise UmxError("--shards and --root/--dataset exclude each other: give a shard set or a dataset folder")
+        structural = {k: v for k, v in options.items() if v is not None and k not in
+                      {x for v in TRAINING.values() for x in v}}
+        if structural:
+            raise UmxError(f"{', '.join(flag(k) for k in structural)}: dataset options need --root "
+                           "(a shard set was prepared with its own)")
+        return args.shards
+    layout = args.dataset or "musdb"
+    check_options(layout, options)
+    prep_options = {k: options[k] for k in STRUCTURE[layout] if options[k] is not None}
+    root = args.root or cache.synthetic(layout, prep_options, args.quiet)
+    return str(cache.prepared(layout, root, prep_options, quiet=args.quiet))
+
+
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    out = train(TrainConfig(**vars(args)))
-    print(f"model written to {out} ({args.target}.pth, {args.target}.json, separator.json)")
+    args.shards = resolve_shards(args)
+    out = train(TrainConfig(**{k: v for k, v in vars(args).items() if k in TRAIN_FIELDS}))
+    print(f"model written to {out}")
     return 0
 
 

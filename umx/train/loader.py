@@ -6,12 +6,17 @@ small pool of tracks and draw random `seq_dur` crops of every source at one
 offset. Each track is drawn `samples_per_track` times per epoch (open-unmix's
 balanced track sampling); the pool only decides the order, and which tracks
 share a batch (what the device-side remix mixes). A batch is an int16 tensor
-`[batch, sources, channels, samples]`, the target source first; float
-conversion, gains, swaps and remixing happen on the device.
+`[batch, slots, channels, samples]`: the target first, then the interferers,
+then — where the shard set's input is a stored file (aligned) — the input.
+Float conversion, gains, swaps and remixing happen on the device.
+
+How to build the slots of a record is the manifest's `sampling` section; the
+loader never looks at the layout name.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -21,25 +26,69 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import UmxError
 from ..shards.manifest import Manifest
-from ..shards.webdataset import read_shard
+from ..shards.webdataset import TrackRecord, read_shard
 from . import sampling
+
+COMPLEMENT = "accompaniment"  # a target open-unmix allows for musdb: everything but the vocals
 
 
 @dataclass
 class Batch:
-    audio: torch.Tensor  # int16 [batch, sources, channels, samples]
+    audio: torch.Tensor  # int16 [batch, slots, channels, samples]
     track_ids: list[str]
 
     def pin_memory(self) -> "Batch":
         return Batch(self.audio.pin_memory(), self.track_ids)
 
 
-def source_order(manifest: Manifest, target: str) -> list[str]:
-    """The sources of a batch, target first, or an error naming the choices."""
-    if target not in manifest.sources:
+@dataclass(frozen=True)
+class Slots:
+    """How a record becomes `[slots, channels, time]`: target first, then interferers
+    (zero-padded to a fixed count), then the stored input where it is the model input.
+
+    `complement`: the target is the sum of every source but `order[0]` (open-unmix's
+    musdb `accompaniment`): slot 0 holds the vocals and the trainer takes y = x - vocals.
+    """
+
+    order: tuple[str, ...]
+    n_interferers: int
+    input_slot: bool
+    complement: bool
+    silence_missing: bool
+
+    def stack(self, record: TrackRecord) -> np.ndarray | None:
+        src = record.sources
+        target = self.order[0]
+        if target not in src and not self.silence_missing:
+            return None  # open-unmix leaves tracks without the target out
+        shape = next(iter(src.values())).shape
+        zeros = np.zeros(shape, np.int16)
+        parts = [src.get(target, zeros)]
+        others = [s for s in self.order[1:] if s in src] + sorted(s for s in src if s not in self.order)
+        parts += [src[s] for s in others]
+        parts += [zeros] * (self.n_interferers - len(others))
+        if self.input_slot:
+            if record.mixture is None:
+                raise UmxError(f"record '{record.id}' has no stored input mixture")
+            parts.append(record.mixture)
+        return np.stack(parts)
+
+
+def make_slots(manifest: Manifest, target: str, silence_missing: bool = False) -> Slots:
+    """The slot layout for `target`, or an error naming the target and what the set has."""
+    sources = manifest.sources
+    complement = target == COMPLEMENT and "vocals" in sources and manifest.sampling["records"] == "tracks"
+    if target not in sources and not complement:
+        extra = f", {COMPLEMENT}" if "vocals" in sources and len(sources) > 1 else ""
         raise UmxError(f"{manifest.location}: target '{target}' is not a source of this shard set "
-                       f"(sources: {', '.join(manifest.sources)})")
-    return [target] + [s for s in manifest.sources if s != target]
+                       f"(sources: {', '.join(sources)}{extra})")
+    first = "vocals" if complement else target
+    order = (first, *[s for s in sources if s != first])
+    if manifest.sampling["remix"] == "joint":  # variable source sets: pad to the largest record
+        n_interferers = max(manifest.raw["splits"][s].get("max_sources", len(sources)) for s in manifest.splits())
+    else:
+        n_interferers = len(sources) - 1
+    return Slots(order, n_interferers, manifest.sampling["train_input"] == "mixture", complement, silence_missing)
 
 
 def assign(n_shards: int, consumer: int, n_consumers: int) -> list[tuple[int, Callable[[int], bool] | None]]:
@@ -54,14 +103,26 @@ def assign(n_shards: int, consumer: int, n_consumers: int) -> list[tuple[int, Ca
     return [(i, lambda r, c=consumer, n=n_consumers: r % n == c) for i in range(n_shards)]
 
 
+def _consumer() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info else (0, 1)
+
+
+def _batch(out: list) -> Batch:
+    audio = torch.from_numpy(np.stack([c for c, _ in out]))
+    ids = [t for _, t in out]
+    out.clear()
+    return Batch(audio, ids)
+
+
 class TrainStream(IterableDataset):
-    """Iterable over crop batches of one epoch; call `set_epoch` before iterating."""
+    """Iterable over the crop batches of one epoch of track records; `set_epoch` first."""
 
     def __init__(self, manifest: Manifest, target: str, seq_len: int | None, batch_size: int,
                  samples_per_track: int = 1, pool_size: int = 8, seed: int = 42, split: str = "train",
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, silence_missing_targets: bool = False):
         self.manifest, self.split = manifest, split
-        self.order = source_order(manifest, target)
+        self.slots = make_slots(manifest, target, silence_missing_targets)
         self.shards = manifest.shards(split)
         self.seq_len, self.batch_size = seq_len, batch_size
         self.samples_per_track, self.pool_size = samples_per_track, max(1, pool_size)
@@ -79,6 +140,9 @@ class TrainStream(IterableDataset):
     def samples_per_epoch(self) -> int:
         return self.eligible * self.samples_per_track
 
+    def _shard_order(self) -> np.ndarray:
+        return sampling.rng(self.seed, sampling.SHARD_ORDER, self.epoch).permutation(len(self.shards))
+
     def _consumer_tracks(self, consumer: int, n_consumers: int) -> int:
         """Eligible tracks one consumer reads this epoch (from the manifest alone)."""
         order = self._shard_order()
@@ -90,36 +154,35 @@ class TrainStream(IterableDataset):
         return count
 
     def batches_per_epoch(self, n_workers: int = 0) -> int:
-        """Batches this rank yields in the current epoch with `n_workers` loader workers."""
+        """Batches this rank yields in the current epoch with `n_workers` loader workers
+        (an upper bound where tracks without the target are left out)."""
         n_workers = max(1, n_workers)
         n_consumers = self.world_size * n_workers
         return sum(-(-self._consumer_tracks(self.rank * n_workers + w, n_consumers) * self.samples_per_track
                      // self.batch_size) for w in range(n_workers))
 
-    def _shard_order(self) -> np.ndarray:
-        return sampling.rng(self.seed, sampling.SHARD_ORDER, self.epoch).permutation(len(self.shards))
-
     def __iter__(self) -> Iterator[Batch]:
-        info = get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        worker, n_workers = _consumer()
         consumer, n_consumers = self.rank * n_workers + worker, self.world_size * n_workers
         order = self._shard_order()
         rng = sampling.rng(self.seed, sampling.CROPS, self.epoch, consumer)
-        pool: list[list] = []  # [stacked int16 [S, C, T], draws left, track id]
+        pool: list[list] = []  # [slots int16 [S, C, T], draws left, track id]
         out: list[tuple[np.ndarray, str]] = []
         for shard_pos, select in assign(len(order), consumer, n_consumers):
             entry = self.shards[order[shard_pos]]
             for record in read_shard(self.manifest.shard_url(entry), select):
                 if self.seq_len is not None and record.frames < self.seq_len:
                     continue  # open-unmix excludes tracks shorter than seq_dur
-                stack = np.stack([record.sources[s] for s in self.order])
+                stack = self.slots.stack(record)
+                if stack is None:
+                    continue
                 pool.append([stack, self.samples_per_track, record.id])
                 while len(pool) >= self.pool_size:
                     yield from self._draw(pool, rng, out)
         while pool:
             yield from self._draw(pool, rng, out)
         if out:
-            yield self._batch(out)
+            yield _batch(out)
 
     def _draw(self, pool: list[list], rng: np.random.Generator, out: list) -> Iterator[Batch]:
         i = int(rng.integers(len(pool)))
@@ -136,26 +199,116 @@ class TrainStream(IterableDataset):
         else:
             pool[i][1] = left - 1
         if len(out) == self.batch_size or self.seq_len is None:
-            yield self._batch(out)
-
-    @staticmethod
-    def _batch(out: list) -> Batch:
-        audio = torch.from_numpy(np.stack([c for c, _ in out]))
-        ids = [t for _, t in out]
-        out.clear()
-        return Batch(audio, ids)
+            yield _batch(out)
 
 
-def load_split(manifest: Manifest, target: str, split: str = "valid") -> list[tuple[str, torch.Tensor]]:
-    """Every full track of a split as (id, int16 `[sources, channels, frames]`), target first."""
-    order = source_order(manifest, target)
-    tracks = []
+def _source_files(manifest: Manifest, split: str, order: tuple[str, ...], seq_len: int | None
+                  ) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Every file of every source of a source-file split, long enough for a crop."""
+    files: dict[str, list] = {s: [] for s in order}
     for entry in manifest.shards(split):
         for record in read_shard(manifest.shard_url(entry)):
-            tracks.append((record.id, torch.from_numpy(np.stack([record.sources[s] for s in order]))))
-    return tracks
+            for name, pcm in record.sources.items():
+                if name in files and (seq_len is None or pcm.shape[-1] >= seq_len):
+                    files[name].append((record.id, pcm))
+    empty = [s for s, f in files.items() if not f]
+    if empty:
+        raise UmxError(f"{manifest.location}: no '{split}' file of source(s) {', '.join(empty)} is at least "
+                       f"{seq_len} samples long; lower --seq-dur")
+    return files
 
 
-def collate_batch(batch: Batch) -> Batch:
-    """DataLoader hook: batches are built by the stream itself."""
-    return batch
+class SourceFileStream(IterableDataset):
+    """Unaligned sources (sourcefolder): each sample takes one random file per source,
+    each at its own random offset; an epoch is `nb_samples` samples (open-unmix's
+    `--nb-train-samples`). Sampling is with replacement, so every worker holds the
+    whole split and draws its share of the samples from its own stream."""
+
+    def __init__(self, manifest: Manifest, target: str, seq_len: int, batch_size: int, nb_samples: int,
+                 seed: int = 42, split: str = "train", rank: int = 0, world_size: int = 1):
+        if seq_len is None:
+            raise UmxError("unaligned source folders need a crop length: --seq-dur must be > 0")
+        self.manifest, self.split = manifest, split
+        self.slots = make_slots(manifest, target)
+        self.seq_len, self.batch_size, self.nb_samples = seq_len, batch_size, nb_samples
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 1
+        lengths = [f for e in manifest.shards(split) for f in e.track_frames]
+        if not any(f >= seq_len for f in lengths):
+            raise UmxError(f"{manifest.location}: no '{split}' file is at least {seq_len} samples long "
+                           f"(longest: {max(lengths, default=0)}); lower --seq-dur")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def samples_per_epoch(self) -> int:
+        return self.nb_samples
+
+    def _share(self, consumer: int, n_consumers: int) -> int:
+        return self.nb_samples // n_consumers + (consumer < self.nb_samples % n_consumers)
+
+    def batches_per_epoch(self, n_workers: int = 0) -> int:
+        n_workers = max(1, n_workers)
+        n = self.world_size * n_workers
+        return sum(-(-self._share(self.rank * n_workers + w, n) // self.batch_size) for w in range(n_workers))
+
+    def __iter__(self) -> Iterator[Batch]:
+        worker, n_workers = _consumer()
+        consumer, n_consumers = self.rank * n_workers + worker, self.world_size * n_workers
+        files = _source_files(self.manifest, self.split, self.slots.order, self.seq_len)
+        rng = sampling.rng(self.seed, sampling.CROPS, self.epoch, consumer)
+        out: list = []
+        for _ in range(self._share(consumer, n_consumers)):
+            parts, ids = [], []
+            for source in self.slots.order:
+                file_id, pcm = files[source][int(rng.integers(len(files[source])))]
+                offset = int(rng.integers(pcm.shape[-1] - self.seq_len + 1))
+                parts.append(pcm[:, offset: offset + self.seq_len])
+                ids.append(file_id)
+            out.append((np.stack(parts), "+".join(ids)))
+            if len(out) == self.batch_size:
+                yield _batch(out)
+        if out:
+            yield _batch(out)
+
+
+@dataclass
+class ValidItem:
+    """One validation example: source slots (target first) and the stored input, if any."""
+
+    id: str
+    sources: torch.Tensor  # int16 [slots, channels, frames]
+    mixture: torch.Tensor | None  # int16 [channels, frames]
+
+
+def load_validation(manifest: Manifest, target: str, split: str = "valid", silence_missing: bool = False,
+                    nb_samples: int = 100, seq_len: int | None = None) -> list[ValidItem]:
+    """The validation set: full tracks, or for unaligned sources `nb_samples` crops that are
+    the same every epoch (each seeded by its index, as open-unmix seeds them)."""
+    slots = make_slots(manifest, target, silence_missing)
+    use_mixture = manifest.sampling["valid_input"] == "mixture"
+    slots_no_input = Slots(slots.order, slots.n_interferers, False, slots.complement, slots.silence_missing)
+    if manifest.sampling["valid"] == "crops":
+        files = _source_files(manifest, split, slots.order, seq_len)
+        items = []
+        for index in range(nb_samples):
+            parts = []
+            for source in slots.order:
+                r = random.Random(index)
+                _, pcm = r.choice(files[source])
+                start = int(r.uniform(0, pcm.shape[-1] - seq_len)) if seq_len else 0
+                parts.append(pcm[:, start: start + seq_len] if seq_len else pcm)
+            items.append(ValidItem(f"sample_{index}", torch.from_numpy(np.stack(parts)), None))
+        return items
+    items = []
+    for entry in manifest.shards(split):
+        for record in read_shard(manifest.shard_url(entry)):
+            stack = slots_no_input.stack(record)
+            if stack is None:
+                continue
+            mix = torch.from_numpy(record.mixture) if use_mixture and record.mixture is not None else None
+            items.append(ValidItem(record.id, torch.from_numpy(stack), mix))
+    if not items:
+        raise UmxError(f"{manifest.location}: the '{split}' split has no track with target '{target}'"
+                       + ("" if silence_missing else " (--silence-missing-targets would keep them)"))
+    return items

@@ -29,23 +29,21 @@ from ..prep import stats as stats_mod
 from ..shards import manifest as mf
 from . import sampling
 from .augment import Augment, mix_and_target
-from .loader import TrainStream, load_split
+from .loader import SourceFileStream, TrainStream, load_validation
 from .outputs import read_results, save_torch, write_separator_json
 from ..shards.storage import write_json
 
-# open-unmix's per-dataset defaults, applied when the option is not given
-LAYOUT_DEFAULTS = {
-    "musdb": {"samples_per_track": 64, "source_augmentations": ["gain", "channelswap"], "random_track_mix": True},
-}
-FALLBACK_DEFAULTS = {"samples_per_track": 1, "source_augmentations": [], "random_track_mix": False}
-
-
 @dataclass
 class TrainConfig:
-    """Every option of open-unmix's train.py (same names and defaults) plus umx's own."""
+    """Every option of open-unmix's train.py (same names and defaults) plus umx's own.
+
+    Options left None take the shard set's defaults, which prep wrote into the
+    manifest from the layout (open-unmix's per-dataset defaults): the target,
+    samples per track, augmentations, random mixing, sample counts.
+    """
 
     shards: str = ""
-    target: str = "vocals"
+    target: str | None = None  # the shard set's target: vocals for musdb, the --target-file stem, …
     output: str = "open-unmix"
     checkpoint: str | None = None
     model: str | None = None
@@ -67,18 +65,37 @@ class TrainConfig:
     nb_workers: int = 0
     quiet: bool = False
     seed: int = 42
-    # None = open-unmix's default for the shard set's layout
+    debug: bool = False  # skip the input statistics (open-unmix's --debug)
     samples_per_track: int | None = None
     source_augmentations: list[str] | None = None
     random_track_mix: bool | None = None
+    random_interferer_mix: bool | None = None
+    silence_missing_targets: bool | None = None
+    nb_train_samples: int | None = None
+    nb_valid_samples: int | None = None
     pool_size: int = 8
 
-    def resolved(self, layout: str) -> "TrainConfig":
-        """Fill layout-dependent defaults; aligned data is never remixed or augmented."""
-        defaults = LAYOUT_DEFAULTS.get(layout, FALLBACK_DEFAULTS)
-        values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in defaults.items()}
-        if layout == "aligned":
-            values.update(source_augmentations=[], random_track_mix=False)
+    def resolved(self, manifest: mf.Manifest) -> "TrainConfig":
+        """Fill every None from the manifest; refuse what the shard set cannot do."""
+        smp, d = manifest.sampling, manifest.sampling["defaults"]
+        mix = self.random_track_mix if self.random_track_mix is not None else self.random_interferer_mix
+        values = dict(
+            target=self.target or manifest.target,
+            samples_per_track=self.samples_per_track or d.get("samples_per_track", 1),
+            source_augmentations=(self.source_augmentations if self.source_augmentations is not None
+                                  else d.get("source_augmentations", [])),
+            random_track_mix=mix if mix is not None else bool(d.get("random_mix", False)),
+            silence_missing_targets=bool(self.silence_missing_targets if self.silence_missing_targets is not None
+                                         else d.get("silence_missing_targets", False)),
+            nb_train_samples=self.nb_train_samples or d.get("nb_train_samples", 1000),
+            nb_valid_samples=self.nb_valid_samples or d.get("nb_valid_samples", 100),
+        )
+        values["random_interferer_mix"] = values["random_track_mix"]
+        if not smp["augment"]:
+            if self.source_augmentations or mix:
+                raise UmxError(f"--source-augmentations / --random-track-mix: a '{manifest.layout}' shard set "
+                               "is never remixed or augmented (its input file is the model input)")
+            values.update(source_augmentations=[], random_track_mix=False, random_interferer_mix=False)
         return dataclasses.replace(self, **values)
 
 
@@ -122,7 +139,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig):
         self.manifest = mf.load(config.shards)
-        self.cfg = cfg = config.resolved(self.manifest.layout)
+        self.cfg = cfg = config.resolved(self.manifest)
         use_cuda = not cfg.no_cuda and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_cuda else "cpu")
         self.out = Path(cfg.output).expanduser()
@@ -133,11 +150,20 @@ class Trainer:
         seq_len = int(cfg.seq_dur * rate) if cfg.seq_dur > 0 else None
         if seq_len is not None and seq_len < cfg.nfft:
             raise UmxError(f"--seq-dur {cfg.seq_dur} s is shorter than one STFT window (--nfft {cfg.nfft})")
-        self.stream = TrainStream(self.manifest, cfg.target, seq_len, cfg.batch_size if seq_len else 1,
-                                  cfg.samples_per_track, cfg.pool_size, cfg.seed)
-        self.valid_tracks = load_split(self.manifest, cfg.target, "valid")
+        smp = self.manifest.sampling
+        if smp["records"] == "source_files":
+            self.stream = SourceFileStream(self.manifest, cfg.target, seq_len, cfg.batch_size, cfg.nb_train_samples,
+                                           cfg.seed)
+        else:
+            self.stream = TrainStream(self.manifest, cfg.target, seq_len, cfg.batch_size if seq_len else 1,
+                                      cfg.samples_per_track, cfg.pool_size, cfg.seed,
+                                      silence_missing_targets=cfg.silence_missing_targets)
+        self.slots = self.stream.slots
+        self.valid_items = load_validation(self.manifest, cfg.target, "valid", cfg.silence_missing_targets,
+                                           cfg.nb_valid_samples, seq_len)
         self.encoder = Spectrogram(cfg.nfft, cfg.nhop, mono=cfg.nb_channels == 1).to(self.device)
-        self.augment = Augment(cfg.source_augmentations, cfg.random_track_mix).to(self.device)
+        remix = smp["remix"] if cfg.random_track_mix and smp["remix"] != "never" else None
+        self.augment = Augment(cfg.source_augmentations, remix).to(self.device)
         self.model = self._build_model(rate)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -154,7 +180,7 @@ class Trainer:
             model = load_target(cfg.model, cfg.target, self.device)
             model.train()
             return model
-        if cfg.checkpoint:  # weights come from the checkpoint; statistics are in them
+        if cfg.checkpoint or cfg.debug:  # weights come from the checkpoint / --debug skips statistics
             mean = std = None
         else:
             s = input_statistics(self.manifest, cfg.nfft, cfg.nhop, cfg.quiet)
@@ -191,7 +217,7 @@ class Trainer:
         bar = tqdm(self._loader(), total=total, desc=f"epoch {epoch}", leave=False, disable=cfg.quiet)
         for batch in bar:
             pcm = batch.audio.to(self.device, non_blocking=True)
-            x, y = mix_and_target(self.augment(pcm, gen))
+            x, y = mix_and_target(self.augment(pcm, gen), self.slots.input_slot, self.slots.complement)
             self.optimizer.zero_grad()
             loss = torch.nn.functional.mse_loss(self.model(self.encoder(x)), self.encoder(y))
             loss.backward()
@@ -207,9 +233,11 @@ class Trainer:
     def validate(self) -> float:
         self.model.eval()
         losses = []
-        for _, pcm in self.valid_tracks:
-            wav = pcm.to(self.device).float()[None] / 32768.0
-            x, y = mix_and_target(wav)
+        for item in self.valid_items:
+            wav = item.sources.to(self.device).float()[None] / 32768.0
+            x, y = mix_and_target(wav, complement=self.slots.complement)
+            if item.mixture is not None:  # the real mixture (musdb) or the stored input (aligned)
+                x = item.mixture.to(self.device).float()[None] / 32768.0
             losses.append(torch.nn.functional.mse_loss(self.model(self.encoder(x)), self.encoder(y)).item())
         return float(np.mean(losses))
 
