@@ -162,7 +162,8 @@ def prepare(
                            "max_sources": widest.get(s, 0), "shards": splits[s]} for s in found.splits},
         }
         if found.sampling["records"] == "source_files":
-            stats_ = stats.source_file_statistics(staging, manifest, *DEFAULT_STFT)
+            urls = [str(staging / e["name"]) for e in manifest["splits"]["train"]["shards"]]
+            stats_ = stats.source_file_statistics(urls, manifest, *DEFAULT_STFT)
         else:
             stats_ = moments.finalize()
         manifest["statistics"] = {mf.stats_key(*DEFAULT_STFT): stats_}
