@@ -14,6 +14,11 @@ setup(
         "webdataset",
         "fsspec",
         "tqdm",
+        "musdb",  # MUSDB18 layout: track lists and validation split
+        "stempeg",  # decodes MUSDB18 .stem.mp4 through Debian's ffmpeg
+        "pyyaml",
+        "museval",
+        "matplotlib",
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist"],
@@ -23,6 +28,9 @@ setup(
             "umx-synth=umx.synth:main",
             "umx-prep=umx.prep.cli:main",
             "umx-train=umx.train.cli:main",
+            "umx-separate=umx.separate:main",
+            "umx-eval=umx.evaluate:main",
+            "umx-plot=umx.plot:main",
         ]
     },
 )
