@@ -8,7 +8,8 @@ from torch.utils.data import DataLoader
 from umx.errors import UmxError
 from umx.shards import manifest as mf
 from umx.shards.webdataset import read_shard
-from umx.train.loader import TrainStream, assign, load_validation
+from umx.train.loader import TrainStream, load_validation
+from umx.train.plan import assign
 
 SEQ = 44100  # 1 s crops
 
@@ -23,17 +24,21 @@ def _epoch(stream, workers):
     return list(loader)
 
 
-@pytest.mark.parametrize("n_shards, consumers", [(7, 3), (2, 4), (1, 2), (4, 4)])
-def test_assignment_has_no_duplicates_and_misses_nothing(n_shards, consumers):
-    records = 5
+@pytest.mark.parametrize("sizes, consumers", [([5] * 7, 3), ([2, 2, 1], 4), ([5], 2), ([3, 1, 4, 1], 4),
+                                               ([1, 1], 2)])
+def test_assignment_has_no_duplicates_and_misses_nothing(sizes, consumers):
     seen = Counter()
+    per_consumer = Counter()
     for c in range(consumers):
-        for shard, select in assign(n_shards, c, consumers):
-            for r in range(records):
+        for shard, select in assign(sizes, c, consumers):
+            for r in range(sizes[shard]):
                 if select is None or select(r):
                     seen[(shard, r)] += 1
-    assert set(seen) == {(s, r) for s in range(n_shards) for r in range(records)}
+                    per_consumer[c] += 1
+    assert set(seen) == {(s, r) for s, n in enumerate(sizes) for r in range(n)}
     assert set(seen.values()) == {1}
+    if len(sizes) < consumers and sum(sizes) >= consumers:
+        assert len(per_consumer) == consumers  # record-level split: everyone gets data
 
 
 @pytest.mark.parametrize("workers", [0, 2, 3])
@@ -104,3 +109,28 @@ def test_full_track_mode_and_valid_split(shard_set):
         assert b.audio.shape[-1] == tracks[b.track_ids[0]].frames
     valid = load_validation(m, "bass", "valid")
     assert len(valid) == 2 and valid[0].sources.shape[:2] == (4, 2) and valid[0].mixture is None
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_mid_epoch_start_replays_the_rest_of_the_epoch(shard_set, workers):
+    m = mf.load(shard_set)
+    stream = TrainStream(m, "vocals", SEQ, batch_size=2, samples_per_track=3, seed=4)
+    stream.set_epoch(2)
+    full = _epoch(stream, workers)
+    for start in (1, 3, len(full) - 1):
+        stream.set_epoch(2, start_step=start)
+        rest = _epoch(stream, workers)
+        assert [b.track_ids for b in rest] == [b.track_ids for b in full[start:]]
+        assert all(torch.equal(a.audio, b.audio) for a, b in zip(rest, full[start:]))
+
+
+def test_every_rank_gets_the_same_steps_and_fail_fast(shard_set):
+    m = mf.load(shard_set)
+    per_rank = []
+    for rank in range(3):
+        s = TrainStream(m, "vocals", SEQ, batch_size=2, samples_per_track=2, rank=rank, world_size=3)
+        s.check(0)
+        per_rank.append(len(_epoch(s, 0)))
+    assert len(set(per_rank)) == 1 and per_rank[0] == s.batches_per_epoch(0)
+    with pytest.raises(UmxError, match="rank 0 worker 5 would get no track"):
+        TrainStream(m, "vocals", SEQ, batch_size=2, samples_per_track=2).check(8)

@@ -148,4 +148,4 @@ def test_cli_trains_and_reports_errors(shard_set, tmp_path, capsys):
     assert "no manifest here" in capsys.readouterr().err
     assert train_main(["--shards", str(shard_set), "--checkpoint", str(tmp_path / "none"), "--quiet",
                        "--seq-dur", "1", "--output", str(tmp_path / "x")]) == 2
-    assert "vocals.json: not found" in capsys.readouterr().err
+    assert "vocals.chkpnt: not found" in capsys.readouterr().err

@@ -32,6 +32,7 @@ class ShardEntry:
     bytes: int
     track_ids: list[str]
     track_frames: list[int]
+    track_sources: list[list[str]]  # the sources each record holds
 
     @property
     def frames(self) -> int:
@@ -101,7 +102,7 @@ _TOP = {
 _SAMPLING = {"records": ("tracks", "source_files"), "train_input": ("sum", "mixture"),
              "valid_input": ("sum", "mixture"), "valid": ("full_tracks", "crops"),
              "remix": ("independent", "joint", "never")}
-_SHARD = {"name": str, "sha256": str, "bytes": int, "track_ids": list, "track_frames": list}
+_SHARD = {"name": str, "sha256": str, "bytes": int, "track_ids": list, "track_frames": list, "track_sources": list}
 
 
 def _require(obj: dict, spec: dict, where: str, prefix: str) -> None:
@@ -146,8 +147,9 @@ def validate(raw: Any, where: str = NAME) -> dict:
         for i, shard in enumerate(body["shards"]):
             prefix = f"splits.{split}.shards[{i}]."
             _require(shard, _SHARD, where, prefix)
-            if len(shard["track_ids"]) != len(shard["track_frames"]):
-                raise ManifestError(where, prefix + "track_frames", "length differs from track_ids")
+            for key in ("track_frames", "track_sources"):
+                if len(shard["track_ids"]) != len(shard[key]):
+                    raise ManifestError(where, prefix + key, "length differs from track_ids")
             if "/" in shard["name"] or shard["name"].startswith("."):
                 raise ManifestError(where, prefix + "name", f"'{shard['name']}' is not a plain file name")
     for key, stats in raw.get("statistics", {}).items():

@@ -62,7 +62,7 @@ class ShardWriter:
         self.folder, self.split, self.max_bytes = Path(folder), split, max_bytes
         self.entries: list[dict] = []
         self._index = 0
-        self._open: tuple | None = None  # (file, tarwriter, tmp path, ids, frames)
+        self._open: tuple | None = None  # (file, tarwriter, tmp path, ids, frames, sources)
 
     def write(self, record: TrackRecord) -> None:
         size = sum(a.nbytes for a in record.sources.values())
@@ -71,8 +71,8 @@ class ShardWriter:
         if self._open is None:
             tmp = self.folder / f".{shard_name(self.split, self._index)}.tmp"
             f = open(tmp, "wb")
-            self._open = (f, wds.TarWriter(f, encoder=True, mtime=0.0), tmp, [], [])
-        f, tar, _, ids, frames = self._open
+            self._open = (f, wds.TarWriter(f, encoder=True, mtime=0.0), tmp, [], [], [])
+        f, tar, _, ids, frames, names = self._open
         sample = {"__key__": record.id, "meta.json": record.meta}
         for name, pcm in record.sources.items():
             sample[f"{name}.npy"] = np.ascontiguousarray(pcm, dtype=np.int16)
@@ -81,9 +81,10 @@ class ShardWriter:
         tar.write(sample)
         ids.append(record.id)
         frames.append(int(record.frames))
+        names.append(list(record.sources))
 
     def _close_shard(self) -> None:
-        f, tar, tmp, ids, frames = self._open
+        f, tar, tmp, ids, frames, names = self._open
         tar.close()  # closes f too
         name = shard_name(self.split, self._index)
         final = self.folder / name
@@ -92,7 +93,7 @@ class ShardWriter:
         os.replace(tmp, final)
         digest, nbytes = storage.sha256_of(str(final))
         self.entries.append({"name": name, "sha256": digest, "bytes": nbytes,
-                             "track_ids": ids, "track_frames": frames})
+                             "track_ids": ids, "track_frames": frames, "track_sources": names})
         self._index += 1
         self._open = None
 

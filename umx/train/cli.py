@@ -1,6 +1,9 @@
 """`umx-train --shards DIR [open-unmix's train.py options]`, or open-unmix's own
 command line (`--dataset LAYOUT --root DIR …`), which prepares the dataset once
-into a cache and trains from that shard set."""
+into a cache and trains from that shard set.
+
+Multi-GPU / multi-node: `torchrun --nproc-per-node N -m umx.train …` (the same
+options; `--batch-size` is per process)."""
 
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=d.epochs, help="train until this epoch (counting resumed ones)")
-    t.add_argument("--batch-size", type=int, default=d.batch_size)
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help="per process (torchrun: × nproc)")
     t.add_argument("--patience", type=int, default=d.patience, help="early stopping patience (epochs)")
     t.add_argument("--lr", type=float, default=d.lr)
     t.add_argument("--lr-decay-patience", type=int, default=d.lr_decay_patience)
@@ -40,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, default=d.weight_decay)
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--debug", action="store_true", help="skip the input statistics (faster start)")
+    t.add_argument("--save-every", type=int, default=0, metavar="N",
+                   help="also write the checkpoint every N steps inside an epoch (exact mid-epoch resume)")
+    t.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+                   help="fp32 (default, exact), tf32 matmuls on GPUs, or bf16 autocast")
+    t.add_argument("--trace", action="store_true",
+                   help="log the track ids of every step per rank to OUTPUT/trace-rank<r>.jsonl")
 
     m = p.add_argument_group("model")
     m.add_argument("--seq-dur", type=float, default=d.seq_dur, help="crop length in s; <= 0: full tracks")

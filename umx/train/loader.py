@@ -27,7 +27,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..errors import UmxError
 from ..shards.manifest import Manifest
 from ..shards.webdataset import TrackRecord, read_shard
-from . import sampling
+from . import plan, sampling
 
 COMPLEMENT = "accompaniment"  # a target open-unmix allows for musdb: everything but the vocals
 
@@ -91,18 +91,6 @@ def make_slots(manifest: Manifest, target: str, silence_missing: bool = False) -
     return Slots(order, n_interferers, manifest.sampling["train_input"] == "mixture", complement, silence_missing)
 
 
-def assign(n_shards: int, consumer: int, n_consumers: int) -> list[tuple[int, Callable[[int], bool] | None]]:
-    """Which shards (and which records of them) one consumer reads.
-
-    Whole shards round-robin when every consumer gets at least one; otherwise
-    every consumer reads every shard but decodes only records
-    `index % n_consumers == consumer`. Either way no record is read twice.
-    """
-    if n_shards >= n_consumers:
-        return [(i, None) for i in range(consumer, n_shards, n_consumers)]
-    return [(i, lambda r, c=consumer, n=n_consumers: r % n == c) for i in range(n_shards)]
-
-
 def _consumer() -> tuple[int, int]:
     info = get_worker_info()
     return (info.id, info.num_workers) if info else (0, 1)
@@ -115,7 +103,37 @@ def _batch(out: list) -> Batch:
     return Batch(audio, ids)
 
 
-class TrainStream(IterableDataset):
+class _Stream(IterableDataset):
+    """What both streams share: epoch, resume position, and the per-consumer plan."""
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Iterate epoch `epoch`, skipping the first `start_step` batches of this rank
+        (an exact mid-epoch resume: the draws are replayed, not stored)."""
+        self.epoch, self.start_step = epoch, start_step
+
+    def batches_per_epoch(self, n_workers: int = 0) -> int:
+        """Batches every rank yields per epoch with `n_workers` loader workers."""
+        return sum(plan.rank_batches(self.samples_per_epoch(), self.world_size, max(1, n_workers), self.batch_size))
+
+    def _position(self) -> tuple[int, int, int, int, int]:
+        """(role, n_workers, consumer, quota, batches to skip) of the calling worker."""
+        worker, n_workers = _consumer()
+        total = self.samples_per_epoch()
+        done, next_role = plan.resume_point(
+            self.start_step, plan.rank_batches(total, self.world_size, n_workers, self.batch_size))
+        role = (next_role + worker) % n_workers
+        q = plan.quota(total, self.rank, self.world_size, role, n_workers)
+        return role, n_workers, self.rank * n_workers + role, q, done[role]
+
+    def _emit(self, out: list, skip: list[int]) -> Iterator[Batch]:
+        if skip[0] > 0:
+            skip[0] -= 1
+            out.clear()
+        else:
+            yield _batch(out)
+
+
+class TrainStream(_Stream):
     """Iterable over the crop batches of one epoch of track records; `set_epoch` first."""
 
     def __init__(self, manifest: Manifest, target: str, seq_len: int | None, batch_size: int,
@@ -127,64 +145,76 @@ class TrainStream(IterableDataset):
         self.seq_len, self.batch_size = seq_len, batch_size
         self.samples_per_track, self.pool_size = samples_per_track, max(1, pool_size)
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 1
-        frames = [f for s in self.shards for f in s.track_frames]
-        self.eligible = sum(1 for f in frames if seq_len is None or f >= seq_len)
+        self.epoch, self.start_step = 1, 0
+        self.eligible = sum(self._eligible(e) for e in self.shards)
         if self.eligible == 0:
-            raise UmxError(f"{manifest.location}: no '{split}' track is at least {seq_len} samples long "
-                           f"(longest: {max(frames, default=0)}); lower --seq-dur")
+            frames = [f for s in self.shards for f in s.track_frames]
+            why = f"at least {seq_len} samples long (longest: {max(frames, default=0)}); lower --seq-dur" \
+                if seq_len and max(frames, default=0) < seq_len else f"with target '{self.slots.order[0]}'"
+            raise UmxError(f"{manifest.location}: no '{split}' track is {why}")
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def _eligible(self, entry, select: Callable[[int], bool] | None = None) -> int:
+        """Tracks of a shard that training uses (long enough, and holding the target)."""
+        need = None if self.slots.silence_missing else self.slots.order[0]
+        return sum(1 for i, (f, names) in enumerate(zip(entry.track_frames, entry.track_sources))
+                   if (select is None or select(i)) and (self.seq_len is None or f >= self.seq_len)
+                   and (need is None or need in names))
 
     def samples_per_epoch(self) -> int:
         return self.eligible * self.samples_per_track
 
+    def _reads(self, consumer: int, n_consumers: int) -> list:
+        """(shard entry, record filter) this consumer reads this epoch, in order."""
+        shards = [self.shards[i] for i in self._shard_order()]
+        return [(shards[pos], select) for pos, select in
+                plan.assign([len(e.track_ids) for e in shards], consumer, n_consumers)]
+
+    def check(self, n_workers: int) -> None:
+        """Fail fast, before any worker starts, if some consumer of some rank would get no track."""
+        n_workers = max(1, n_workers)
+        n = self.world_size * n_workers
+        for c in range(n):
+            rank, worker = divmod(c, n_workers)
+            if plan.quota(self.samples_per_epoch(), rank, self.world_size, worker, n_workers) and \
+                    not sum(self._eligible(e, sel) for e, sel in self._reads(c, n)):
+                raise plan.no_data(self.manifest.location, rank, worker, self.world_size, n_workers, "track")
+
     def _shard_order(self) -> np.ndarray:
         return sampling.rng(self.seed, sampling.SHARD_ORDER, self.epoch).permutation(len(self.shards))
 
-    def _consumer_tracks(self, consumer: int, n_consumers: int) -> int:
-        """Eligible tracks one consumer reads this epoch (from the manifest alone)."""
-        order = self._shard_order()
-        count = 0
-        for shard_pos, select in assign(len(order), consumer, n_consumers):
-            frames = self.shards[order[shard_pos]].track_frames
-            count += sum(1 for i, f in enumerate(frames) if (select is None or select(i))
-                         and (self.seq_len is None or f >= self.seq_len))
-        return count
-
-    def batches_per_epoch(self, n_workers: int = 0) -> int:
-        """Batches this rank yields in the current epoch with `n_workers` loader workers
-        (an upper bound where tracks without the target are left out)."""
-        n_workers = max(1, n_workers)
-        n_consumers = self.world_size * n_workers
-        return sum(-(-self._consumer_tracks(self.rank * n_workers + w, n_consumers) * self.samples_per_track
-                     // self.batch_size) for w in range(n_workers))
-
     def __iter__(self) -> Iterator[Batch]:
-        worker, n_workers = _consumer()
-        consumer, n_consumers = self.rank * n_workers + worker, self.world_size * n_workers
-        order = self._shard_order()
+        worker, n_workers, consumer, q, skip = self._position()
+        reads = self._reads(consumer, self.world_size * n_workers)
+        n_tracks = sum(self._eligible(entry, select) for entry, select in reads)
+        if n_tracks == 0:
+            if q == 0:
+                return
+            raise plan.no_data(self.manifest.location, self.rank, worker, self.world_size, n_workers, "track")
         rng = sampling.rng(self.seed, sampling.CROPS, self.epoch, consumer)
+        draws = np.full(n_tracks, q // n_tracks)
+        draws[rng.permutation(n_tracks)[: q % n_tracks]] += 1  # the quota, spread evenly over the tracks
         pool: list[list] = []  # [slots int16 [S, C, T], draws left, track id]
         out: list[tuple[np.ndarray, str]] = []
-        for shard_pos, select in assign(len(order), consumer, n_consumers):
-            entry = self.shards[order[shard_pos]]
+        skip_left, k = [skip], 0
+        for entry, select in reads:
             for record in read_shard(self.manifest.shard_url(entry), select):
                 if self.seq_len is not None and record.frames < self.seq_len:
                     continue  # open-unmix excludes tracks shorter than seq_dur
                 stack = self.slots.stack(record)
                 if stack is None:
                     continue
-                pool.append([stack, self.samples_per_track, record.id])
+                k += 1
+                if draws[k - 1] == 0:
+                    continue
+                pool.append([stack, int(draws[k - 1]), record.id])
                 while len(pool) >= self.pool_size:
-                    yield from self._draw(pool, rng, out)
+                    yield from self._draw(pool, rng, out, skip_left)
         while pool:
-            yield from self._draw(pool, rng, out)
+            yield from self._draw(pool, rng, out, skip_left)
         if out:
-            yield _batch(out)
+            yield from self._emit(out, skip_left)
 
-    def _draw(self, pool: list[list], rng: np.random.Generator, out: list) -> Iterator[Batch]:
+    def _draw(self, pool: list[list], rng: np.random.Generator, out: list, skip: list[int]) -> Iterator[Batch]:
         i = int(rng.integers(len(pool)))
         stack, left, track_id = pool[i]
         if self.seq_len is None:
@@ -199,7 +229,7 @@ class TrainStream(IterableDataset):
         else:
             pool[i][1] = left - 1
         if len(out) == self.batch_size or self.seq_len is None:
-            yield _batch(out)
+            yield from self._emit(out, skip)
 
 
 def _source_files(manifest: Manifest, split: str, order: tuple[str, ...], seq_len: int | None
@@ -218,7 +248,7 @@ def _source_files(manifest: Manifest, split: str, order: tuple[str, ...], seq_le
     return files
 
 
-class SourceFileStream(IterableDataset):
+class SourceFileStream(_Stream):
     """Unaligned sources (sourcefolder): each sample takes one random file per source,
     each at its own random offset; an epoch is `nb_samples` samples (open-unmix's
     `--nb-train-samples`). Sampling is with replacement, so every worker holds the
@@ -232,33 +262,24 @@ class SourceFileStream(IterableDataset):
         self.slots = make_slots(manifest, target)
         self.seq_len, self.batch_size, self.nb_samples = seq_len, batch_size, nb_samples
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 1
+        self.epoch, self.start_step = 1, 0
         lengths = [f for e in manifest.shards(split) for f in e.track_frames]
         if not any(f >= seq_len for f in lengths):
             raise UmxError(f"{manifest.location}: no '{split}' file is at least {seq_len} samples long "
                            f"(longest: {max(lengths, default=0)}); lower --seq-dur")
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def samples_per_epoch(self) -> int:
         return self.nb_samples
 
-    def _share(self, consumer: int, n_consumers: int) -> int:
-        return self.nb_samples // n_consumers + (consumer < self.nb_samples % n_consumers)
-
-    def batches_per_epoch(self, n_workers: int = 0) -> int:
-        n_workers = max(1, n_workers)
-        n = self.world_size * n_workers
-        return sum(-(-self._share(self.rank * n_workers + w, n) // self.batch_size) for w in range(n_workers))
-
     def __iter__(self) -> Iterator[Batch]:
-        worker, n_workers = _consumer()
-        consumer, n_consumers = self.rank * n_workers + worker, self.world_size * n_workers
+        worker, n_workers, consumer, q, skip = self._position()
+        if q == 0:
+            return
         files = _source_files(self.manifest, self.split, self.slots.order, self.seq_len)
         rng = sampling.rng(self.seed, sampling.CROPS, self.epoch, consumer)
         out: list = []
-        for _ in range(self._share(consumer, n_consumers)):
+        skip_left = [skip]
+        for _ in range(q):
             parts, ids = [], []
             for source in self.slots.order:
                 file_id, pcm = files[source][int(rng.integers(len(files[source])))]
@@ -267,9 +288,9 @@ class SourceFileStream(IterableDataset):
                 ids.append(file_id)
             out.append((np.stack(parts), "+".join(ids)))
             if len(out) == self.batch_size:
-                yield _batch(out)
+                yield from self._emit(out, skip_left)
         if out:
-            yield _batch(out)
+            yield from self._emit(out, skip_left)
 
 
 @dataclass

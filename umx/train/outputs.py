@@ -40,3 +40,14 @@ def read_results(folder: Path, target: str) -> tuple[dict, dict]:
         raise UmxError(f"{json_path}: not valid JSON ({e})") from None
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     return results, checkpoint
+
+
+def load_checkpoint(folder: Path, target: str) -> dict:
+    """The `<target>.chkpnt` of a run to resume."""
+    path = Path(folder).expanduser() / f"{target}.chkpnt"
+    if not path.is_file():
+        raise UmxError(f"{path}: not found (is {Path(folder)} the output folder of a '{target}' run?)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        raise UmxError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None

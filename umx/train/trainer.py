@@ -1,10 +1,13 @@
-"""The open-unmix training recipe on a streamed shard set.
+"""The open-unmix training recipe on a streamed shard set, on one process or many.
 
 Adam(lr, weight_decay) · ReduceLROnPlateau(gamma, patience, cooldown=10) ·
 early stopping on the validation loss · MSE between magnitude spectrograms ·
-validation on the full tracks of the valid split, one per batch. The data
-stream, the device augmentation and dropout are seeded per (seed, epoch), so
-`--checkpoint` resumes the very history an uninterrupted run would write.
+validation on the full tracks of the valid split, one per batch. Under
+torchrun the model is wrapped in DistributedDataParallel, validation is split
+over the ranks and reduced, and only rank 0 writes. The data stream, the
+device augmentation and dropout are seeded per (seed, epoch, step), so
+`--checkpoint` resumes — at an epoch end or mid-epoch — the very history an
+uninterrupted run would write.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from ..errors import UmxError
 from ..model import OpenUnmix, Spectrogram, bandwidth_to_max_bin, load_target
 from ..prep import stats as stats_mod
 from ..shards import manifest as mf
-from . import sampling
+from . import distributed, sampling
 from .augment import Augment, mix_and_target
 from .loader import SourceFileStream, TrainStream, load_validation
-from .outputs import read_results, save_torch, write_separator_json
+from .outputs import load_checkpoint, read_results, save_torch, write_separator_json
 from ..shards.storage import write_json
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
 
 @dataclass
 class TrainConfig:
@@ -74,6 +80,9 @@ class TrainConfig:
     nb_train_samples: int | None = None
     nb_valid_samples: int | None = None
     pool_size: int = 8
+    save_every: int = 0  # also checkpoint every N steps inside an epoch (exact mid-epoch resume)
+    precision: str = "fp32"  # fp32 | tf32 | bf16
+    trace: bool = False  # write the tracks of every step per rank to trace-rank<r>.jsonl
 
     def resolved(self, manifest: mf.Manifest) -> "TrainConfig":
         """Fill every None from the manifest; refuse what the shard set cannot do."""
@@ -91,6 +100,8 @@ class TrainConfig:
             nb_valid_samples=self.nb_valid_samples or d.get("nb_valid_samples", 100),
         )
         values["random_interferer_mix"] = values["random_track_mix"]
+        if self.precision not in PRECISIONS:
+            raise UmxError(f"--precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'")
         if not smp["augment"]:
             if self.source_augmentations or mix:
                 raise UmxError(f"--source-augmentations / --random-track-mix: a '{manifest.layout}' shard set "
@@ -140,37 +151,47 @@ class Trainer:
     def __init__(self, config: TrainConfig):
         self.manifest = mf.load(config.shards)
         self.cfg = cfg = config.resolved(self.manifest)
-        use_cuda = not cfg.no_cuda and torch.cuda.is_available()
-        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.dist, self.device = distributed.setup(not cfg.no_cuda and torch.cuda.is_available())
         self.out = Path(cfg.output).expanduser()
         torch.manual_seed(cfg.seed)  # model initialisation, as open-unmix seeds it
         np.random.seed(cfg.seed)
+        _set_precision(cfg.precision)
 
         rate = self.manifest.sample_rate
         seq_len = int(cfg.seq_dur * rate) if cfg.seq_dur > 0 else None
         if seq_len is not None and seq_len < cfg.nfft:
             raise UmxError(f"--seq-dur {cfg.seq_dur} s is shorter than one STFT window (--nfft {cfg.nfft})")
-        smp = self.manifest.sampling
+        smp, rank, world = self.manifest.sampling, self.dist.rank, self.dist.world_size
         if smp["records"] == "source_files":
             self.stream = SourceFileStream(self.manifest, cfg.target, seq_len, cfg.batch_size, cfg.nb_train_samples,
-                                           cfg.seed)
+                                           cfg.seed, rank=rank, world_size=world)
         else:
             self.stream = TrainStream(self.manifest, cfg.target, seq_len, cfg.batch_size if seq_len else 1,
-                                      cfg.samples_per_track, cfg.pool_size, cfg.seed,
+                                      cfg.samples_per_track, cfg.pool_size, cfg.seed, rank=rank, world_size=world,
                                       silence_missing_targets=cfg.silence_missing_targets)
         self.slots = self.stream.slots
-        self.valid_items = load_validation(self.manifest, cfg.target, "valid", cfg.silence_missing_targets,
-                                           cfg.nb_valid_samples, seq_len)
+        if hasattr(self.stream, "check"):
+            self.stream.check(cfg.nb_workers)
+        valid = load_validation(self.manifest, cfg.target, "valid", cfg.silence_missing_targets,
+                                cfg.nb_valid_samples, seq_len)
+        self.n_valid, self.valid_items = len(valid), valid[rank::world]  # split over ranks, reduced
         self.encoder = Spectrogram(cfg.nfft, cfg.nhop, mono=cfg.nb_channels == 1).to(self.device)
         remix = smp["remix"] if cfg.random_track_mix and smp["remix"] != "never" else None
         self.augment = Augment(cfg.source_augmentations, remix).to(self.device)
         self.model = self._build_model(rate)
+        self.net = self.model
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=cfg.lr_decay_gamma, patience=cfg.lr_decay_patience, cooldown=10)
         self.stopper = EarlyStopping(cfg.patience)
         self.history = {"train_loss_history": [], "valid_loss_history": [], "train_time_history": [],
                         "lr_history": [], "best_epoch": 0, "epochs_trained": 0}
+        self.position = {"epoch": 1, "step": 0, "losses": [], "seconds": 0.0}  # where the run stands
         if cfg.checkpoint:
             self._resume(cfg.checkpoint)
 
@@ -183,7 +204,7 @@ class Trainer:
         if cfg.checkpoint or cfg.debug:  # weights come from the checkpoint / --debug skips statistics
             mean = std = None
         else:
-            s = input_statistics(self.manifest, cfg.nfft, cfg.nhop, cfg.quiet)
+            s = input_statistics(self.manifest, cfg.nfft, cfg.nhop, cfg.quiet or not self.dist.is_main)
             mean, std = np.asarray(s["mean"]), np.asarray(s["std"])
         return OpenUnmix(
             nb_bins=cfg.nfft // 2 + 1, nb_channels=cfg.nb_channels, hidden_size=cfg.hidden_size,
@@ -192,13 +213,23 @@ class Trainer:
         ).to(self.device)
 
     def _resume(self, folder: str) -> None:
-        results, ckpt = read_results(Path(folder), self.cfg.target)
+        """Model, optimizer, scheduler, early stopping, histories and the data-stream position.
+
+        umx checkpoints carry the whole run state (so a kill between two output
+        files cannot desynchronise them); open-unmix's resume from the json."""
+        ckpt = load_checkpoint(Path(folder), self.cfg.target)
         self.model.load_state_dict(ckpt["state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.stopper = EarlyStopping(self.cfg.patience, results["best_loss"], results["num_bad_epochs"])
-        for key in self.history:
-            self.history[key] = results.get(key, [])  # lr_history is umx's own
+        state = ckpt.get("umx")
+        if state is None:
+            results, _ = read_results(Path(folder), self.cfg.target)
+            state = {"history": {k: results.get(k, []) for k in self.history},
+                     "best_loss": results["best_loss"], "num_bad_epochs": results["num_bad_epochs"],
+                     "position": {"epoch": results["epochs_trained"] + 1, "step": 0, "losses": [], "seconds": 0.0}}
+        self.history = state["history"]
+        self.stopper = EarlyStopping(self.cfg.patience, state["best_loss"], state["num_bad_epochs"])
+        self.position = state["position"]
 
     # --- one epoch -------------------------------------------------------
     def _loader(self) -> DataLoader:
@@ -206,58 +237,85 @@ class Trainer:
         return DataLoader(self.stream, batch_size=None, num_workers=self.cfg.nb_workers, pin_memory=cuda,
                           prefetch_factor=4 if self.cfg.nb_workers else None)
 
+    def train_step(self, pcm: torch.Tensor, epoch: int, step: int) -> float:
+        """One optimisation step on an int16 batch; every draw seeded by (seed, epoch, step, rank)."""
+        cfg, key = self.cfg, (epoch, step, self.dist.rank)
+        torch.manual_seed(sampling.torch_seed(cfg.seed, sampling.DROPOUT, *key))
+        gen = sampling.torch_generator(cfg.seed, sampling.AUGMENT, *key, device=self.device)
+        x, y = mix_and_target(self.augment(pcm, gen), self.slots.input_slot, self.slots.complement)
+        self.optimizer.zero_grad()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            loss = torch.nn.functional.mse_loss(self.net(self.encoder(x)), self.encoder(y))
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
     def train_epoch(self, epoch: int) -> float:
-        cfg = self.cfg
+        """Train one epoch (or its rest, after a mid-epoch resume); the mean step loss over all ranks."""
+        cfg, pos = self.cfg, self.position
         self.model.train()
-        self.stream.set_epoch(epoch)
-        torch.manual_seed(sampling.torch_seed(cfg.seed, sampling.DROPOUT, epoch))
-        gen = sampling.torch_generator(cfg.seed, sampling.AUGMENT, epoch, device=self.device)
-        losses, seen, start = [], 0, time.time()
+        start_step, losses = (pos["step"], list(pos["losses"])) if pos["epoch"] == epoch else (0, [])
+        self.stream.set_epoch(epoch, start_step)
         total = self.stream.batches_per_epoch(cfg.nb_workers)
-        bar = tqdm(self._loader(), total=total, desc=f"epoch {epoch}", leave=False, disable=cfg.quiet)
-        for batch in bar:
+        start, seen = time.time(), 0
+        trace = self._trace_file() if cfg.trace else None
+        bar = tqdm(self._loader(), total=total, initial=start_step, desc=f"epoch {epoch}", leave=False,
+                   disable=cfg.quiet or not self.dist.is_main)
+        for step, batch in enumerate(bar, start=start_step):
             pcm = batch.audio.to(self.device, non_blocking=True)
-            x, y = mix_and_target(self.augment(pcm, gen), self.slots.input_slot, self.slots.complement)
-            self.optimizer.zero_grad()
-            loss = torch.nn.functional.mse_loss(self.model(self.encoder(x)), self.encoder(y))
-            loss.backward()
-            self.optimizer.step()
-            losses.append(loss.item())
+            losses.append(self.train_step(pcm, epoch, step))
             if not math.isfinite(losses[-1]):
-                raise UmxError(f"loss became {losses[-1]} at epoch {epoch}, step {len(losses)}; stopping")
+                raise UmxError(f"loss became {losses[-1]} at epoch {epoch}, step {step + 1}; stopping")
+            if trace:
+                trace.write(json.dumps({"epoch": epoch, "step": step, "tracks": batch.track_ids}) + "\n")
             seen += pcm.shape[0]
             bar.set_postfix(loss=f"{np.mean(losses):.4f}", samples_per_s=f"{seen / (time.time() - start):.1f}")
-        return float(np.mean(losses))
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
+                self.position = {"epoch": epoch, "step": step + 1, "losses": losses,
+                                 "seconds": pos.get("seconds", 0.0) + time.time() - start}
+                self._save_checkpoint()
+        if trace:
+            trace.close()
+        if len(losses) != total:
+            raise UmxError(f"rank {self.dist.rank} ran {len(losses)} steps in epoch {epoch}, expected {total}")
+        distributed.broadcast_buffers(self.model, self.dist)
+        loss_sum, count = distributed.sum_all([float(np.sum(losses)), len(losses)], self.dist, self.device)
+        return loss_sum / count
 
     @torch.no_grad()
     def validate(self) -> float:
+        """Mean loss over every validation item, whichever rank scored it."""
         self.model.eval()
-        losses = []
+        total = 0.0
         for item in self.valid_items:
             wav = item.sources.to(self.device).float()[None] / 32768.0
             x, y = mix_and_target(wav, complement=self.slots.complement)
             if item.mixture is not None:  # the real mixture (musdb) or the stored input (aligned)
                 x = item.mixture.to(self.device).float()[None] / 32768.0
-            losses.append(torch.nn.functional.mse_loss(self.model(self.encoder(x)), self.encoder(y)).item())
-        return float(np.mean(losses))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+                total += torch.nn.functional.mse_loss(self.model(self.encoder(x)), self.encoder(y)).item()
+        return distributed.sum_all([total], self.dist, self.device)[0] / self.n_valid
 
     # --- the run ---------------------------------------------------------
     def fit(self) -> Path:
-        cfg, h = self.cfg, self.history
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_separator_json(self.out, cfg.nfft, cfg.nhop, self.manifest.sample_rate, cfg.nb_channels)
-        first = h["epochs_trained"] + 1
-        if not cfg.quiet:
-            print(f"training '{cfg.target}' on {self.device} from {self.manifest.location}: "
-                  f"{self.stream.samples_per_epoch()} samples/epoch, batch {self.stream.batch_size}")
-        epochs = tqdm(range(first, cfg.epochs + 1), desc="training", disable=cfg.quiet,
+        cfg, h, main = self.cfg, self.history, self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_separator_json(self.out, cfg.nfft, cfg.nhop, self.manifest.sample_rate, cfg.nb_channels)
+            if not cfg.quiet:
+                per = f" per rank × {self.dist.world_size} ranks" if self.dist.active else ""
+                print(f"training '{cfg.target}' on {self.device} from {self.manifest.location}: "
+                      f"{self.stream.samples_per_epoch()} samples/epoch, batch {self.stream.batch_size}{per} "
+                      f"(effective batch {self.stream.batch_size * self.dist.world_size})")
+        first = self.position["epoch"]
+        epochs = tqdm(range(first, cfg.epochs + 1), desc="training", disable=cfg.quiet or not main,
                       initial=first - 1, total=cfg.epochs)
         for epoch in epochs:
-            start = time.time()
+            start = time.time() - (self.position.get("seconds", 0.0) if self.position["epoch"] == epoch else 0.0)
             train_loss = self.train_epoch(epoch)
             valid_loss = self.validate()
             self.scheduler.step(valid_loss)
-            stop = self.stopper.step(valid_loss)
+            stop = self.stopper.step(valid_loss)  # the same reduced loss on every rank: the same decision
             h["train_loss_history"].append(train_loss)
             h["valid_loss_history"].append(valid_loss)
             h["train_time_history"].append(time.time() - start)
@@ -266,32 +324,65 @@ class Trainer:
             is_best = valid_loss == self.stopper.best
             if is_best:
                 h["best_epoch"] = epoch
+            self.position = {"epoch": epoch + 1, "step": 0, "losses": [], "seconds": 0.0}
             self._save(epoch, is_best)
             epochs.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{valid_loss:.4f}",
                                lr=self.optimizer.param_groups[0]["lr"])
             if stop:
-                if not cfg.quiet:
+                if main and not cfg.quiet:
                     print(f"early stopping after epoch {epoch} (no improvement for {cfg.patience} epochs)")
                 break
+        if cfg.trace:
+            digest = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes()
+                                             for v in self.model.state_dict().values())).hexdigest()
+            with self._trace_file() as f:
+                f.write(json.dumps({"final_weights_sha256": digest}) + "\n")
+        distributed.barrier(self.dist)
         return self.out
 
+    def _trace_file(self):
+        self.out.mkdir(parents=True, exist_ok=True)
+        return open(self.out / f"trace-rank{self.dist.rank}.jsonl", "a")
+
+    def _save_checkpoint(self) -> None:
+        if not self.dist.is_main:
+            return
+        save_torch({"epoch": self.position["epoch"], "state_dict": self.model.state_dict(),
+                    "best_loss": self.stopper.best, "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "umx": {"history": self.history, "best_loss": self.stopper.best,
+                            "num_bad_epochs": self.stopper.num_bad_epochs, "position": self.position}},
+                   self.out / f"{self.cfg.target}.chkpnt")
+
     def _save(self, epoch: int, is_best: bool) -> None:
+        """Epoch end: best weights, checkpoint, then the json (each atomic; rank 0 only)."""
+        if not self.dist.is_main:
+            return
         cfg, target = self.cfg, self.cfg.target
-        state = self.model.state_dict()
         if is_best:
-            save_torch(state, self.out / f"{target}.pth")
-        save_torch({"epoch": epoch + 1, "state_dict": state, "best_loss": self.stopper.best,
-                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                   self.out / f"{target}.chkpnt")
+            save_torch(self.model.state_dict(), self.out / f"{target}.pth")
+        self._save_checkpoint()
         args = dataclasses.asdict(cfg)
         args["dataset"] = self.manifest.layout
         args["sample_rate"] = self.manifest.sample_rate
+        args["world_size"] = self.dist.world_size
         write_json(self.out / f"{target}.json", {
             "args": args, "best_loss": self.stopper.best, "num_bad_epochs": self.stopper.num_bad_epochs,
             **self.history,
         })
 
 
+def _set_precision(precision: str) -> None:
+    """fp32 is strict fp32 (no TF32 anywhere); tf32 allows it in matmuls and cuDNN."""
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
 def train(config: TrainConfig) -> Path:
     """Train one target model; returns the output directory."""
-    return Trainer(config).fit()
+    trainer = Trainer(config)
+    try:
+        return trainer.fit()
+    finally:
+        distributed.teardown(trainer.dist)
