@@ -45,12 +45,34 @@ def info(path: str | Path) -> AudioInfo:
     return AudioInfo(str(path), int(i.samplerate), int(i.frames), int(i.channels), str(i.subtype))
 
 
+def _truncated_wav(path: Path) -> str | None:
+    """libsndfile silently reads what is there of a cut-off WAV; say how much is missing."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        size = path.stat().st_size
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            n = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"data":
+                have = size - f.tell()
+                return None if n <= have or n == 0xFFFFFFFF else \
+                    f"truncated: header declares {n} data bytes, file holds {have}"
+            f.seek(n + (n & 1), 1)
+
+
 def read(path: str | Path, dtype: str = "float32") -> tuple[np.ndarray, int]:
     """Decode a whole file to `[channels, frames]` in `dtype` ('float32' or 'int16')."""
     if dtype not in ("float32", "int16"):
         raise ValueError(f"dtype must be float32 or int16, not {dtype}")
     if not Path(path).is_file():
         raise AudioError(path, "file not found")
+    cut = _truncated_wav(Path(path))
+    if cut:
+        raise AudioError(path, cut)
     try:
         data, rate = sf.read(str(path), dtype=dtype, always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:

@@ -44,9 +44,10 @@ class Scan:
     sampling: dict = field(default_factory=dict)
     splits: tuple[str, ...] = ("train", "valid")
 
-    def reject(self, split: str, track: str, file, problem: str, action: str = "track skipped") -> None:
+    def reject(self, split: str, track: str, file, problem: str, action: str = "track skipped",
+               cls: str = "missing") -> None:
         self.rejected.append({"split": split, "track": track, "file": str(file), "problem": problem,
-                              "action": action})
+                              "action": action, "class": cls})
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")

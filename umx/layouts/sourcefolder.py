@@ -36,7 +36,7 @@ def scan(root: Path, target_dir: str | None = None, interferer_dirs: list[str] |
             folder = base / source
             files = sorted(p for p in folder.glob("*" + ext) if p.is_file()) if folder.is_dir() else []
             if not files:
-                result.reject(split, source, folder, f"no *{ext} files in source folder", "source has no data")
+                result.reject(split, source, folder, f"no *{ext} files in source folder", "source has no data", cls="empty")
             for path in files:
                 result.tracks.append(Track(split, f"{source}/{path.stem}", {source: path}))
     return result

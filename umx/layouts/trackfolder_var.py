@@ -35,7 +35,7 @@ def scan(root: Path, target_file: str | None = None, ext: str = ".wav", silence_
             if target_path.is_file():
                 found.insert(0, target_path)
             if not found:
-                result.reject(split, track_dir.name, track_dir, f"empty track folder (no *{ext} files)")
+                result.reject(split, track_dir.name, track_dir, f"empty track folder (no *{ext} files)", cls="empty")
                 continue
             files: dict[str, Path] = {}
             for path in found:

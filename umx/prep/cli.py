@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=float, default=DEFAULT_SHARD_BYTES / 2**20, help="shard size in MiB")
     p.add_argument("--max-length-diff", type=float, default=1.0,
                    help="sources of a track differing by up to this many seconds are cut to the shortest")
+    p.add_argument("--skip-silent-targets", action="store_true",
+                   help="skip tracks whose target source is all silent (default: keep and report them)")
     p.add_argument("--strict", action="store_true", help="fail instead of repairing or skipping any file")
     p.add_argument("--overwrite", action="store_true", help="replace a shard set already at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -75,6 +77,7 @@ def _main(argv: list[str] | None) -> int:
     manifest = prepare(
         args.layout, args.root, args.out, workers=max(1, args.workers), sample_rate=args.sample_rate,
         shard_bytes=int(args.shard_size * 2**20), max_length_diff=args.max_length_diff, strict=args.strict,
+        skip_silent_targets=args.skip_silent_targets,
         overwrite=args.overwrite, progress=not args.quiet, **options,
     )
     report = Path(args.out) / "report.json"
@@ -85,7 +88,7 @@ def _main(argv: list[str] | None) -> int:
 
 def print_problems(report_path: Path) -> None:
     for e in json.loads(Path(report_path).read_text())["files"]:
-        if e["status"] != "ok":
+        if e["status"] != "ok":  # one line per repaired, reported or skipped file
             print(f"{e['status']}: {e['file']}: {e['problem']} → {e['action']}", file=sys.stderr)
 
 

@@ -3,110 +3,42 @@ shards + statistics → report → manifest (last).
 
 Tracks are read in parallel worker processes; shards are written by the main
 process in a fixed order, so the output is identical for any worker count.
-Everything is built in a staging folder and moved into place at the end, so
-a failed or killed run never damages a shard set that was already there.
+Everything is built in `OUT/.staging` and moved into place at the end, so a
+failed or killed run never damages a shard set that was already there.
+
+Resumable: each finished shard gets a sidecar (`<shard>.done.json`: its
+manifest entry, statistics moments, report notes and the tracks it consumed).
+Rerunning the same command after a kill verifies the finished shards (sha256),
+keeps them, skips their tracks and redoes the rest; the result is byte-identical
+to an uninterrupted run. A staging folder or shard set made from other input
+or options is never mixed in: prep refuses unless --overwrite.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing as mp
 import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import __version__, audio
-from ..errors import AudioError, UmxError
-from ..layouts import Track, scan
+from .. import __version__
+from ..errors import UmxError
+from ..layouts import Scan, safe_id, scan
 from ..shards import manifest as mf
 from ..shards import storage
-from ..shards.webdataset import DEFAULT_SHARD_BYTES, ShardWriter, TrackRecord
+from ..shards.webdataset import DEFAULT_SHARD_BYTES, ShardWriter
 from . import stats
+from .checks import Loaded, Options, load_track, note
 from .report import Report
 
 DEFAULT_STFT = (4096, 1024)
-
-
-@dataclass
-class Loaded:
-    """A worker's result for one track: the record, or why it was skipped."""
-
-    track: Track
-    record: TrackRecord | None
-    notes: list[tuple[str, str, str, str]]  # (file, status, problem, action)
-    moments: stats.Moments | None
-
-
-def _read_arrays(track: Track) -> tuple[dict[str, tuple[np.ndarray, int, Path]], np.ndarray | None]:
-    """Decode a track's sources (and real mixture) once: name → (float32, rate, file)."""
-    if track.stems is not None:
-        decoded, rate = audio.read_stems(track.stems)
-        arrays = {n: (decoded[track.stem_ids[n]], rate, track.stems) for n in track.files}
-        if track.mixture is not None:
-            arrays["mixture"] = (decoded[track.stem_ids["mixture"]], rate, track.stems)
-        return arrays
-    arrays = {}
-    for name, path in {**track.files, **({"mixture": track.mixture} if track.mixture else {})}.items():
-        data, rate = audio.read(path, "float32")
-        arrays[name] = (data, rate, path)
-    return arrays
-
-
-def _load_track(track: Track, sample_rate: int, stft: tuple[int, int] | None, max_length_diff: float,
-                store_mixture: bool) -> Loaded:
-    notes: list[tuple[str, str, str, str]] = []
-    try:
-        arrays = _read_arrays(track)
-    except AudioError as e:
-        notes.append((e.path, "skipped", e.problem, "track skipped"))
-        return Loaded(track, None, notes, None)
-    pcm: dict[str, np.ndarray] = {}
-    fixes: dict[str, dict[str, None]] = {}  # file → problems and actions (ordered, once each)
-    for name, (data, rate, path) in arrays.items():
-        done = fixes.setdefault(str(path), {})
-        if not np.isfinite(data).all():
-            notes.append((str(path), "skipped", "contains NaN or inf samples", "track skipped"))
-            return Loaded(track, None, notes, None)
-        if data.shape[0] != 2:
-            done[f"{data.shape[0]} channel(s)|" + ("duplicated to stereo" if data.shape[0] == 1
-                                                   else "kept first two channels")] = None
-            data = audio.force_stereo(data)
-        if rate != sample_rate:
-            done[f"sample rate {rate} Hz|resampled to {sample_rate} Hz"] = None
-            data = audio.resample(data, rate, sample_rate)
-        pcm[name] = audio.to_int16(data)
-    for path, done in fixes.items():
-        problems, actions = zip(*(d.split("|") for d in done)) if done else ((), ())
-        notes.append((path, "repaired" if done else "ok", "; ".join(problems), "; ".join(actions)))
-
-    lengths = {n: a.shape[-1] for n, a in pcm.items()}
-    shortest, longest = min(lengths.values()), max(lengths.values())
-    if longest != shortest:
-        diff = (longest - shortest) / sample_rate
-        problem = f"sources differ in length by {diff:.3f} s ({lengths})"
-        longest_file = str(arrays[max(lengths, key=lengths.get)][2])
-        if diff > max_length_diff:
-            notes.append((longest_file, "skipped", problem, "track skipped"))
-            return Loaded(track, None, notes, None)
-        notes.append((longest_file, "repaired", problem, f"all sources cut to {shortest} frames"))
-        pcm = {n: a[:, :shortest] for n, a in pcm.items()}
-
-    mixture = pcm.pop("mixture", None)
-    moments = None
-    if track.split == "train" and stft is not None:
-        # open-unmix's statistics see the dataset's unaugmented input: the real mixture where it has one
-        mix = audio.to_float32(mixture) if mixture is not None else sum(audio.to_float32(a) for a in pcm.values())
-        moments = stats.track_moments(mix, *stft)
-    meta = {"id": track.id, "name": track.name, "split": track.split, "frames": shortest,
-            "sources": list(pcm), "files": {n: str(p) for n, p in track.files.items()}}
-    if track.mixture is not None:
-        meta["mixture_file"] = str(track.mixture)
-    record = TrackRecord(track.id, meta, pcm, mixture if store_mixture else None)
-    return Loaded(track, record, notes, moments)
+STAGING = ".staging"
 
 
 def _worker_init() -> None:
@@ -114,7 +46,79 @@ def _worker_init() -> None:
 
 
 def _load_star(args) -> Loaded:
-    return _load_track(*args)
+    return load_track(*args)
+
+
+def fingerprint(layout: str, found: Scan, settings: dict) -> str:
+    """What the output depends on: layout, options, settings and every input file's
+    path, size and modification time."""
+    h = hashlib.sha256(json.dumps([layout, found.options, settings], sort_keys=True, default=str).encode())
+    files = sorted({str(p) for t in found.tracks for p in [*t.files.values(), t.mixture] if p}
+                   | {r["file"] for r in found.rejected})
+    for f in files:
+        p = Path(f)
+        st = p.stat() if p.is_file() else None
+        h.update(f"{f}\0{st.st_size if st else -1}\0{st.st_mtime_ns if st else -1}\n".encode())
+    return h.hexdigest()
+
+
+class _SplitWriter:
+    """One split's shards, plus what each shard accounts for (sidecars make it resumable)."""
+
+    def __init__(self, staging: Path, split: str, max_bytes: int, done: list[dict]):
+        self.staging, self.split = staging, split
+        self.done = done  # sidecars of finished shards, in order
+        self.writer = ShardWriter(staging, split, max_bytes, start_index=len(done))
+        self._reset()
+
+    def _reset(self) -> None:
+        self.notes, self.consumed, self.widest = [], [], 0
+        self.moments = stats.empty(DEFAULT_STFT[0])
+
+    def add(self, loaded: Loaded) -> None:
+        t = loaded.track
+        if loaded.record is not None and self.writer.would_roll_over(loaded.record):
+            self._finish()
+        self.notes += [{"split": t.split, "track": t.id, **n} for n in loaded.notes]
+        self.consumed.append(t.id)
+        if loaded.record is not None:
+            self.writer.write(loaded.record)
+            self.widest = max(self.widest, len(loaded.record.sources))
+            if loaded.moments is not None:
+                self.moments = self.moments.merge(loaded.moments)
+
+    def _finish(self) -> None:
+        entry = self.writer.close_shard()
+        sidecar = {"entry": entry, "notes": self.notes, "consumed": self.consumed, "widest": self.widest,
+                   "moments": self.moments.to_json()}
+        storage.write_json(self.staging / f"{entry['name']}.done.json", sidecar)
+        self.done.append(sidecar)
+        self._reset()
+
+    def close(self) -> list[dict]:
+        """Finish the open shard; returns notes of tracks after the last shard (all skipped)."""
+        if self.writer.is_open:
+            self._finish()
+        return self.notes
+
+
+def _load_done(staging: Path) -> dict[str, list[dict]]:
+    """Finished shards of an interrupted run, verified; anything after a bad one is redone."""
+    done: dict[str, list[dict]] = {}
+    for side in sorted(staging.glob("*.done.json")):
+        s = json.loads(side.read_text())
+        split = s["entry"]["name"].rsplit("-", 1)[0]
+        shard = staging / s["entry"]["name"]
+        ok = shard.is_file() and storage.sha256_of(str(shard)) == (s["entry"]["sha256"], s["entry"]["bytes"])
+        expected = len(done.get(split, []))
+        if ok and s["entry"]["name"] == f"{split}-{expected:06d}.tar":
+            done.setdefault(split, []).append(s)
+    for f in staging.iterdir():  # drop what is not kept: partial shards, temp files, later shards
+        kept = {s["entry"]["name"] for v in done.values() for s in v}
+        name = f.name.removesuffix(".done.json")
+        if f.name != "prep.json" and name not in kept:
+            f.unlink()
+    return done
 
 
 def prepare(
@@ -126,6 +130,7 @@ def prepare(
     sample_rate: int = 44100,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     max_length_diff: float = 1.0,
+    skip_silent_targets: bool = False,
     strict: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -133,90 +138,127 @@ def prepare(
 ) -> dict:
     """Turn the dataset folder `root` (in `layout`) into a shard set at `out`.
 
-    Returns the manifest written. Raises UmxError (naming the file and the
-    problem) for unusable input; nothing at `out` changes unless prep succeeds.
+    Returns the manifest. Raises UmxError (naming the file and the problem) for
+    unusable input; nothing at `out` changes unless prep succeeds.
     """
     out = Path(out).expanduser()
-    if (out / mf.NAME).exists() and not overwrite:
-        raise UmxError(f"{out}: already holds a shard set ({mf.NAME}); use --overwrite to replace it")
     found = scan(layout, root, **layout_options)
+    settings = {"sample_rate": sample_rate, "shard_bytes": shard_bytes, "max_length_diff": max_length_diff,
+                "skip_silent_targets": skip_silent_targets, "version": mf.VERSION}
+    fp = fingerprint(layout, found, settings)
+    if (out / mf.NAME).exists() and not overwrite:
+        existing = json.loads((out / mf.NAME).read_text())
+        if existing.get("prep", {}).get("fingerprint") == fp:
+            return existing  # the same input and options: already done
+        raise UmxError(f"{out}: already holds a shard set made from other input or options; "
+                       "use --overwrite to replace it")
+    staging = out / STAGING
+    plan = staging / "prep.json"
+    if staging.exists():
+        same = plan.is_file() and json.loads(plan.read_text()).get("fingerprint") == fp
+        if not same and not overwrite:
+            raise UmxError(f"{staging}: an interrupted prep of other input or options is here; "
+                           "rerun it, or use --overwrite to discard it")
+        if not same:
+            shutil.rmtree(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    storage.write_json(plan, {"fingerprint": fp})
+    done = _load_done(staging)
+
     report = Report()
     for r in found.rejected:
-        report.add(r["split"], r["track"], r["file"], "skipped", r["problem"], r["action"])
-
-    out.mkdir(parents=True, exist_ok=True)
-    staging = out / f".staging-{mp.current_process().pid}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+        report.add(r["split"], r["track"], note(r["file"], r.get("class", "missing"), "skipped", r["problem"],
+                                                r["action"]))
+    for t in found.tracks:
+        if found.sampling["records"] == "tracks" and _unsafe(t.name):
+            report.add(t.split, t.id, note(t.name, "unsafe_name", "repaired", f"track name '{t.name}' is not a "
+                                           "safe shard member name", f"stored as id '{t.id}' (name kept in meta)"))
+        elif t.id != safe_id(t.name):
+            report.add(t.split, t.id, note(t.name, "duplicate_id", "repaired", f"another track also maps to id "
+                                           f"'{safe_id(t.name)}'", f"stored as id '{t.id}'"))
     try:
-        splits, moments, widest = _write_shards(found, staging, report, workers, sample_rate, shard_bytes,
-                                        max_length_diff, progress)
-        kept = {s: sum(len(e["track_ids"]) for e in splits.get(s, [])) for s in found.splits}
-        _check_usable(found, report, kept, strict, root)
-        manifest = {
-            "format": mf.FORMAT, "version": mf.VERSION, "created_by": f"umx {__version__}",
-            "layout": layout, "layout_options": found.options, "sample_rate": sample_rate, "channels": 2,
-            "sources": found.sources, "target": found.target, "sampling": found.sampling,
-            "storage": {"format": "webdataset", "encoding": "int16", "shard_bytes": shard_bytes},
-            "splits": {s: {"tracks": kept[s], "frames": sum(sum(e["track_frames"]) for e in splits[s]),
-                           "max_sources": widest.get(s, 0), "shards": splits[s]} for s in found.splits},
-        }
-        if found.sampling["records"] == "source_files":
-            urls = [str(staging / e["name"]) for e in manifest["splits"]["train"]["shards"]]
-            stats_ = stats.source_file_statistics(urls, manifest, *DEFAULT_STFT)
-        else:
-            stats_ = moments.finalize()
-        manifest["statistics"] = {mf.stats_key(*DEFAULT_STFT): stats_}
-        mf.validate(manifest, str(out / mf.NAME))
-        storage.write_json(staging / "report.json", report.to_json(kept))
-        _publish(staging, out, manifest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        tails = _write_shards(found, staging, done, workers, shard_bytes, progress, Options(
+            sample_rate=sample_rate, max_length_diff=max_length_diff, target=found.target,
+            skip_silent_targets=skip_silent_targets,
+            stft=DEFAULT_STFT if found.sampling["records"] == "tracks" else None))
+        return _finish(layout, found, staging, out, done, tails, report, settings, fp, strict, root, progress)
+    except UmxError:
+        shutil.rmtree(staging, ignore_errors=True)  # an input problem: nothing to resume
+        raise
+
+
+def _finish(layout, found, staging, out, done, tails, report, settings, fp, strict, root, progress) -> dict:
+    sample_rate, shard_bytes = settings["sample_rate"], settings["shard_bytes"]
+    splits, moments, widest = {}, stats.empty(DEFAULT_STFT[0]), {}
+    for split in found.splits:
+        sides = done.get(split, [])
+        for s in sides:
+            for n in s["notes"]:
+                report.entries.append(n)
+            moments = moments.merge(stats.Moments.from_json(s["moments"]))
+        report.entries += tails.get(split, [])
+        splits[split] = [s["entry"] for s in sides]
+        widest[split] = max((s["widest"] for s in sides), default=0)
+    kept = {s: sum(len(e["track_ids"]) for e in splits[s]) for s in found.splits}
+    _check_usable(found, report, kept, strict, root)
+    manifest = {
+        "format": mf.FORMAT, "version": mf.VERSION, "created_by": f"umx {__version__}",
+        "layout": layout, "layout_options": found.options, "sample_rate": sample_rate, "channels": 2,
+        "sources": found.sources, "target": found.target, "sampling": found.sampling,
+        "storage": {"format": "webdataset", "encoding": "int16", "shard_bytes": shard_bytes},
+        "prep": {"fingerprint": fp, "settings": settings},
+        "splits": {s: {"tracks": kept[s], "frames": sum(sum(e["track_frames"]) for e in splits[s]),
+                       "max_sources": widest[s], "shards": splits[s]} for s in found.splits},
+    }
+    if found.sampling["records"] == "source_files":
+        urls = [str(staging / e["name"]) for e in splits["train"]]
+        manifest["statistics"] = {mf.stats_key(*DEFAULT_STFT): stats.source_file_statistics(
+            urls, manifest, *DEFAULT_STFT)}
+    else:
+        manifest["statistics"] = {mf.stats_key(*DEFAULT_STFT): moments.finalize()}
+    mf.validate(manifest, str(out / mf.NAME))
+    storage.write_json(staging / "report.json", report.to_json(kept))
+    _publish(staging, out, manifest)
+    if progress:
+        print("\n".join(report.summary_lines(kept)), file=sys.stderr)
     return manifest
 
 
-def _write_shards(found, staging, report, workers, sample_rate, shard_bytes, max_length_diff, progress):
-    splits: dict[str, list[dict]] = {}
-    widest: dict[str, int] = {}  # most sources in one record, per split
-    writers: dict[str, ShardWriter] = {}
-    moments = stats.empty(DEFAULT_STFT[0])
-    per_track_stats = DEFAULT_STFT if found.sampling["records"] == "tracks" else None
+def _unsafe(name: str) -> bool:
+    """Names that could escape a shard set or break a reader: separators, '..', control characters."""
+    return "/" in name or "\\" in name or ".." in name or any(ord(c) < 32 for c in name)
+
+
+def _write_shards(found: Scan, staging: Path, done: dict, workers: int, shard_bytes: int, progress: bool,
+                  opt: Options) -> dict[str, list[dict]]:
+    skip = {(split, t) for split, sides in done.items() for s in sides for t in s["consumed"]}
+    todo = [t for t in found.tracks if (t.split, t.id) not in skip]
     stored_input = found.sampling["train_input"] == "mixture"
-    jobs = [(t, sample_rate, per_track_stats, max_length_diff, t.split != "train" or stored_input)
-            for t in found.tracks]
-    pool = mp.get_context("fork").Pool(workers, _worker_init) if workers > 1 else None
+    jobs = [(t, Options(**{**opt.__dict__, "store_mixture": t.split != "train" or stored_input})) for t in todo]
+    writers = {s: _SplitWriter(staging, s, shard_bytes, done.setdefault(s, [])) for s in found.splits}
+    pool = mp.get_context("fork").Pool(workers, _worker_init) if workers > 1 and jobs else None
     try:
         results = pool.imap(_load_star, jobs) if pool else map(_load_star, jobs)
-        for loaded in tqdm(results, total=len(jobs), desc="prep", unit="track", disable=not progress):
-            t = loaded.track
-            for file, status, problem, action in loaded.notes:
-                report.add(t.split, t.id, file, status, problem, action)
-            if loaded.record is None:
-                continue
-            if t.split not in writers:
-                writers[t.split] = ShardWriter(staging, t.split, shard_bytes)
-            writers[t.split].write(loaded.record)
-            widest[t.split] = max(widest.get(t.split, 0), len(loaded.record.sources))
-            if loaded.moments is not None:
-                moments = moments.merge(loaded.moments)
+        for loaded in tqdm(results, total=len(found.tracks), initial=len(found.tracks) - len(jobs), desc="prep",
+                           unit="track", disable=not progress):
+            writers[loaded.track.split].add(loaded)
     finally:
         if pool:
             pool.terminate()
-    for split, w in writers.items():
-        splits[split] = w.close()
-    return splits, moments, widest
+    return {s: w.close() for s, w in writers.items()}
 
 
-def _check_usable(found, report: Report, kept: dict[str, int], strict: bool, root) -> None:
+def _check_usable(found: Scan, report: Report, kept: dict[str, int], strict: bool, root) -> None:
     """Refuse an empty split (listing why each candidate was rejected) and, with
     --strict, any repair or skip."""
-    problems = report.problems()
-    if strict and problems:
-        lines = "\n".join(f"  {p['file']}: {p['problem']} ({p['action']})" for p in problems)
-        raise UmxError(f"--strict: {len(problems)} file(s) would be repaired or skipped:\n{lines}")
+    if strict:
+        problems = report.problems(("repaired", "skipped"))
+        if problems:
+            lines = "\n".join(f"  {p['file']}: {p['problem']} ({p['action']})" for p in problems)
+            raise UmxError(f"--strict: {len(problems)} file(s) would be repaired or skipped:\n{lines}")
     for split in found.splits:
         if kept.get(split, 0) == 0:
-            why = [p for p in problems if p["split"] == split]
+            why = [p for p in report.problems(("skipped",)) if p["split"] == split]
             lines = "\n".join(f"  {p['file']}: {p['problem']}" for p in why) or "  (no tracks found)"
             raise UmxError(f"{Path(root)}: no usable track in the '{split}' split:\n{lines}")
 
@@ -230,9 +272,10 @@ def _publish(staging: Path, out: Path, manifest: dict) -> None:
     for stale in out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
         if stale.name not in new_names:
             stale.unlink()
-    for f in staging.iterdir():
-        f.replace(out / f.name)
+    for name in [*sorted(new_names), "report.json"]:
+        (staging / name).replace(out / name)
     storage.write_json(old, manifest)
+    shutil.rmtree(staging)
 
 
 def print_summary(manifest: dict, out: str | Path, report_path: str | Path, file=None) -> None:

@@ -34,6 +34,13 @@ class Moments:
         m2 = self.m2 + other.m2 + delta**2 * self.count * other.count / n
         return Moments(n, mean, m2)
 
+    def to_json(self) -> dict:
+        return {"count": self.count, "mean": self.mean.tolist(), "m2": self.m2.tolist()}
+
+    @staticmethod
+    def from_json(d: dict) -> "Moments":
+        return Moments(d["count"], np.asarray(d["mean"], np.float64), np.asarray(d["m2"], np.float64))
+
     def finalize(self) -> dict:
         """The scaler open-unmix initialises the model with: mean, floored std."""
         std = np.sqrt(self.m2 / self.count)

@@ -58,16 +58,25 @@ class ShardWriter:
     in manifest form.
     """
 
-    def __init__(self, folder: str | Path, split: str, max_bytes: int = DEFAULT_SHARD_BYTES):
+    def __init__(self, folder: str | Path, split: str, max_bytes: int = DEFAULT_SHARD_BYTES, start_index: int = 0):
         self.folder, self.split, self.max_bytes = Path(folder), split, max_bytes
         self.entries: list[dict] = []
-        self._index = 0
+        self._index = start_index  # > 0 when resuming after finished shards
         self._open: tuple | None = None  # (file, tarwriter, tmp path, ids, frames, sources)
 
-    def write(self, record: TrackRecord) -> None:
+    @property
+    def is_open(self) -> bool:
+        return self._open is not None
+
+    def would_roll_over(self, record: TrackRecord) -> bool:
+        """Whether writing `record` closes the open shard first (it would pass max_bytes)."""
         size = sum(a.nbytes for a in record.sources.values())
-        if self._open is not None and self._open[0].tell() + size > self.max_bytes:
-            self._close_shard()
+        size += record.mixture.nbytes if record.mixture is not None else 0
+        return self._open is not None and self._open[0].tell() + size > self.max_bytes
+
+    def write(self, record: TrackRecord) -> None:
+        if self.would_roll_over(record):
+            self.close_shard()
         if self._open is None:
             tmp = self.folder / f".{shard_name(self.split, self._index)}.tmp"
             f = open(tmp, "wb")
@@ -83,7 +92,8 @@ class ShardWriter:
         frames.append(int(record.frames))
         names.append(list(record.sources))
 
-    def _close_shard(self) -> None:
+    def close_shard(self) -> dict:
+        """Finish the open shard (fsync, rename to its final name); its manifest entry."""
         f, tar, tmp, ids, frames, names = self._open
         tar.close()  # closes f too
         name = shard_name(self.split, self._index)
@@ -92,14 +102,16 @@ class ShardWriter:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
         digest, nbytes = storage.sha256_of(str(final))
-        self.entries.append({"name": name, "sha256": digest, "bytes": nbytes,
-                             "track_ids": ids, "track_frames": frames, "track_sources": names})
+        entry = {"name": name, "sha256": digest, "bytes": nbytes,
+                 "track_ids": ids, "track_frames": frames, "track_sources": names}
+        self.entries.append(entry)
         self._index += 1
         self._open = None
+        return entry
 
     def close(self) -> list[dict]:
         if self._open is not None:
-            self._close_shard()
+            self.close_shard()
         return self.entries
 
 
