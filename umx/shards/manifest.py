@@ -116,6 +116,14 @@ def _require(obj: dict, spec: dict, where: str, prefix: str) -> None:
             raise ManifestError(where, prefix + key, f"must be {typ.__name__}, got {type(value).__name__}")
 
 
+def _list_of(value, typ, where: str, field: str, min_value=None) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, typ) and not isinstance(v, bool) for v in value):
+        names = "/".join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))
+        raise ManifestError(where, field, f"must be a list of {names}")
+    if min_value is not None and any(v < min_value for v in value):
+        raise ManifestError(where, field, f"values must be >= {min_value}")
+
+
 def validate(raw: Any, where: str = NAME) -> dict:
     """Check a manifest object; raise ManifestError naming the first bad field."""
     _require(raw, _TOP, where, "")
@@ -130,14 +138,17 @@ def validate(raw: Any, where: str = NAME) -> dict:
         raise ManifestError(where, "sample_rate", "must be positive")
     if raw["channels"] not in (1, 2):
         raise ManifestError(where, "channels", f"must be 1 or 2, got {raw['channels']}")
-    if not raw["sources"] or not all(isinstance(s, str) for s in raw["sources"]):
-        raise ManifestError(where, "sources", "must be a non-empty list of names")
+    _list_of(raw["sources"], str, where, "sources")
+    if not raw["sources"] or len(set(raw["sources"])) != len(raw["sources"]):
+        raise ManifestError(where, "sources", "must be a non-empty list of distinct names")
     if raw["target"] not in raw["sources"]:
         raise ManifestError(where, "target", f"'{raw['target']}' is not one of sources {raw['sources']}")
     for key, allowed in _SAMPLING.items():
         if raw["sampling"].get(key) not in allowed:
             raise ManifestError(where, f"sampling.{key}", f"must be one of {list(allowed)}, "
                                 f"got {raw['sampling'].get(key)!r}")
+    if not isinstance(raw["sampling"].get("augment"), bool):
+        raise ManifestError(where, "sampling.augment", "must be true or false")
     if not isinstance(raw["sampling"].get("defaults"), dict):
         raise ManifestError(where, "sampling.defaults", "must be a JSON object")
     if not raw["splits"]:
@@ -147,14 +158,30 @@ def validate(raw: Any, where: str = NAME) -> dict:
         for i, shard in enumerate(body["shards"]):
             prefix = f"splits.{split}.shards[{i}]."
             _require(shard, _SHARD, where, prefix)
+            name = shard["name"]
+            if "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".tar"):
+                raise ManifestError(where, prefix + "name", f"'{name}' is not a plain .tar file name")
+            if len(shard["sha256"]) != 64 or any(c not in "0123456789abcdef" for c in shard["sha256"]):
+                raise ManifestError(where, prefix + "sha256", "must be 64 lower-case hex digits")
+            if shard["bytes"] < 0:
+                raise ManifestError(where, prefix + "bytes", "must be >= 0")
+            _list_of(shard["track_ids"], str, where, prefix + "track_ids")
+            _list_of(shard["track_frames"], int, where, prefix + "track_frames", 0)
+            if not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in shard["track_sources"]):
+                raise ManifestError(where, prefix + "track_sources", "must be a list of lists of source names")
             for key in ("track_frames", "track_sources"):
                 if len(shard["track_ids"]) != len(shard[key]):
                     raise ManifestError(where, prefix + key, "length differs from track_ids")
-            if "/" in shard["name"] or shard["name"].startswith("."):
-                raise ManifestError(where, prefix + "name", f"'{shard['name']}' is not a plain file name")
-    for key, stats in raw.get("statistics", {}).items():
-        _require(stats, {"mean": list, "std": list}, where, f"statistics.{key}.")
-        if len(stats["mean"]) != len(stats["std"]):
+        if not isinstance(body.get("max_sources", 0), int):
+            raise ManifestError(where, f"splits.{split}.max_sources", "must be int")
+    stats = raw.get("statistics", {})
+    if not isinstance(stats, dict):
+        raise ManifestError(where, "statistics", "must be a JSON object")
+    for key, entry in stats.items():
+        _require(entry, {"mean": list, "std": list}, where, f"statistics.{key}.")
+        for part in ("mean", "std"):
+            _list_of(entry[part], (int, float), where, f"statistics.{key}.{part}")
+        if len(entry["mean"]) != len(entry["std"]):
             raise ManifestError(where, f"statistics.{key}.std", "length differs from mean")
     return raw
 
