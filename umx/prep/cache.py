@@ -14,11 +14,8 @@ import sys
 from pathlib import Path
 
 from ..shards import manifest as mf
+from ..shards.cache import cache_root
 from .pipeline import prepare
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("UMX_CACHE", Path.home() / ".cache" / "umx"))
 
 
 def dataset_key(layout: str, root: str | Path, options: dict) -> str:

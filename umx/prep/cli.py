@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..cli_util import run_cli, underscore_aliases
 from ..layouts import STRUCTURE, TRAINING, check_options
+from ..shards import storage
 from ..shards.webdataset import DEFAULT_SHARD_BYTES
 from .pipeline import prepare, print_summary
 
@@ -54,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="umx-prep", description="Turn a dataset folder into a umx shard set.")
     p.add_argument("layout", choices=LAYOUTS, help="dataset layout of ROOT (open-unmix's --dataset)")
     p.add_argument("root", help="dataset folder (open-unmix's --root)")
-    p.add_argument("--out", required=True, help="shard set folder to write")
+    p.add_argument("--out", required=True, help="shard set to write: a folder or a bucket URL (s3://, gs://)")
+    p.add_argument("--storage-options", help="JSON options for the bucket filesystem (endpoint, credentials, …)")
     p.add_argument("--sample-rate", type=int, default=44100, help="rate of the shard set; other rates are resampled")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel track readers")
     p.add_argument("--shard-size", type=float, default=DEFAULT_SHARD_BYTES / 2**20, help="shard size in MiB")
@@ -74,20 +76,21 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     options = {k: v for k, v in layout_options(args).items() if v is not None}
     check_options(args.layout, options)
+    storage.configure(json.loads(args.storage_options) if args.storage_options else None)
     manifest = prepare(
         args.layout, args.root, args.out, workers=max(1, args.workers), sample_rate=args.sample_rate,
         shard_bytes=int(args.shard_size * 2**20), max_length_diff=args.max_length_diff, strict=args.strict,
         skip_silent_targets=args.skip_silent_targets,
         overwrite=args.overwrite, progress=not args.quiet, **options,
     )
-    report = Path(args.out) / "report.json"
+    report = storage.join(args.out, "report.json")
     print_problems(report)
     print_summary(manifest, args.out, report)
     return 0
 
 
-def print_problems(report_path: Path) -> None:
-    for e in json.loads(Path(report_path).read_text())["files"]:
+def print_problems(report_url: str) -> None:
+    for e in json.loads(storage.read_bytes(str(report_url)))["files"]:
         if e["status"] != "ok":  # one line per repaired, reported or skipped file
             print(f"{e['status']}: {e['file']}: {e['problem']} → {e['action']}", file=sys.stderr)
 

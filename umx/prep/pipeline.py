@@ -32,6 +32,7 @@ from ..errors import UmxError
 from ..layouts import Scan, safe_id, scan
 from ..shards import manifest as mf
 from ..shards import storage
+from ..shards.cache import cache_root
 from ..shards.webdataset import DEFAULT_SHARD_BYTES, ShardWriter
 from . import stats
 from .checks import Loaded, Options, load_track, note
@@ -141,18 +142,22 @@ def prepare(
     Returns the manifest. Raises UmxError (naming the file and the problem) for
     unusable input; nothing at `out` changes unless prep succeeds.
     """
-    out = Path(out).expanduser()
+    remote = storage.is_remote(str(out))
+    out = str(out) if remote else Path(out).expanduser()
     found = scan(layout, root, **layout_options)
     settings = {"sample_rate": sample_rate, "shard_bytes": shard_bytes, "max_length_diff": max_length_diff,
                 "skip_silent_targets": skip_silent_targets, "version": mf.VERSION}
     fp = fingerprint(layout, found, settings)
-    if (out / mf.NAME).exists() and not overwrite:
-        existing = json.loads((out / mf.NAME).read_text())
+    manifest_url = storage.join(str(out), mf.NAME)
+    if storage.exists(manifest_url) and not overwrite:
+        existing = json.loads(storage.read_bytes(manifest_url))
         if existing.get("prep", {}).get("fingerprint") == fp:
             return existing  # the same input and options: already done
         raise UmxError(f"{out}: already holds a shard set made from other input or options; "
                        "use --overwrite to replace it")
-    staging = out / STAGING
+    # staging is always local: next to a local shard set, in the cache for a bucket
+    staging = (cache_root() / "staging" / hashlib.sha256(out.encode()).hexdigest()[:20]) if remote \
+        else out / STAGING
     plan = staging / "prep.json"
     if staging.exists():
         same = plan.is_file() and json.loads(plan.read_text()).get("fingerprint") == fp
@@ -182,6 +187,8 @@ def prepare(
             skip_silent_targets=skip_silent_targets,
             stft=DEFAULT_STFT if found.sampling["records"] == "tracks" else None))
         return _finish(layout, found, staging, out, done, tails, report, settings, fp, strict, root, progress)
+    except storage.StorageError:
+        raise  # e.g. an interrupted upload: the staged shards stay, a rerun sends the rest
     except UmxError:
         shutil.rmtree(staging, ignore_errors=True)  # an input problem: nothing to resume
         raise
@@ -216,7 +223,7 @@ def _finish(layout, found, staging, out, done, tails, report, settings, fp, stri
             urls, manifest, *DEFAULT_STFT)}
     else:
         manifest["statistics"] = {mf.stats_key(*DEFAULT_STFT): moments.finalize()}
-    mf.validate(manifest, str(out / mf.NAME))
+    mf.validate(manifest, storage.join(str(out), mf.NAME))
     storage.write_json(staging / "report.json", report.to_json(kept))
     _publish(staging, out, manifest)
     if progress:
@@ -263,8 +270,11 @@ def _check_usable(found: Scan, report: Report, kept: dict[str, int], strict: boo
             raise UmxError(f"{Path(root)}: no usable track in the '{split}' split:\n{lines}")
 
 
-def _publish(staging: Path, out: Path, manifest: dict) -> None:
-    """Move the new shards in, drop shards of a replaced set, write the manifest last."""
+def _publish(staging: Path, out, manifest: dict) -> None:
+    """Move (or upload) the new shards in, drop shards of a replaced set, write the manifest
+    last — so a half-written shard set is never visible as complete."""
+    if storage.is_remote(str(out)):
+        return _publish_remote(staging, str(out), manifest)
     old = out / mf.NAME
     if old.exists():
         old.unlink()  # the old set stops being visible as complete before files change
@@ -275,6 +285,25 @@ def _publish(staging: Path, out: Path, manifest: dict) -> None:
     for name in [*sorted(new_names), "report.json"]:
         (staging / name).replace(out / name)
     storage.write_json(old, manifest)
+    shutil.rmtree(staging)
+
+
+def _publish_remote(staging: Path, out: str, manifest: dict) -> None:
+    """Upload to a bucket; shards already there with the right size (an interrupted
+    upload) are not sent again."""
+    storage.remove(storage.join(out, mf.NAME))
+    entries = [e for s in manifest["splits"].values() for e in s["shards"]]
+    names = {e["name"] for e in entries}
+    for stale in storage.listing(out):
+        if stale.endswith(".tar") and stale not in names:
+            storage.remove(storage.join(out, stale))
+    there = storage.listing(out)
+    for e in entries:
+        if there.get(e["name"]) != e["bytes"]:
+            storage.upload(staging / e["name"], storage.join(out, e["name"]))
+    storage.upload(staging / "report.json", storage.join(out, "report.json"))
+    (staging / mf.NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    storage.upload(staging / mf.NAME, storage.join(out, mf.NAME))
     shutil.rmtree(staging)
 
 

@@ -10,14 +10,18 @@ complete, and listed with its sha256 for the manifest.
 from __future__ import annotations
 
 import io
+import mmap
 import os
+import re
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_iterator
+from numpy.lib import format as npformat
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
 
 from ..errors import ShardError
 from . import storage
@@ -115,6 +119,15 @@ class ShardWriter:
         return self.entries
 
 
+def _record(url: str, key: str, meta: dict, sources: dict[str, np.ndarray], mixture: np.ndarray | None
+            ) -> TrackRecord:
+    arrays = {**sources, **({"mixture": mixture} if mixture is not None else {})}
+    for name, pcm in arrays.items():
+        if pcm.dtype != np.int16 or pcm.ndim != 2:
+            raise ShardError(f"{url}: record '{key}' array '{name}' is not int16 [channels, frames]")
+    return TrackRecord(key, meta, sources, mixture)
+
+
 def _decode(url: str, sample: dict) -> TrackRecord:
     import json
 
@@ -126,18 +139,118 @@ def _decode(url: str, sample: dict) -> TrackRecord:
         mixture = np.load(io.BytesIO(sample["mixture.npy"]), allow_pickle=False) if "mixture.npy" in sample else None
     except (KeyError, ValueError, OSError) as e:
         raise ShardError(f"{url}: record '{key}' is damaged ({type(e).__name__}: {e})") from None
-    arrays = {**sources, **({"mixture": mixture} if mixture is not None else {})}
-    for name, pcm in arrays.items():
-        if pcm.dtype != np.int16 or pcm.ndim != 2:
-            raise ShardError(f"{url}: record '{key}' array '{name}' is not int16 [channels, frames]")
-    return TrackRecord(key, meta, sources, mixture)
+    return _record(url, key, meta, sources, mixture)
 
 
-def read_shard(url: str, select: Callable[[int], bool] | None = None) -> Iterator[TrackRecord]:
+# --- the local fast path -------------------------------------------------------
+# Local shards are read with random access: tar headers are parsed in place,
+# records another worker owns are seeked over, and each `.npy` payload is read
+# straight into its array (one copy from the page cache) or, with `views=True`,
+# is an array view on a read-only memory map of the shard (no copy at all; a
+# loader then touches only the pages of the crops it draws). Grouping, skipping
+# and every check are webdataset's / np.load's, so records and errors are the
+# same as the streaming path's, which remote URLs still use.
+
+_SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's tar_file_iterator default
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _members(fh) -> Iterator[tuple[str, dict[str, tuple[int, int]]]]:
+    """(key, {suffix: (data offset, size)}) per record, grouped as webdataset's group_by_keys does."""
+    tar = tarfile.open(fileobj=fh, mode="r:")
+    end = os.fstat(fh.fileno()).st_size
+    key, current = None, None
+    for info in tar:
+        name = info.name
+        if not info.isreg() or name is None:
+            continue
+        if "/" not in name and name.startswith("__") and name.endswith("__"):
+            continue
+        if _SKIP_META.match(name):
+            continue
+        if info.offset_data + info.size > end:  # where the streaming reader fails reading it
+            raise tarfile.ReadError("unexpected end of data")
+        prefix, suffix = base_plus_ext(name)
+        if prefix is None:
+            continue
+        suffix = suffix.lower()
+        if current is None or prefix != key:
+            if current is not None:
+                yield key, current
+            key, current = prefix, {}
+        if suffix in current:
+            raise ValueError(f"{name}: duplicate file name in tar file {suffix} {list(current)}")
+        current[suffix] = (info.offset_data, info.size)
+    if current is not None:
+        yield key, current
+
+
+def _read_at(fh, offset: int, size: int) -> bytes:
+    fh.seek(offset)
+    data = fh.read(size)
+    if len(data) != size:
+        raise tarfile.ReadError("unexpected end of data")
+    return data
+
+
+def _npy(fh, mm, offset: int, size: int) -> np.ndarray:
+    """One `.npy` member as np.load(allow_pickle=False) returns it, without the copies."""
+    fh.seek(offset)
+    prefix = fh.read(min(size, 12))
+    version = prefix[6:8]
+    if len(prefix) < 12 or prefix[:6] != _NPY_MAGIC or version not in (b"\x01\x00", b"\x02\x00"):
+        return np.load(io.BytesIO(_read_at(fh, offset, size)), allow_pickle=False)  # np.load decides
+    start = 10 + int.from_bytes(prefix[8:10], "little") if version == b"\x01\x00" else \
+        12 + int.from_bytes(prefix[8:12], "little")
+    head = io.BytesIO(_read_at(fh, offset, min(size, start)))
+    npformat.read_magic(head)
+    read_header = npformat.read_array_header_1_0 if version == b"\x01\x00" else npformat.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(head)
+    if dtype.hasobject:
+        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    count = int(np.prod(shape, dtype=np.int64))
+    nbytes = count * dtype.itemsize
+    if size - start < nbytes:
+        raise ValueError(f"EOF: reading array data, expected {nbytes} bytes got {max(0, size - start)}")
+    if mm is not None:
+        array = np.frombuffer(mm, dtype, count, offset + start)
+    else:
+        array = np.empty(count, dtype)
+        fh.seek(offset + start)
+        if nbytes and fh.readinto(memoryview(array).cast("B")) != nbytes:
+            raise ValueError(f"EOF: reading array data, expected {nbytes} bytes")
+    return array.reshape(shape[::-1]).transpose() if fortran_order else array.reshape(shape)
+
+
+def _decode_local(url: str, fh, mm, key: str, files: dict[str, tuple[int, int]]) -> TrackRecord:
+    import json
+
+    try:
+        meta = json.loads(_read_at(fh, *files["meta.json"]))
+        sources = {name: _npy(fh, mm, *files[f"{name}.npy"]) for name in meta["sources"]}
+        mixture = _npy(fh, mm, *files["mixture.npy"]) if "mixture.npy" in files else None
+    except (KeyError, ValueError, OSError) as e:
+        raise ShardError(f"{url}: record '{key}' is damaged ({type(e).__name__}: {e})") from None
+    return _record(url, key, meta, sources, mixture)
+
+
+def _read_local(url: str, fh, select: Callable[[int], bool] | None, views: bool) -> Iterator[TrackRecord]:
+    mm = None
+    for index, (key, files) in enumerate(_members(fh)):
+        if select is None or select(index):
+            if views and mm is None:
+                mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)  # lives as long as its arrays
+            yield _decode_local(url, fh, mm, key, files)
+
+
+def read_shard(url: str, select: Callable[[int], bool] | None = None, views: bool = False) -> Iterator[TrackRecord]:
     """Decode the records of one shard, in order.
 
     `select(record_index)` lets a worker skip (not decode) records that belong
-    to another worker when shards are split at record granularity.
+    to another worker when shards are split at record granularity. With
+    `views=True` the arrays of a local shard are read-only views on a memory
+    map of it (a loader that only copies crops out of them reads no more);
+    otherwise every array is a fresh, writable copy.
     """
     try:
         stream = storage.open_read(url)
@@ -145,6 +258,9 @@ def read_shard(url: str, select: Callable[[int], bool] | None = None) -> Iterato
         raise ShardError(f"{url}: shard is missing") from None
     with stream:
         try:
+            if not storage.is_remote(url) and hasattr(stream, "fileno"):
+                yield from _read_local(url, stream, select, views)
+                return
             files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
             for index, sample in enumerate(group_by_keys(files)):
                 if select is None or select(index):

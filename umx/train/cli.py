@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="umx-train", description="Train an Open-Unmix target model from a shard set "
                                 "(or, with open-unmix's --dataset/--root, from a dataset folder prepared on demand).")
-    p.add_argument("--shards", help="shard set folder (or its manifest.json) written by umx-prep")
+    p.add_argument("--shards", help="shard set written by umx-prep: folder, manifest.json, or URL "
+                   "(s3://, gs://, https://)")
     p.add_argument("--dataset", choices=LAYOUTS, help="open-unmix's dataset layout of --root (default: musdb)")
     p.add_argument("--root", help="open-unmix's dataset folder: prepared once into a cache, then streamed")
     p.add_argument("--target", help="source to separate (default: the shard set's target, e.g. vocals)")
@@ -68,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--random-interferer-mix", action=argparse.BooleanOptionalAction, default=None,
                    help="trackfolder_var: all interferers from one random track")
     s.add_argument("--pool-size", type=int, default=d.pool_size, help="tracks each worker holds for random crops")
+    s.add_argument("--cache-dir", help="local cache of remote shards (default $UMX_CACHE/shards)")
+    s.add_argument("--cache-size", type=float, default=d.cache_size, help="cache size limit in GiB (LRU)")
+    s.add_argument("--skip-bad-shards", action="store_true",
+                   help="skip (and count) shards whose checksum or structure is wrong instead of stopping")
+    s.add_argument("--storage-options", help="JSON options for the bucket filesystem (endpoint, credentials, …)")
+    s.add_argument("--anon", action="store_true", help="read a public bucket without credentials")
     add_layout_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     underscore_aliases(p)

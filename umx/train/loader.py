@@ -26,7 +26,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import UmxError
 from ..shards.manifest import Manifest
-from ..shards.webdataset import TrackRecord, read_shard
+from ..shards.reader import ShardReader, SkippedShard
+from ..shards.webdataset import TrackRecord
 from . import plan, sampling
 
 COMPLEMENT = "accompaniment"  # a target open-unmix allows for musdb: everything but the vocals
@@ -36,9 +37,10 @@ COMPLEMENT = "accompaniment"  # a target open-unmix allows for musdb: everything
 class Batch:
     audio: torch.Tensor  # int16 [batch, slots, channels, samples]
     track_ids: list[str]
+    io: dict | None = None  # loader counters since the previous batch (see ShardReader.take_metrics)
 
     def pin_memory(self) -> "Batch":
-        return Batch(self.audio.pin_memory(), self.track_ids)
+        return Batch(self.audio.pin_memory(), self.track_ids, self.io)
 
 
 @dataclass(frozen=True)
@@ -56,22 +58,27 @@ class Slots:
     complement: bool
     silence_missing: bool
 
-    def stack(self, record: TrackRecord) -> np.ndarray | None:
+    def parts(self, record: TrackRecord) -> list[np.ndarray | None] | None:
+        """The record's `[channels, time]` array of every slot, None for a silent slot
+        (or None for the whole record, if training leaves it out)."""
         src = record.sources
         target = self.order[0]
         if target not in src and not self.silence_missing:
             return None  # open-unmix leaves tracks without the target out
-        shape = next(iter(src.values())).shape
-        zeros = np.zeros(shape, np.int16)
-        parts = [src.get(target, zeros)]
+        parts = [src.get(target)]
         others = [s for s in self.order[1:] if s in src] + sorted(s for s in src if s not in self.order)
         parts += [src[s] for s in others]
-        parts += [zeros] * (self.n_interferers - len(others))
+        parts += [None] * (self.n_interferers - len(others))
         if self.input_slot:
             if record.mixture is None:
                 raise UmxError(f"record '{record.id}' has no stored input mixture")
             parts.append(record.mixture)
-        return np.stack(parts)
+        return parts
+
+    def stack(self, record: TrackRecord) -> np.ndarray | None:
+        """The record as one int16 `[slots, channels, time]` array."""
+        parts = self.parts(record)
+        return None if parts is None else _fill(np.empty((1, len(parts), *_shape(parts)), np.int16), [parts])[0]
 
 
 def make_slots(manifest: Manifest, target: str, silence_missing: bool = False) -> Slots:
@@ -96,8 +103,36 @@ def _consumer() -> tuple[int, int]:
     return (info.id, info.num_workers) if info else (0, 1)
 
 
+def _shape(crops: list[np.ndarray | None]) -> tuple[int, ...]:
+    return next(c for c in crops if c is not None).shape
+
+
+def _fill(buf: np.ndarray, items: list[list[np.ndarray | None]]) -> np.ndarray:
+    """Copy each item's slot crops into `buf[item, slot]` (zeros where a slot is None)."""
+    for i, crops in enumerate(items):
+        for j, crop in enumerate(crops):
+            if crop is None:
+                buf[i, j] = 0
+            else:
+                buf[i, j] = crop
+    return buf
+
+
+def _empty(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised int16 tensor; in a loader worker it is allocated in shared memory,
+    so handing the batch to the main process copies nothing (as torch's default_collate does)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.int16)
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * 2)
+    return torch.empty(0, dtype=torch.int16).set_(storage, 0, shape)
+
+
 def _batch(out: list) -> Batch:
-    audio = torch.from_numpy(np.stack([c for c, _ in out]))
+    """`out`: (slot crops, track id) per sample → one int16 `[batch, slots, channels, time]`
+    tensor; every crop is copied once, straight into the batch."""
+    crops = [c for c, _ in out]
+    audio = _empty((len(crops), len(crops[0]), *_shape(crops[0])))
+    _fill(audio.numpy(), crops)
     ids = [t for _, t in out]
     out.clear()
     return Batch(audio, ids)
@@ -130,7 +165,9 @@ class _Stream(IterableDataset):
             skip[0] -= 1
             out.clear()
         else:
-            yield _batch(out)
+            batch = _batch(out)
+            batch.io = self.reader.take_metrics()
+            yield batch
 
 
 class TrainStream(_Stream):
@@ -138,8 +175,10 @@ class TrainStream(_Stream):
 
     def __init__(self, manifest: Manifest, target: str, seq_len: int | None, batch_size: int,
                  samples_per_track: int = 1, pool_size: int = 8, seed: int = 42, split: str = "train",
-                 rank: int = 0, world_size: int = 1, silence_missing_targets: bool = False):
+                 rank: int = 0, world_size: int = 1, silence_missing_targets: bool = False,
+                 reader: ShardReader | None = None):
         self.manifest, self.split = manifest, split
+        self.reader = reader or ShardReader(manifest)
         self.slots = make_slots(manifest, target, silence_missing_targets)
         self.shards = manifest.shards(split)
         self.seq_len, self.batch_size = seq_len, batch_size
@@ -193,22 +232,34 @@ class TrainStream(_Stream):
         rng = sampling.rng(self.seed, sampling.CROPS, self.epoch, consumer)
         draws = np.full(n_tracks, q // n_tracks)
         draws[rng.permutation(n_tracks)[: q % n_tracks]] += 1  # the quota, spread evenly over the tracks
-        pool: list[list] = []  # [slots int16 [S, C, T], draws left, track id]
-        out: list[tuple[np.ndarray, str]] = []
-        skip_left, k = [skip], 0
+        pool: list[list] = []  # [slot arrays int16 [C, T] (None: silent), draws left, track id]
+        out: list[tuple[list, str]] = []
+        skip_left, k, debt, last = [skip], 0, 0, None
         for entry, select in reads:
-            for record in read_shard(self.manifest.shard_url(entry), select):
-                if self.seq_len is not None and record.frames < self.seq_len:
-                    continue  # open-unmix excludes tracks shorter than seq_dur
-                stack = self.slots.stack(record)
-                if stack is None:
-                    continue
-                k += 1
-                if draws[k - 1] == 0:
-                    continue
-                pool.append([stack, int(draws[k - 1]), record.id])
-                while len(pool) >= self.pool_size:
-                    yield from self._draw(pool, rng, out, skip_left)
+            first = k
+            try:
+                for record in self.reader.guarded(entry, select, views=True):
+                    if self.seq_len is not None and record.frames < self.seq_len:
+                        continue  # open-unmix excludes tracks shorter than seq_dur
+                    parts = self.slots.parts(record)
+                    if parts is None:
+                        continue
+                    k += 1
+                    n, debt = int(draws[k - 1]) + debt, 0  # a skipped shard's draws go to the next tracks
+                    if n == 0:
+                        continue
+                    last = [parts, n, record.id]
+                    pool.append(last)
+                    while len(pool) >= self.pool_size:
+                        yield from self._draw(pool, rng, out, skip_left)
+            except SkippedShard:
+                end = first + self._eligible(entry, select)
+                debt += int(draws[k:end].sum())
+                k = end
+        if debt:
+            if last is None:
+                raise UmxError(f"{self.manifest.location}: every shard of rank {self.rank} worker {worker} was bad")
+            pool.append([last[0], debt, last[2]])
         while pool:
             yield from self._draw(pool, rng, out, skip_left)
         if out:
@@ -216,13 +267,14 @@ class TrainStream(_Stream):
 
     def _draw(self, pool: list[list], rng: np.random.Generator, out: list, skip: list[int]) -> Iterator[Batch]:
         i = int(rng.integers(len(pool)))
-        stack, left, track_id = pool[i]
+        parts, left, track_id = pool[i]
         if self.seq_len is None:
-            crop = stack
+            crops = parts
         else:
-            offset = int(rng.integers(stack.shape[-1] - self.seq_len + 1))
-            crop = stack[..., offset: offset + self.seq_len]
-        out.append((crop, track_id))
+            offset = int(rng.integers(_shape(parts)[-1] - self.seq_len + 1))
+            end = offset + self.seq_len
+            crops = [None if p is None else p[:, offset:end] for p in parts]  # views: copied once, into the batch
+        out.append((crops, track_id))
         if left == 1:
             pool[i] = pool[-1]
             pool.pop()
@@ -232,12 +284,17 @@ class TrainStream(_Stream):
             yield from self._emit(out, skip)
 
 
-def _source_files(manifest: Manifest, split: str, order: tuple[str, ...], seq_len: int | None
-                  ) -> dict[str, list[tuple[str, np.ndarray]]]:
+def _source_files(manifest: Manifest, split: str, order: tuple[str, ...], seq_len: int | None,
+                  reader: ShardReader | None = None) -> dict[str, list[tuple[str, np.ndarray]]]:
     """Every file of every source of a source-file split, long enough for a crop."""
     files: dict[str, list] = {s: [] for s in order}
+    reader = reader or ShardReader(manifest)
     for entry in manifest.shards(split):
-        for record in read_shard(manifest.shard_url(entry)):
+        try:
+            records = list(reader.guarded(entry, views=True))
+        except SkippedShard:
+            continue
+        for record in records:
             for name, pcm in record.sources.items():
                 if name in files and (seq_len is None or pcm.shape[-1] >= seq_len):
                     files[name].append((record.id, pcm))
@@ -255,10 +312,12 @@ class SourceFileStream(_Stream):
     whole split and draws its share of the samples from its own stream."""
 
     def __init__(self, manifest: Manifest, target: str, seq_len: int, batch_size: int, nb_samples: int,
-                 seed: int = 42, split: str = "train", rank: int = 0, world_size: int = 1):
+                 seed: int = 42, split: str = "train", rank: int = 0, world_size: int = 1,
+                 reader: ShardReader | None = None):
         if seq_len is None:
             raise UmxError("unaligned source folders need a crop length: --seq-dur must be > 0")
         self.manifest, self.split = manifest, split
+        self.reader = reader or ShardReader(manifest)
         self.slots = make_slots(manifest, target)
         self.seq_len, self.batch_size, self.nb_samples = seq_len, batch_size, nb_samples
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -275,7 +334,7 @@ class SourceFileStream(_Stream):
         worker, n_workers, consumer, q, skip = self._position()
         if q == 0:
             return
-        files = _source_files(self.manifest, self.split, self.slots.order, self.seq_len)
+        files = _source_files(self.manifest, self.split, self.slots.order, self.seq_len, self.reader)
         rng = sampling.rng(self.seed, sampling.CROPS, self.epoch, consumer)
         out: list = []
         skip_left = [skip]
@@ -286,7 +345,7 @@ class SourceFileStream(_Stream):
                 offset = int(rng.integers(pcm.shape[-1] - self.seq_len + 1))
                 parts.append(pcm[:, offset: offset + self.seq_len])
                 ids.append(file_id)
-            out.append((np.stack(parts), "+".join(ids)))
+            out.append((parts, "+".join(ids)))
             if len(out) == self.batch_size:
                 yield from self._emit(out, skip_left)
         if out:
@@ -303,14 +362,15 @@ class ValidItem:
 
 
 def load_validation(manifest: Manifest, target: str, split: str = "valid", silence_missing: bool = False,
-                    nb_samples: int = 100, seq_len: int | None = None) -> list[ValidItem]:
+                    nb_samples: int = 100, seq_len: int | None = None,
+                    reader: ShardReader | None = None) -> list[ValidItem]:
     """The validation set: full tracks, or for unaligned sources `nb_samples` crops that are
     the same every epoch (each seeded by its index, as open-unmix seeds them)."""
     slots = make_slots(manifest, target, silence_missing)
     use_mixture = manifest.sampling["valid_input"] == "mixture"
     slots_no_input = Slots(slots.order, slots.n_interferers, False, slots.complement, slots.silence_missing)
     if manifest.sampling["valid"] == "crops":
-        files = _source_files(manifest, split, slots.order, seq_len)
+        files = _source_files(manifest, split, slots.order, seq_len, reader)
         items = []
         for index in range(nb_samples):
             parts = []
@@ -322,8 +382,13 @@ def load_validation(manifest: Manifest, target: str, split: str = "valid", silen
             items.append(ValidItem(f"sample_{index}", torch.from_numpy(np.stack(parts)), None))
         return items
     items = []
+    reader = reader or ShardReader(manifest)
     for entry in manifest.shards(split):
-        for record in read_shard(manifest.shard_url(entry)):
+        try:
+            records = list(reader.guarded(entry))
+        except SkippedShard:
+            continue
+        for record in records:
             stack = slots_no_input.stack(record)
             if stack is None:
                 continue

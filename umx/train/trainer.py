@@ -34,6 +34,9 @@ from . import distributed, sampling
 from .augment import Augment, mix_and_target
 from .loader import SourceFileStream, TrainStream, load_validation
 from .outputs import load_checkpoint, read_results, save_torch, write_separator_json
+from ..shards import storage
+from ..shards.cache import cache_root
+from ..shards.reader import ShardReader, add_metrics
 from ..shards.storage import write_json
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -83,6 +86,11 @@ class TrainConfig:
     save_every: int = 0  # also checkpoint every N steps inside an epoch (exact mid-epoch resume)
     precision: str = "fp32"  # fp32 | tf32 | bf16
     trace: bool = False  # write the tracks of every step per rank to trace-rank<r>.jsonl
+    cache_dir: str | None = None  # local cache of remote shards (default $UMX_CACHE/shards)
+    cache_size: float = 100.0  # GiB
+    skip_bad_shards: bool = False
+    storage_options: str | None = None  # JSON for fsspec (endpoint, credentials, …)
+    anon: bool = False
 
     def resolved(self, manifest: mf.Manifest) -> "TrainConfig":
         """Fill every None from the manifest; refuse what the shard set cannot do."""
@@ -135,7 +143,7 @@ def input_statistics(manifest: mf.Manifest, nfft: int, nhop: int, quiet: bool) -
     if stats is not None:
         return stats
     digest = hashlib.sha256("".join(s.sha256 for s in manifest.shards("train")).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("UMX_CACHE", Path.home() / ".cache" / "umx")) / "stats"
+    cache = cache_root() / "stats"
     path = cache / f"{digest}-{mf.stats_key(nfft, nhop)}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -149,6 +157,7 @@ class Trainer:
     """One training run: build everything from the config, then `fit()`."""
 
     def __init__(self, config: TrainConfig):
+        storage.configure(_json_option(config.storage_options, "--storage-options"), config.anon)
         self.manifest = mf.load(config.shards)
         self.cfg = cfg = config.resolved(self.manifest)
         self.dist, self.device = distributed.setup(not cfg.no_cuda and torch.cuda.is_available())
@@ -162,18 +171,20 @@ class Trainer:
         if seq_len is not None and seq_len < cfg.nfft:
             raise UmxError(f"--seq-dur {cfg.seq_dur} s is shorter than one STFT window (--nfft {cfg.nfft})")
         smp, rank, world = self.manifest.sampling, self.dist.rank, self.dist.world_size
+        self.reader = ShardReader(self.manifest, cfg.cache_dir, int(cfg.cache_size * 2**30), cfg.skip_bad_shards)
         if smp["records"] == "source_files":
             self.stream = SourceFileStream(self.manifest, cfg.target, seq_len, cfg.batch_size, cfg.nb_train_samples,
-                                           cfg.seed, rank=rank, world_size=world)
+                                           cfg.seed, rank=rank, world_size=world, reader=self.reader)
         else:
             self.stream = TrainStream(self.manifest, cfg.target, seq_len, cfg.batch_size if seq_len else 1,
                                       cfg.samples_per_track, cfg.pool_size, cfg.seed, rank=rank, world_size=world,
-                                      silence_missing_targets=cfg.silence_missing_targets)
+                                      silence_missing_targets=cfg.silence_missing_targets, reader=self.reader)
         self.slots = self.stream.slots
         if hasattr(self.stream, "check"):
             self.stream.check(cfg.nb_workers)
         valid = load_validation(self.manifest, cfg.target, "valid", cfg.silence_missing_targets,
-                                cfg.nb_valid_samples, seq_len)
+                                cfg.nb_valid_samples, seq_len, self.reader)
+        self.valid_io = self.reader.take_metrics()
         self.n_valid, self.valid_items = len(valid), valid[rank::world]  # split over ranks, reduced
         self.encoder = Spectrogram(cfg.nfft, cfg.nhop, mono=cfg.nb_channels == 1).to(self.device)
         remix = smp["remix"] if cfg.random_track_mix and smp["remix"] != "never" else None
@@ -190,7 +201,7 @@ class Trainer:
             self.optimizer, factor=cfg.lr_decay_gamma, patience=cfg.lr_decay_patience, cooldown=10)
         self.stopper = EarlyStopping(cfg.patience)
         self.history = {"train_loss_history": [], "valid_loss_history": [], "train_time_history": [],
-                        "lr_history": [], "best_epoch": 0, "epochs_trained": 0}
+                        "lr_history": [], "loader_history": [], "best_epoch": 0, "epochs_trained": 0}
         self.position = {"epoch": 1, "step": 0, "losses": [], "seconds": 0.0}  # where the run stands
         if cfg.checkpoint:
             self._resume(cfg.checkpoint)
@@ -258,6 +269,7 @@ class Trainer:
         self.stream.set_epoch(epoch, start_step)
         total = self.stream.batches_per_epoch(cfg.nb_workers)
         start, seen = time.time(), 0
+        self.epoch_io = dict(pos.get("io", {})) if pos["epoch"] == epoch else {}
         trace = self._trace_file() if cfg.trace else None
         bar = tqdm(self._loader(), total=total, initial=start_step, desc=f"epoch {epoch}", leave=False,
                    disable=cfg.quiet or not self.dist.is_main)
@@ -269,9 +281,12 @@ class Trainer:
             if trace:
                 trace.write(json.dumps({"epoch": epoch, "step": step, "tracks": batch.track_ids}) + "\n")
             seen += pcm.shape[0]
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}", samples_per_s=f"{seen / (time.time() - start):.1f}")
+            io = add_metrics(self.epoch_io, batch.io)
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}", samples_per_s=f"{seen / (time.time() - start):.1f}",
+                            **({"fetched_MB": f"{io['bytes_fetched'] / 2**20:.0f}", "hits": io["hits"]}
+                               if io.get("misses") or io.get("hits") else {}))
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
-                self.position = {"epoch": epoch, "step": step + 1, "losses": losses,
+                self.position = {"epoch": epoch, "step": step + 1, "losses": losses, "io": io,
                                  "seconds": pos.get("seconds", 0.0) + time.time() - start}
                 self._save_checkpoint()
         if trace:
@@ -320,6 +335,7 @@ class Trainer:
             h["valid_loss_history"].append(valid_loss)
             h["train_time_history"].append(time.time() - start)
             h["lr_history"].append(self.optimizer.param_groups[0]["lr"])  # after the plateau step
+            h["loader_history"].append(self._loader_metrics())
             h["epochs_trained"] = epoch
             is_best = valid_loss == self.stopper.best
             if is_best:
@@ -339,6 +355,17 @@ class Trainer:
                 f.write(json.dumps({"final_weights_sha256": digest}) + "\n")
         distributed.barrier(self.dist)
         return self.out
+
+    def _loader_metrics(self) -> dict:
+        """This epoch's loader counters summed over ranks: bytes fetched, cache hits and
+        misses, seconds waiting for shards, shards skipped as bad."""
+        io = self.epoch_io
+        keys = ["bytes_fetched", "hits", "misses", "wait_s"]
+        values = distributed.sum_all([float(io.get(k, 0)) for k in keys] + [float(len(io.get("bad_shards", [])))],
+                                     self.dist, self.device)
+        out = {k: (int(v) if k != "wait_s" else round(v, 3)) for k, v in zip(keys, values)}
+        out["skipped_shards"] = int(values[-1])
+        return out
 
     def _trace_file(self):
         self.out.mkdir(parents=True, exist_ok=True)
@@ -370,6 +397,18 @@ class Trainer:
             "args": args, "best_loss": self.stopper.best, "num_bad_epochs": self.stopper.num_bad_epochs,
             **self.history,
         })
+
+
+def _json_option(text: str | None, flag: str) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UmxError(f"{flag}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise UmxError(f"{flag}: must be a JSON object, e.g. '{{\"endpoint_url\": \"http://…\"}}'")
+    return value
 
 
 def _set_precision(precision: str) -> None:

@@ -1,0 +1,109 @@
+"""Reading shards for training: fetch (remote: through the cache), verify, decode.
+
+A shard is checked against its manifest entry before any record is used:
+remote shards on download (sha256), local shards once per machine (sha256,
+remembered by a marker keyed by path, size and mtime), and every shard's
+records against the entry's track ids. A bad shard is an error naming it —
+or, with `skip_bad`, skipped and counted. Counters (bytes fetched, cache
+hits/misses, seconds waiting, skipped shards) are taken by the loader and
+travel with the batches to the trainer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..errors import ShardError, UmxError
+from . import storage
+from .cache import ShardCache, cache_root
+from .manifest import Manifest, ShardEntry
+from .webdataset import TrackRecord, read_shard
+
+
+class ShardReader:
+    def __init__(self, manifest: Manifest, cache_dir: str | None = None, cache_bytes: int = 100 * 2**30,
+                 skip_bad: bool = False, verify_local: bool = True):
+        self.manifest, self.skip_bad, self.verify_local = manifest, skip_bad, verify_local
+        self.cache = ShardCache(cache_dir, cache_bytes)
+        self.bad: list[str] = []
+        self._taken = self.cache.stats.as_dict()
+
+    def _local_path(self, entry: ShardEntry) -> str:
+        url = self.manifest.shard_url(entry)
+        if storage.is_remote(url):
+            return self.cache.fetch(url, entry.sha256, entry.bytes)
+        path = Path(url.removeprefix("file://"))
+        if not path.is_file():
+            raise ShardError(f"{path}: shard is missing (listed in {self.manifest.location}/manifest.json)")
+        if self.verify_local:
+            self._verify_once(path, entry)
+        return str(path)
+
+    def _verify_once(self, path: Path, entry: ShardEntry) -> None:
+        st = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{entry.sha256}".encode())
+        marker = cache_root() / "verified" / key.hexdigest()[:32]
+        if marker.is_file():
+            return
+        start = time.time()
+        digest, size = storage.sha256_of(str(path))
+        self.cache.stats.wait_s += time.time() - start
+        if (digest, size) != (entry.sha256, entry.bytes):
+            raise ShardError(f"{path}: checksum mismatch (sha256 {digest[:16]}…, {size} bytes; the manifest says "
+                             f"{entry.sha256[:16]}…, {entry.bytes} bytes): the shard is damaged or was replaced")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+
+    def records(self, entry: ShardEntry, select: Callable[[int], bool] | None = None,
+                views: bool = False) -> Iterator[TrackRecord]:
+        """The records of one shard (those `select` keeps), checked against the manifest
+        (`views`: read-only arrays on a memory map of the local shard; see read_shard)."""
+        path = self._local_path(entry)
+        expected = [t for i, t in enumerate(entry.track_ids) if select is None or select(i)]
+        got = 0
+        for record in read_shard(path, select, views=views):
+            if got >= len(expected) or record.id != expected[got]:
+                raise ShardError(f"{self.manifest.shard_url(entry)}: record '{record.id}' does not match the "
+                                 f"manifest (expected {expected[got] if got < len(expected) else 'no more records'})")
+            got += 1
+            yield record
+        if got != len(expected):
+            raise ShardError(f"{self.manifest.shard_url(entry)}: holds {got} of the {len(expected)} records the "
+                             "manifest lists")
+
+    def guarded(self, entry: ShardEntry, select=None, views: bool = False) -> Iterator[TrackRecord]:
+        """`records`, but with skip_bad a bad shard is reported and skipped, not raised."""
+        try:
+            yield from self.records(entry, select, views)
+        except (ShardError, storage.StorageError) as e:
+            if not self.skip_bad:
+                raise
+            self.bad.append(self.manifest.shard_url(entry))
+            print(f"warning: skipping bad shard ({e})", file=sys.stderr)
+            raise SkippedShard(str(e)) from None
+
+    def take_metrics(self) -> dict:
+        """Counters since the last call (bytes fetched, hits, misses, wait seconds, skipped shards)."""
+        now = self.cache.stats.as_dict()
+        delta = {k: now[k] - self._taken[k] for k in now}
+        self._taken = now
+        delta["bad_shards"], self.bad = self.bad, []
+        return delta
+
+
+class SkippedShard(UmxError):
+    """Raised by `ShardReader.guarded` after a bad shard was skipped (the stream redistributes its draws)."""
+
+
+def add_metrics(total: dict, delta: dict | None) -> dict:
+    """Accumulate loader counters (as taken from batches) into `total`."""
+    if delta:
+        for k, v in delta.items():
+            total[k] = total.get(k, [] if isinstance(v, list) else 0) + v
+    return total
+
+
