@@ -13,6 +13,7 @@ setup(
         "soxr",
         "webdataset",
         "fsspec",
+        "s3fs",  # s3:// shard sets (aiohttp also serves http(s)://)
         "tqdm",
         "musdb",  # MUSDB18 layout: track lists and validation split
         "stempeg",  # decodes MUSDB18 .stem.mp4 through Debian's ffmpeg
@@ -21,7 +22,8 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "hypothesis"],
+        "test": ["pytest", "pytest-xdist", "hypothesis", "moto[server]", "boto3"],
+        "gcs": ["gcsfs"],
     },
     entry_points={
         "console_scripts": [
