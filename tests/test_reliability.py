@@ -178,3 +178,35 @@ def test_staging_of_other_input_is_refused(dataset, tmp_path):
         prepare("trackfolder_fix", dataset, out, progress=False, **FIX_OPTS)
     prepare("trackfolder_fix", dataset, out, progress=False, overwrite=True, **FIX_OPTS)
     assert (out / "manifest.json").is_file()
+
+
+TINY = dict(hidden_size=8, seq_dur=1.0, batch_size=4, nfft=2048, nhop=512, quiet=True, epochs=1)
+
+
+def test_damaged_local_shard_stops_training_or_is_skipped(shard_set, tmp_path, monkeypatch):
+    from umx.errors import ShardError
+    from umx.train.trainer import TrainConfig, train
+
+    monkeypatch.setenv("UMX_CACHE", str(tmp_path / "cache"))  # nothing verified yet
+    damaged = tmp_path / "set"
+    shutil.copytree(shard_set, damaged)
+    victim = sorted(damaged.glob("train-*.tar"))[0]
+    blob = bytearray(victim.read_bytes())
+    blob[len(blob) // 2] ^= 0x55
+    victim.write_bytes(bytes(blob))
+    with pytest.raises(ShardError, match=f"{victim.name}: checksum mismatch"):
+        train(TrainConfig(shards=str(damaged), output=str(tmp_path / "a"), **TINY))
+    train(TrainConfig(shards=str(damaged), output=str(tmp_path / "b"), skip_bad_shards=True, **TINY))
+    res = json.loads((tmp_path / "b" / "vocals.json").read_text())
+    assert res["loader_history"][0]["skipped_shards"] == 1
+    (damaged / sorted(p.name for p in damaged.glob("valid-*.tar"))[0]).unlink()
+    with pytest.raises(ShardError, match="shard is missing"):
+        train(TrainConfig(shards=str(damaged), output=str(tmp_path / "c"), **TINY))
+
+
+def test_nan_loss_stops_with_epoch_and_step(shard_set, tmp_path, monkeypatch):
+    from umx.train.trainer import TrainConfig, Trainer
+
+    monkeypatch.setattr(Trainer, "train_step", lambda self, pcm, epoch, step: float("nan") if step == 1 else 1.0)
+    with pytest.raises(UmxError, match="loss became nan at epoch 1, step 2"):
+        Trainer(TrainConfig(shards=str(shard_set), output=str(tmp_path), **TINY)).fit()
