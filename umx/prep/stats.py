@@ -53,15 +53,20 @@ def empty(n_fft: int) -> Moments:
     return Moments(0, np.zeros(bins), np.zeros(bins))
 
 
+BATCH = 32
+
+
 def mixture_frames(mixture: np.ndarray, n_fft: int, n_hop: int) -> np.ndarray:
-    """`[frames, bins]` channel-averaged magnitudes of a float `[channels, time]` mixture."""
+    """`[frames, bins]` channel-averaged magnitudes of a float `[channels, time]` mixture
+    (or of a batch `[batch, channels, time]` of equal-length mixtures, frames of all)."""
+    batch = torch.from_numpy(mixture if mixture.ndim == 3 else mixture[None])
     with torch.no_grad():
-        spec = Spectrogram(n_fft, n_hop)(torch.from_numpy(mixture)[None])
-    return spec[0].mean(0).T.double().numpy()
+        spec = Spectrogram(n_fft, n_hop)(batch).mean(1)  # [batch, bins, frames]
+    return spec.transpose(1, 2).reshape(-1, spec.shape[1]).double().numpy()
 
 
 def track_moments(mixture: np.ndarray, n_fft: int, n_hop: int) -> Moments:
-    """Moments of one full mixture (no frames if shorter than one FFT window)."""
+    """Moments of one full mixture, or a batch of them (no frames if shorter than one window)."""
     if mixture.shape[-1] < n_fft:
         return empty(n_fft)
     frames = mixture_frames(mixture, n_fft, n_hop)
@@ -108,11 +113,15 @@ def source_file_statistics(urls: list[str], manifest: dict, n_fft: int, n_hop: i
         usable = {s: [a for a in arrays if a.shape[-1] >= seq] for s, arrays in files.items()}
     rng = np.random.default_rng(seed)
     total = empty(n_fft)
-    for _ in range(manifest["sampling"]["defaults"]["nb_train_samples"]):
-        mix = 0
-        for arrays in usable.values():
-            a = arrays[int(rng.integers(len(arrays)))]
-            start = max(a.shape[-1] // 2 - seq // 2, 0)
-            mix = mix + to_float32(a[:, start:start + seq])
-        total = total.merge(track_moments(mix, n_fft, n_hop))
+    n = manifest["sampling"]["defaults"]["nb_train_samples"]
+    for begin in range(0, n, BATCH):  # equal-length mixtures: one STFT call per batch
+        mixes = []
+        for _ in range(min(BATCH, n - begin)):
+            mix = 0
+            for arrays in usable.values():
+                a = arrays[int(rng.integers(len(arrays)))]
+                start = max(a.shape[-1] // 2 - seq // 2, 0)
+                mix = mix + to_float32(a[:, start:start + seq])
+            mixes.append(mix)
+        total = total.merge(track_moments(np.stack(mixes), n_fft, n_hop))
     return total.finalize()
