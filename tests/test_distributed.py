@@ -47,7 +47,7 @@ def test_two_ranks_disjoint_data_equal_steps_one_output(shard_set, tmp_path):
         assert t0 and t1 and not t0 & t1  # each rank reads its own tracks
     assert w0 == w1  # DDP keeps the replicas identical
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("trace"))
-    assert names == ["separator.json", "vocals.chkpnt", "vocals.json", "vocals.pth"]
+    assert names == ["separator.json", "vocals.chkpnt", "vocals.json", "vocals.pth", "vocals_loss.png"]
     res = json.loads((out / "vocals.json").read_text())
     assert res["epochs_trained"] == 2 and res["args"]["world_size"] == 2
 

@@ -24,7 +24,8 @@ def trained(shard_set, tmp_path_factory):
 
 def test_outputs_are_open_unmix_files(trained):
     assert sorted(p.name for p in trained.iterdir()) == ["separator.json", "vocals.chkpnt", "vocals.json",
-                                                        "vocals.pth"]
+                                                        "vocals.pth", "vocals_loss.png"]
+    assert (trained / "vocals_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # drawn after every epoch
     sep = json.loads((trained / "separator.json").read_text())
     assert sep == {"nb_channels": 2, "nfft": 2048, "nhop": 512, "sample_rate": 44100}
     res = json.loads((trained / "vocals.json").read_text())

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,10 @@ class Trainer:
         self.cfg = cfg = config.resolved(self.manifest)
         self.dist, self.device = distributed.setup(not cfg.no_cuda and torch.cuda.is_available())
         self.out = Path(cfg.output).expanduser()
+        if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            # loader workers and other ranks share the cores: oversubscribed OpenMP threads crawl
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local - cfg.nb_workers))
         torch.manual_seed(cfg.seed)  # model initialisation, as open-unmix seeds it
         np.random.seed(cfg.seed)
         _set_precision(cfg.precision)
@@ -397,6 +402,12 @@ class Trainer:
             "args": args, "best_loss": self.stopper.best, "num_bad_epochs": self.stopper.num_bad_epochs,
             **self.history,
         })
+        try:  # the loss curves a user looks at; never a reason to stop training
+            from ..plot import plot_history
+
+            plot_history(self.out, target)
+        except Exception as e:  # noqa: BLE001 (matplotlib/back-end trouble)
+            print(f"warning: could not draw the loss plot ({type(e).__name__}: {e})", file=sys.stderr)
 
 
 def _json_option(text: str | None, flag: str) -> dict:

@@ -1,0 +1,358 @@
+"""Separation with trained target models: the `Separator` module and `umx-separate`.
+
+`Separator` is open-unmix 1.3.0's: centred STFT of the mixture → each target
+model on the magnitude spectrogram of the whole track → multichannel Wiener
+filtering with EM (`umx.filtering`) on windows of `wiener_win_len` frames →
+inverse STFT. The inverse STFT is an overlap-add that runs window by window,
+so besides the model outputs only one window of complex estimates is alive
+at a time (open-unmix holds every target's complex STFT of the whole track).
+
+    umx-separate MODEL_DIR song.flac other.wav --outdir stems/ [--targets vocals] [--residual]
+
+writes `stems/song/vocals.wav`, … at the model's sample rate (as open-unmix does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import audio as audio_io
+from .cli_util import run_cli, underscore_aliases
+from .errors import UmxError
+from .filtering import wiener
+from .model import STFT, load_target
+
+SEPARATOR_JSON = "separator.json"
+OUTPUT_FORMATS = ("wav", "flac", "ogg", "aiff", "aif", "mp3")  # what umx.audio.write knows
+
+
+def available_targets(model_dir: str | Path) -> list[str]:
+    """Targets of a model directory: every `<target>.pth`, sorted by name."""
+    folder = Path(model_dir).expanduser()
+    if not folder.is_dir():
+        raise UmxError(f"{folder}: model directory not found")
+    targets = sorted(p.stem for p in folder.glob("*.pth"))
+    if not targets:
+        raise UmxError(f"{folder}: no <target>.pth model in this directory")
+    return targets
+
+
+def read_separator_json(model_dir: str | Path) -> dict:
+    """`separator.json`: nb_channels, nfft, nhop, sample_rate (open-unmix's may store a float rate)."""
+    path = Path(model_dir).expanduser() / SEPARATOR_JSON
+    if not path.is_file():
+        raise UmxError(f"{path}: not found (is {path.parent} a model directory written by umx-train or open-unmix?)")
+    try:
+        conf = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UmxError(f"{path}: not valid JSON ({e})") from None
+    missing = [k for k in ("nb_channels", "nfft", "nhop", "sample_rate") if k not in conf]
+    if missing:
+        raise UmxError(f"{path}: missing {', '.join(missing)}")
+    return {"nb_channels": int(conf["nb_channels"]), "nfft": int(conf["nfft"]), "nhop": int(conf["nhop"]),
+            "sample_rate": int(round(float(conf["sample_rate"])))}
+
+
+def _load_target(model_dir: str | Path, target: str, device) -> nn.Module:
+    """`load_target`, with a damaged or mismatched `<target>.pth` reported as one clear line."""
+    import pickle
+
+    try:
+        return load_target(str(model_dir), target, device)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UmxError(f"{Path(model_dir).expanduser() / (target + '.pth')}: cannot be loaded with the sizes in "
+                       f"{target}.json ({first})") from None
+
+
+class OverlapAdd:
+    """Inverse of a centred Hann STFT, fed a block of frames at a time.
+
+    The same computation as `torch.istft(center=True, length=...)` (irfft,
+    window, overlap-add, divide by the summed squared window, drop the
+    centring pad), but the complex input never needs to exist as a whole:
+    memory is the output signal plus one block of `block` frames.
+    """
+
+    def __init__(self, n_fft: int, n_hop: int, window: Tensor, n_frames: int, lead: tuple[int, ...],
+                 block: int = 256):
+        self.n_fft, self.n_hop, self.window, self.block = n_fft, n_hop, window, block
+        total = n_fft + n_hop * (n_frames - 1)
+        self.buffer = torch.zeros(lead + (total,), dtype=window.dtype, device=window.device)
+        self.envelope = torch.zeros(total, dtype=window.dtype, device=window.device)
+
+    def _fold(self, frames: Tensor) -> Tensor:
+        """Overlap-add `[M, n_fft, n]` frames → `[M, n_fft + hop (n - 1)]`."""
+        n = frames.shape[-1]
+        out = torch.nn.functional.fold(frames, output_size=(1, self.n_fft + self.n_hop * (n - 1)),
+                                       kernel_size=(1, self.n_fft), stride=(1, self.n_hop))
+        return out.reshape(frames.shape[0], -1)
+
+    def add(self, spec: Tensor, first_frame: int) -> None:
+        """Add frames `first_frame, first_frame + 1, …` given as `[*lead, bins, n]` complex."""
+        lead = spec.shape[:-2]
+        for pos in range(0, spec.shape[-1], self.block):
+            chunk = spec[..., pos:pos + self.block]
+            n = chunk.shape[-1]
+            frames = torch.fft.irfft(chunk, n=self.n_fft, dim=-2) * self.window[:, None]
+            ola = self._fold(frames.reshape(-1, self.n_fft, n))
+            start = (first_frame + pos) * self.n_hop
+            self.buffer[..., start:start + ola.shape[-1]] += ola.reshape(lead + ola.shape[-1:])
+            sq = (self.window**2)[None, :, None].expand(1, self.n_fft, n).contiguous()
+            self.envelope[start:start + ola.shape[-1]] += self._fold(sq)[0]
+
+    def finish(self, length: int) -> Tensor:
+        """The signal of `length` samples (zero-padded where the frames end earlier, as istft does)."""
+        ok = self.envelope > 1e-11
+        out = self.buffer.div_(torch.where(ok, self.envelope, 1.0))  # in place: no second copy
+        start = self.n_fft // 2
+        out = out[..., start:start + length]
+        if out.shape[-1] < length:
+            out = torch.nn.functional.pad(out, (0, length - out.shape[-1]))
+        return out
+
+
+class Separator(nn.Module):
+    """Several target models + Wiener/EM post-processing, as open-unmix's `model.Separator`.
+
+    Args:
+        target_models: target name → OpenUnmix (magnitude spectrogram in and out).
+        niter: EM iterations refining the initial estimates (0: mixture phase only).
+            EM needs two sources at least: several targets, or `residual`.
+        softmask: initial estimates from ratio masks instead of magnitudes + mixture phase.
+        residual: add a source for the mixture minus the targets; a string names it
+            (default name 'residual').
+        wiener_win_len: frames filtered together (time-varying spatial model; bounds
+            memory); None or 0: the whole track at once.
+    """
+
+    def __init__(
+        self,
+        target_models: Mapping[str, nn.Module],
+        niter: int = 0,
+        softmask: bool = False,
+        residual: bool | str = False,
+        sample_rate: float = 44100.0,
+        n_fft: int = 4096,
+        n_hop: int = 1024,
+        nb_channels: int = 2,
+        wiener_win_len: Optional[int] = 300,
+    ):
+        super().__init__()
+        if not target_models:
+            raise UmxError("a Separator needs at least one target model")
+        if niter < 0:
+            raise UmxError(f"niter must be >= 0, got {niter}")
+        nb_sources = len(target_models) + bool(residual)
+        if niter > 0 and nb_sources < 2:
+            raise UmxError(f"EM post-processing (niter={niter}) needs two sources at least: give several "
+                           f"targets, add a residual (--residual) or use --niter 0")
+        self.niter, self.softmask = niter, softmask
+        self.residual = bool(residual)
+        self.residual_name = residual if isinstance(residual, str) and residual else "residual"
+        self.wiener_win_len = wiener_win_len if wiener_win_len and wiener_win_len > 0 else None
+        self.sample_rate = int(round(float(sample_rate)))
+        self.n_fft, self.n_hop, self.nb_channels = n_fft, n_hop, nb_channels
+        self.stft = STFT(n_fft, n_hop, center=True)
+        self.target_models = nn.ModuleDict(dict(target_models))
+        for name, model in self.target_models.items():
+            bins = getattr(model, "nb_output_bins", n_fft // 2 + 1)
+            if bins != n_fft // 2 + 1:
+                raise UmxError(f"target '{name}' has {bins} frequency bins but the separator's nfft {n_fft} "
+                               f"gives {n_fft // 2 + 1}: the model and separator.json disagree")
+            fc1, used_bins = getattr(model, "fc1", None), getattr(model, "nb_bins", None)
+            if fc1 is not None and used_bins and fc1.in_features != used_bins * nb_channels:
+                raise UmxError(f"target '{name}' takes {fc1.in_features // used_bins} channel(s) but the "
+                               f"separator has nb_channels {nb_channels}: the model and separator.json disagree")
+        if self.residual and self.residual_name in self.target_models:
+            raise UmxError(f"the residual cannot be named '{self.residual_name}': that is a target")
+
+    @classmethod
+    def from_dir(
+        cls,
+        model_dir: str | Path,
+        targets: Optional[Sequence[str]] = None,
+        niter: int = 1,
+        residual: bool | str = False,
+        wiener_win_len: Optional[int] = 300,
+        device: str | torch.device = "cpu",
+        softmask: bool = False,
+    ) -> "Separator":
+        """Load `<target>.pth`/`.json` + `separator.json` from a model directory (umx's or open-unmix's).
+
+        `targets=None` loads every `<target>.pth` in the directory (sorted).
+        The separator is frozen (eval mode, no gradients) and on `device`.
+        """
+        targets = list(targets) if targets else available_targets(model_dir)
+        if len(set(targets)) != len(targets):
+            raise UmxError(f"targets are repeated: {targets}")
+        conf = read_separator_json(model_dir)
+        models = {t: _load_target(model_dir, t, device) for t in targets}
+        separator = cls(models, niter=niter, softmask=softmask, residual=residual, sample_rate=conf["sample_rate"],
+                        n_fft=conf["nfft"], n_hop=conf["nhop"], nb_channels=conf["nb_channels"],
+                        wiener_win_len=wiener_win_len)
+        separator.freeze()
+        return separator.to(device)
+
+    def freeze(self) -> "Separator":
+        for p in self.parameters():
+            p.requires_grad = False
+        return self.eval()
+
+    @property
+    def target_names(self) -> list[str]:
+        """Names of the output sources, in the order of `forward`'s targets axis."""
+        return list(self.target_models) + ([self.residual_name] if self.residual else [])
+
+    def forward(self, audio: Tensor) -> Tensor:
+        """`[batch, channels, time]` mixture → `[batch, targets(+residual), channels, time]` estimates."""
+        if audio.ndim != 3:
+            raise ValueError(f"audio must be [batch, channels, time], got shape {tuple(audio.shape)}")
+        length = audio.shape[-1]
+        if length <= self.n_fft // 2:
+            raise UmxError(f"audio of {length} samples is too short for nfft {self.n_fft} "
+                           f"(needs more than {self.n_fft // 2})")
+        mix_stft = self.stft(audio)  # [B, C, F, N] complex
+        mag = mix_stft.abs()
+        if self.nb_channels == 1:
+            mag = mag.mean(1, keepdim=True)
+        # [B, C', F, N, J]: each model sees the whole track, as open-unmix runs it
+        spectrograms = torch.empty(mag.shape + (len(self.target_models),), dtype=audio.dtype, device=mag.device)
+        for j, model in enumerate(self.target_models.values()):
+            spectrograms[..., j] = model(mag)
+        del mag
+        nb_frames = mix_stft.shape[-1]
+        win = self.wiener_win_len or nb_frames
+        nb_out = len(self.target_names)
+        window = self.stft.window.to(audio.dtype)
+        estimates = torch.empty((audio.shape[0], nb_out, audio.shape[1], length), dtype=audio.dtype,
+                                device=audio.device)
+        for b in range(audio.shape[0]):
+            spec_b = spectrograms[b].permute(2, 1, 0, 3)  # [N, F, C', J]
+            mix_b = mix_stft[b].permute(2, 1, 0)  # [N, F, C]
+            ola = OverlapAdd(self.n_fft, self.n_hop, window, nb_frames, (nb_out, audio.shape[1]))
+            for pos in range(0, nb_frames, win):
+                y = wiener(spec_b[pos:pos + win], mix_b[pos:pos + win], self.niter,
+                           softmask=self.softmask, residual=self.residual)
+                ola.add(y.permute(3, 2, 1, 0), pos)  # [J, C, F, n]
+            estimates[b] = ola.finish(length)
+        return estimates
+
+    def to_dict(self, estimates: Tensor) -> dict[str, Tensor]:
+        """`forward`'s output as target name → `[batch, channels, time]`."""
+        return {name: estimates[:, k] for k, name in enumerate(self.target_names)}
+
+
+# --- files -------------------------------------------------------------------
+
+def load_input(path: str | Path, sample_rate: int) -> tuple[np.ndarray, int]:
+    """Read any file soundfile reads as float32 stereo `[2, frames]` at `sample_rate`.
+
+    As open-unmix prepares input: more than two channels → the first two,
+    mono → duplicated; other rates are resampled (soxr). Returns the audio and
+    the file's own rate.
+    """
+    data, rate = audio_io.read(path)
+    data = data[:2]
+    if rate != sample_rate:
+        data = audio_io.resample(data, rate, sample_rate)
+    return np.ascontiguousarray(audio_io.force_stereo(data), dtype=np.float32), rate
+
+
+def _subtype(ext: str) -> str | None:
+    """Float WAV (as torchaudio writes open-unmix's estimates: no clipping, no rounding); 24-bit FLAC."""
+    return {".wav": "FLOAT", ".flac": "PCM_24", ".aiff": "FLOAT", ".aif": "FLOAT"}.get(ext.lower())
+
+
+def write_estimates(estimates: Mapping[str, np.ndarray], folder: Path, sample_rate: int,
+                    ext: str = ".wav") -> dict[str, Path]:
+    """Write `[channels, frames]` estimates as `folder/<target><ext>`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    subtype = _subtype(ext)
+    written = {}
+    for name, est in estimates.items():
+        if subtype is not None and subtype.startswith("PCM") or ext.lower() in (".ogg", ".mp3"):
+            est = np.clip(est, -1.0, 1.0)  # integer and lossy formats cannot hold peaks beyond full scale
+        path = folder / f"{name}{ext}"
+        audio_io.write(path, est, sample_rate, subtype=subtype)
+        written[name] = path
+    return written
+
+
+@torch.inference_mode()
+def separate_file(separator: Separator, path: str | Path, outdir: str | Path, ext: str = ".wav",
+                  device: str | torch.device | None = None) -> dict[str, Path]:
+    """Separate one audio file into `outdir/<file stem>/<target><ext>` (at the model's rate)."""
+    mix, _ = load_input(path, separator.sample_rate)
+    device = device if device is not None else next(separator.parameters()).device
+    est = separator(torch.from_numpy(mix)[None].to(device))[0].float().cpu().numpy()
+    return write_estimates(dict(zip(separator.target_names, est, strict=True)), Path(outdir) / Path(path).stem,
+                           separator.sample_rate, ext)
+
+
+# --- CLI ---------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="umx-separate",
+                                description="Separate audio files with the target models of a model directory.")
+    p.add_argument("model", metavar="MODEL_DIR", help="model directory (umx-train's or open-unmix's)")
+    p.add_argument("input", metavar="FILE", nargs="+", help="audio files (anything soundfile reads)")
+    p.add_argument("--outdir", required=True, help="write DIR/<file stem>/<target><ext>")
+    p.add_argument("--targets", nargs="+", help="targets to separate (default: every <target>.pth in MODEL_DIR)")
+    p.add_argument("--ext", default=".wav", help="output format by extension: .wav (float), .flac, .ogg, …")
+    p.add_argument("--niter", type=int, default=1, help="EM iterations of the Wiener filter (0: none)")
+    p.add_argument("--residual", action="store_true", help="also write the mixture minus the targets")
+    p.add_argument("--residual-name", default="residual", metavar="NAME", help="name of that source")
+    p.add_argument("--wiener-win-len", type=int, default=300,
+                   help="frames filtered together; 0: the whole track (more memory)")
+    p.add_argument("--softmask", action="store_true", help="initial estimates from ratio masks")
+    p.add_argument("--no-cuda", action="store_true", help="run on the CPU even if CUDA is available")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    underscore_aliases(p)
+    return p
+
+
+def device_for(no_cuda: bool) -> torch.device:
+    return torch.device("cuda" if not no_cuda and torch.cuda.is_available() else "cpu")
+
+
+def _main(argv: list[str] | None) -> int:
+    from tqdm import tqdm
+
+    args = build_parser().parse_args(argv)
+    ext = args.ext if args.ext.startswith(".") else "." + args.ext
+    if ext.lower().lstrip(".") not in OUTPUT_FORMATS:
+        raise UmxError(f"--ext {ext}: unknown audio format (use one of {', '.join(OUTPUT_FORMATS)})")
+    stems: dict[str, str] = {}
+    for f in args.input:  # every input is checked before the models load
+        audio_io.info(f)
+        stem = Path(f).stem
+        if stem in stems:
+            raise UmxError(f"{f}: has the same name as {stems[stem]}; both would be written to "
+                           f"{Path(args.outdir) / stem}")
+        stems[stem] = f
+    device = device_for(args.no_cuda)
+    separator = Separator.from_dir(args.model, args.targets, niter=args.niter,
+                                   residual=args.residual_name if args.residual else False,
+                                   wiener_win_len=args.wiener_win_len, device=device, softmask=args.softmask)
+    for f in tqdm(args.input, desc="separating", disable=args.quiet or len(args.input) == 1):
+        written = separate_file(separator, f, args.outdir, ext, device)
+        folder = Path(args.outdir) / Path(f).stem
+        print(f"{f} -> {folder}/ ({', '.join(p.name for p in written.values())})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
