@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("layout", choices=LAYOUTS, help="dataset layout of ROOT (open-unmix's --dataset)")
     p.add_argument("root", help="dataset folder (open-unmix's --root)")
     p.add_argument("--out", required=True, help="shard set to write: a folder or a bucket URL (s3://, gs://)")
+    p.add_argument("--format", choices=("webdataset", "zarr"), default="webdataset",
+                   help="WebDataset tar shards (default: faster here, see docs/benchmarks.md) or a zarr v3 store")
     p.add_argument("--storage-options", help="JSON options for the bucket filesystem (endpoint, credentials, …)")
     p.add_argument("--sample-rate", type=int, default=44100, help="rate of the shard set; other rates are resampled")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel track readers")
@@ -80,7 +82,7 @@ def _main(argv: list[str] | None) -> int:
     manifest = prepare(
         args.layout, args.root, args.out, workers=max(1, args.workers), sample_rate=args.sample_rate,
         shard_bytes=int(args.shard_size * 2**20), max_length_diff=args.max_length_diff, strict=args.strict,
-        skip_silent_targets=args.skip_silent_targets,
+        skip_silent_targets=args.skip_silent_targets, format=args.format,
         overwrite=args.overwrite, progress=not args.quiet, **options,
     )
     report = storage.join(args.out, "report.json")

@@ -31,7 +31,7 @@ from .. import __version__
 from ..errors import UmxError
 from ..layouts import Scan, safe_id, scan
 from ..shards import manifest as mf
-from ..shards import storage
+from ..shards import storage, zarr_store
 from ..shards.cache import cache_root
 from ..shards.webdataset import DEFAULT_SHARD_BYTES, ShardWriter
 from . import stats
@@ -39,6 +39,7 @@ from .checks import Loaded, Options, load_track, note
 from .report import Report
 
 DEFAULT_STFT = (4096, 1024)
+FORMATS = ("webdataset", "zarr")
 STAGING = ".staging"
 
 
@@ -135,6 +136,7 @@ def prepare(
     strict: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    format: str = "webdataset",
     **layout_options,
 ) -> dict:
     """Turn the dataset folder `root` (in `layout`) into a shard set at `out`.
@@ -147,7 +149,9 @@ def prepare(
     found = scan(layout, root, **layout_options)
     settings = {"sample_rate": sample_rate, "shard_bytes": shard_bytes, "max_length_diff": max_length_diff,
                 "skip_silent_targets": skip_silent_targets, "version": mf.VERSION}
-    fp = fingerprint(layout, found, settings)
+    if format not in FORMATS:
+        raise UmxError(f"--format must be one of {', '.join(FORMATS)}, not '{format}'")
+    fp = fingerprint(layout, found, {**settings, "format": format})
     manifest_url = storage.join(str(out), mf.NAME)
     if storage.exists(manifest_url) and not overwrite:
         existing = json.loads(storage.read_bytes(manifest_url))
@@ -186,7 +190,8 @@ def prepare(
             sample_rate=sample_rate, max_length_diff=max_length_diff, target=found.target,
             skip_silent_targets=skip_silent_targets,
             stft=DEFAULT_STFT if found.sampling["records"] == "tracks" else None))
-        return _finish(layout, found, staging, out, done, tails, report, settings, fp, strict, root, progress)
+        return _finish(layout, found, staging, out, done, tails, report, settings, fp, strict, root, progress,
+                       format)
     except storage.StorageError:
         raise  # e.g. an interrupted upload: the staged shards stay, a rerun sends the rest
     except UmxError:
@@ -194,7 +199,8 @@ def prepare(
         raise
 
 
-def _finish(layout, found, staging, out, done, tails, report, settings, fp, strict, root, progress) -> dict:
+def _finish(layout, found, staging, out, done, tails, report, settings, fp, strict, root, progress,
+            format: str) -> dict:
     sample_rate, shard_bytes = settings["sample_rate"], settings["shard_bytes"]
     splits, moments, widest = {}, stats.empty(DEFAULT_STFT[0]), {}
     for split in found.splits:
@@ -218,11 +224,19 @@ def _finish(layout, found, staging, out, done, tails, report, settings, fp, stri
                        "max_sources": widest[s], "shards": splits[s]} for s in found.splits},
     }
     if found.sampling["records"] == "source_files":
-        urls = [str(staging / e["name"]) for e in splits["train"]]
+        records = zarr_store.records_of(str(staging / e["name"]) for e in splits["train"])
         manifest["statistics"] = {mf.stats_key(*DEFAULT_STFT): stats.source_file_statistics(
-            urls, manifest, *DEFAULT_STFT)}
+            records, manifest, *DEFAULT_STFT)}
     else:
         manifest["statistics"] = {mf.stats_key(*DEFAULT_STFT): moments.finalize()}
+    if format == "zarr":  # the same records, as one array per source per split
+        store = staging / zarr_store.STORE
+        shutil.rmtree(store, ignore_errors=True)
+        objects = zarr_store.write_store(store, {
+            split: zarr_store.records_of(str(staging / e["name"]) for e in splits[split]) for split in found.splits})
+        manifest["storage"] = {"format": "zarr", "encoding": "int16", "store": zarr_store.STORE,
+                               "chunk_frames": zarr_store.CHUNK_FRAMES, "shard_chunks": zarr_store.SHARD_CHUNKS,
+                               "objects": objects}
     mf.validate(manifest, storage.join(str(out), mf.NAME))
     storage.write_json(staging / "report.json", report.to_json(kept))
     _publish(staging, out, manifest)
@@ -278,11 +292,13 @@ def _publish(staging: Path, out, manifest: dict) -> None:
     old = out / mf.NAME
     if old.exists():
         old.unlink()  # the old set stops being visible as complete before files change
-    new_names = {e["name"] for s in manifest["splits"].values() for e in s["shards"]}
+    zarr = manifest["storage"]["format"] == "zarr"
+    new_names = set() if zarr else {e["name"] for s in manifest["splits"].values() for e in s["shards"]}
     for stale in out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
         if stale.name not in new_names:
             stale.unlink()
-    for name in [*sorted(new_names), "report.json"]:
+    shutil.rmtree(out / zarr_store.STORE, ignore_errors=True)
+    for name in [*sorted(new_names), "report.json"] + ([zarr_store.STORE] if zarr else []):
         (staging / name).replace(out / name)
     storage.write_json(old, manifest)
     shutil.rmtree(staging)
@@ -297,6 +313,11 @@ def _publish_remote(staging: Path, out: str, manifest: dict) -> None:
     for stale in storage.listing(out):
         if stale.endswith(".tar") and stale not in names:
             storage.remove(storage.join(out, stale))
+    if manifest["storage"]["format"] == "zarr":
+        base = staging / zarr_store.STORE
+        for rel in manifest["storage"]["objects"]:  # few large objects: upload each (reruns resend them)
+            storage.upload(base / rel, storage.join(storage.join(out, zarr_store.STORE), rel))
+        entries = []
     there = storage.listing(out)
     for e in entries:
         if there.get(e["name"]) != e["bytes"]:

@@ -75,37 +75,36 @@ def track_moments(mixture: np.ndarray, n_fft: int, n_hop: int) -> Moments:
 
 
 def from_shard_set(manifest, n_fft: int, n_hop: int, progress: bool = False) -> dict:
-    """Statistics for an STFT setting prep did not compute, from the training shards:
+    """Statistics for an STFT setting prep did not compute, from the training split:
     full training mixtures, or for unaligned source files the mixtures open-unmix draws."""
     from tqdm import tqdm
 
-    from ..shards.webdataset import read_shard
+    from ..shards.reader import ShardReader
 
-    urls = [manifest.shard_url(e) for e in manifest.shards("train")]
+    reader = ShardReader(manifest)
+    shards = manifest.shards("train")
     if manifest.sampling["records"] == "source_files":
-        return source_file_statistics(urls, manifest.raw, n_fft, n_hop)
+        return source_file_statistics((r for e in shards for r in reader.records(e)), manifest.raw, n_fft, n_hop)
     total = empty(n_fft)
-    for url in tqdm(urls, desc=f"statistics nfft={n_fft} hop={n_hop}", disable=not progress):
-        for record in read_shard(url):
+    for entry in tqdm(shards, desc=f"statistics nfft={n_fft} hop={n_hop}", disable=not progress):
+        for record in reader.records(entry):
             total = total.merge(track_moments(record.mixture_or_sum(), n_fft, n_hop))
     if total.count == 0:
         raise ValueError(f"{manifest.location}: no training track is longer than nfft={n_fft} samples")
     return total.finalize()
 
 
-def source_file_statistics(urls: list[str], manifest: dict, n_fft: int, n_hop: int, seq_dur: float = 6.0,
+def source_file_statistics(records, manifest: dict, n_fft: int, n_hop: int, seq_dur: float = 6.0,
                            seed: int = 42) -> dict:
     """Statistics for unaligned source folders, as open-unmix's get_statistics draws them:
     `nb_train_samples` mixtures of one random file per source, each its centre
     `seq_dur` seconds (files not longer than that are left out, as in training)."""
     from ..audio import to_float32
-    from ..shards.webdataset import read_shard
 
     files: dict[str, list[np.ndarray]] = {s: [] for s in manifest["sources"]}
-    for url in urls:
-        for record in read_shard(url):
-            for name, pcm in record.sources.items():
-                files[name].append(pcm)
+    for record in records:
+        for name, pcm in record.sources.items():
+            files[name].append(pcm)
     seq = int(seq_dur * manifest["sample_rate"])
     usable = {s: [a for a in arrays if a.shape[-1] > seq] for s, arrays in files.items()}
     if not all(usable.values()):  # short clips: use the longest centre every source can give

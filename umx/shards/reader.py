@@ -22,6 +22,7 @@ from . import storage
 from .cache import ShardCache, cache_root
 from .manifest import Manifest, ShardEntry
 from .webdataset import TrackRecord, read_shard
+from .zarr_store import ZarrReader
 
 
 class ShardReader:
@@ -31,6 +32,8 @@ class ShardReader:
         self.cache = ShardCache(cache_dir, cache_bytes)
         self.bad: list[str] = []
         self._taken = self.cache.stats.as_dict()
+        st = manifest.raw["storage"]
+        self.zarr = ZarrReader(manifest.location, st.get("objects", {})) if st.get("format") == "zarr" else None
 
     def _local_path(self, entry: ShardEntry) -> str:
         url = self.manifest.shard_url(entry)
@@ -61,9 +64,14 @@ class ShardReader:
     def records(self, entry: ShardEntry, select: Callable[[int], bool] | None = None,
                 views: bool = False) -> Iterator[TrackRecord]:
         """The records of one shard (those `select` keeps), checked against the manifest
-        (`views`: read-only arrays on a memory map of the local shard; see read_shard)."""
-        path = self._local_path(entry)
+        (`views`: read-only arrays on a memory map of the local shard; see read_shard).
+        In a zarr shard set an entry is a group of tracks of the store (the same
+        groups as the WebDataset shards), read from the store's arrays."""
         expected = [t for i, t in enumerate(entry.track_ids) if select is None or select(i)]
+        if self.zarr is not None:
+            yield from self.zarr.records(entry.name.rsplit("-", 1)[0], expected)
+            return
+        path = self._local_path(entry)
         got = 0
         for record in read_shard(path, select, views=views):
             if got >= len(expected) or record.id != expected[got]:

@@ -1,0 +1,130 @@
+"""zarr v3 store of a shard set: one int16 array per source per split.
+
+`store.zarr/<split>/<source>` is `[channels, frames]` with every track of the
+split concatenated along time, chunked about one crop per chunk (1 MiB) and
+grouped by the sharding codec into objects of `SHARD_CHUNKS` chunks, so a bucket
+holds few large objects; `<split>/mixture` holds stored mixtures where the
+layout has them. The track index (id, name, offset, frames, sources) is in the
+split group's attributes, and the sha256 of every stored object is listed in
+the manifest. A track is read as one slice per source: only the chunks it
+covers are fetched.
+
+zarr fills a missing chunk with zeros; here a missing or damaged object is an
+error naming the array and the object (each object is checked against its
+checksum once per process before it is read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ..errors import ShardError
+from . import storage
+from .webdataset import TrackRecord
+
+STORE = "store.zarr"
+CHUNK_FRAMES = 262144  # 2 ch × 2 B × 262144 = 1 MiB, about one 6 s crop
+SHARD_CHUNKS = 32  # 32 MiB objects
+
+
+def write_store(path: Path, splits: dict[str, list[TrackRecord]]) -> dict[str, str]:
+    """Write the records of each split; returns {object path: sha256} of every stored file."""
+    import zarr
+    from zarr.storage import LocalStore
+
+    root = zarr.open_group(LocalStore(str(path)), mode="w")
+    for split, records in splits.items():
+        names = sorted({n for r in records for n in r.sources} | ({"mixture"} if any(
+            r.mixture is not None for r in records) else set()))
+        total = sum(r.frames for r in records)
+        group = root.require_group(split)
+        index, offset = [], 0
+        arrays = {n: group.create_array(n, shape=(2, max(total, 1)), chunks=(2, CHUNK_FRAMES),
+                                        shards=(2, CHUNK_FRAMES * SHARD_CHUNKS), dtype="int16",
+                                        compressors=None, fill_value=0) for n in names}
+        for r in records:
+            for n, pcm in {**r.sources, **({"mixture": r.mixture} if r.mixture is not None else {})}.items():
+                arrays[n][:, offset: offset + r.frames] = pcm
+            index.append({"id": r.id, "meta": r.meta, "offset": offset, "frames": r.frames,
+                          "sources": list(r.sources), "mixture": r.mixture is not None})
+            offset += r.frames
+        group.attrs["tracks"] = index
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(path).rglob("*")) if p.is_file()}
+
+
+class ZarrReader:
+    """Reads tracks of a zarr shard set; opened lazily (zarr/fsspec state must not
+    cross a fork: each DataLoader worker opens its own)."""
+
+    def __init__(self, base: str, objects: dict[str, str]):
+        self.base, self.objects = base, objects
+        self._root = None
+        self._checked: set[str] = set()
+
+    def _open(self):
+        if self._root is None:
+            import zarr
+
+            url = storage.join(self.base, STORE)
+            if storage.is_remote(url):
+                from zarr.storage import FsspecStore
+
+                fs, path = storage.filesystem(url)
+                store = FsspecStore.from_url(url, storage_options=getattr(fs, "storage_options", None),
+                                             read_only=True)
+            else:
+                from zarr.storage import LocalStore
+
+                store = LocalStore(url.removeprefix("file://"), read_only=True)
+            self._root = zarr.open_group(store, mode="r")
+        return self._root
+
+    def _check(self, split: str, name: str, start: int, stop: int) -> None:
+        """Verify (once) every stored object that frames [start, stop) of an array touch."""
+        span = CHUNK_FRAMES * SHARD_CHUNKS
+        for k in range(start // span, (max(stop, start + 1) - 1) // span + 1):
+            key = f"{split}/{name}/c/0/{k}"
+            if key in self._checked:
+                continue
+            want = self.objects.get(key)
+            url = storage.join(storage.join(self.base, STORE), key)
+            try:
+                data = storage.read_bytes(url)
+            except (FileNotFoundError, storage.StorageError):
+                data = None
+            if want is None or data is None:
+                raise ShardError(f"{url}: array '{split}/{name}' object {k} is missing (zarr would read zeros)")
+            if hashlib.sha256(data).hexdigest() != want:
+                raise ShardError(f"{url}: array '{split}/{name}' object {k} is damaged (checksum mismatch)")
+            self._checked.add(key)
+
+    def index(self, split: str) -> list[dict]:
+        return list(self._open()[split].attrs["tracks"])
+
+    def records(self, split: str, ids: list[str]) -> Iterator[TrackRecord]:
+        """Full tracks `ids` of a split, in that order."""
+        group = self._open()[split]
+        by_id = {t["id"]: t for t in group.attrs["tracks"]}
+        for track_id in ids:
+            if track_id not in by_id:
+                raise ShardError(f"{storage.join(self.base, STORE)}: track '{track_id}' is not in the '{split}' index")
+            t = by_id[track_id]
+            lo, hi = t["offset"], t["offset"] + t["frames"]
+            names = t["sources"] + (["mixture"] if t["mixture"] else [])
+            for n in names:
+                self._check(split, n, lo, hi)
+            sources = {n: np.asarray(group[n][:, lo:hi]) for n in t["sources"]}
+            mixture = np.asarray(group["mixture"][:, lo:hi]) if t["mixture"] else None
+            yield TrackRecord(t["id"], t["meta"], sources, mixture)
+
+
+def records_of(tars: Iterable[str]) -> list[TrackRecord]:
+    """Every record of some WebDataset shards, in order (prep converts its staged shards)."""
+    from .webdataset import read_shard
+
+    return [r for url in tars for r in read_shard(url)]
