@@ -14,6 +14,7 @@ setup(
         "webdataset",
         "fsspec",
         "s3fs",  # s3:// shard sets (aiohttp also serves http(s)://)
+        "zarr>=3",  # the zarr store format
         "tqdm",
         "musdb",  # MUSDB18 layout: track lists and validation split
         "stempeg",  # decodes MUSDB18 .stem.mp4 through Debian's ffmpeg
