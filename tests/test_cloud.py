@@ -193,3 +193,13 @@ def test_train_over_http_and_warm_cache_reads_nothing(shard_set, tmp_path):
         assert loader[1]["bytes_fetched"] == 0 and loader[1]["hits"] > 0
     finally:
         server.shutdown()
+
+
+def test_zarr_store_to_s3_and_back(s3, dataset, tmp_path):
+    url = f"s3://{BUCKET}/sets/zarr"
+    prepare("trackfolder_fix", dataset, url, shard_bytes=7 * 2**20, progress=False, format="zarr", **FIX_OPTS)
+    keys = _keys(s3, "sets/zarr/")
+    assert "sets/zarr/manifest.json" in keys and any(k.startswith("sets/zarr/store.zarr/train/") for k in keys)
+    out = tmp_path / "m"
+    train(TrainConfig(shards=url, output=str(out), epochs=1, cache_dir=str(tmp_path / "cache"), **TINY))
+    assert json.loads((out / "vocals.json").read_text())["epochs_trained"] == 1
