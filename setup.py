@@ -34,6 +34,7 @@ setup(
             "umx-separate=umx.separate:main",
             "umx-eval=umx.evaluate:main",
             "umx-plot=umx.plot:main",
+            "umx-bench=umx.bench:main",
         ]
     },
 )

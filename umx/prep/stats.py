@@ -74,20 +74,28 @@ def track_moments(mixture: np.ndarray, n_fft: int, n_hop: int) -> Moments:
     return Moments(frames.shape[0], mean, ((frames - mean) ** 2).sum(0))
 
 
-def from_shard_set(manifest, n_fft: int, n_hop: int, progress: bool = False) -> dict:
+def from_shard_set(manifest, n_fft: int, n_hop: int, progress: bool = False, reader=None) -> dict:
     """Statistics for an STFT setting prep did not compute, from the training split:
-    full training mixtures, or for unaligned source files the mixtures open-unmix draws."""
+    full training mixtures, or for unaligned source files the mixtures open-unmix draws.
+    `reader` (a ShardReader) decides about caching and bad shards (skipped if it skips them)."""
     from tqdm import tqdm
 
-    from ..shards.reader import ShardReader
+    from ..shards.reader import ShardReader, SkippedShard
 
-    reader = ShardReader(manifest)
+    reader = reader or ShardReader(manifest)
+
+    def records(entry):
+        try:
+            return list(reader.guarded(entry))
+        except SkippedShard:
+            return []
+
     shards = manifest.shards("train")
     if manifest.sampling["records"] == "source_files":
-        return source_file_statistics((r for e in shards for r in reader.records(e)), manifest.raw, n_fft, n_hop)
+        return source_file_statistics((r for e in shards for r in records(e)), manifest.raw, n_fft, n_hop)
     total = empty(n_fft)
     for entry in tqdm(shards, desc=f"statistics nfft={n_fft} hop={n_hop}", disable=not progress):
-        for record in reader.records(entry):
+        for record in records(entry):
             total = total.merge(track_moments(record.mixture_or_sum(), n_fft, n_hop))
     if total.count == 0:
         raise ValueError(f"{manifest.location}: no training track is longer than nfft={n_fft} samples")

@@ -155,20 +155,97 @@ _SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's tar_file_iterator def
 _NPY_MAGIC = b"\x93NUMPY"
 
 
+_USTAR = b"ustar\x0000"  # POSIX ustar magic + version, what Python's tarfile (and so ShardWriter) writes
+_PAX_RECORD = re.compile(rb"(\d+) ([^=]+)=")
+_PAX_KEPT = {b"mtime", b"atime", b"ctime", b"uid", b"gid", b"uname", b"gname"}  # change no name, size, offset
+
+
+def _octal(field: bytes) -> int:
+    if field[:1] in (b"\x80", b"\xff"):
+        raise ValueError("base-256 number")
+    return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+
+
+def _pax_path(data: bytes) -> str | None | bool:
+    """The `path` of a pax extended header (None: it has none), or False for anything the
+    fast scan leaves to tarfile."""
+    pos, path = 0, None
+    while pos < len(data):
+        m = _PAX_RECORD.match(data, pos)
+        if m is None:
+            return False
+        length, key = int(m.group(1)), m.group(2)
+        end = pos + length
+        if length < len(m.group(0)) + 1 or end > len(data) or data[end - 1:end] != b"\n":
+            return False
+        if key == b"path":
+            try:
+                path = data[m.end():end - 1].decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+            if not path or path.endswith("/"):
+                return False
+        elif key not in _PAX_KEPT:
+            return False
+        pos = end
+    return path
+
+
+def _scan(fh, size: int) -> list[tuple[str, int, int]] | None:
+    """(name, data offset, size) of every member of a well-formed ustar/pax archive of
+    regular files — what tarfile finds there, at a fraction of its cost — or None for any
+    other archive, damaged or unusual, which tarfile then reads (so its behaviour decides)."""
+    members, offset, path = [], 0, None
+    while True:
+        fh.seek(offset)
+        buf = fh.read(512)
+        if len(buf) < 512:
+            return members if not buf and offset == size and offset > 0 and path is None else None
+        if not buf.strip(b"\0"):  # end-of-archive block
+            return members if offset > 0 and path is None else None
+        try:
+            checksum, length = _octal(buf[148:156]), _octal(buf[124:136])
+        except ValueError:
+            return None
+        if checksum != sum(buf[:148]) + 256 + sum(buf[156:]) or buf[257:265] != _USTAR or buf[345:346] != b"\0":
+            return None
+        kind, data = buf[156:157], offset + 512
+        if kind == b"x" and path is None:
+            fh.seek(data)
+            path = _pax_path(fh.read(length))
+            if path is False:
+                return None
+            path = path or ""  # "": a pax header without a path
+        elif kind in (b"0", b"\0"):
+            try:
+                name = path or buf[:100].split(b"\0", 1)[0].decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+            if not name or name.endswith("/"):
+                return None
+            members.append((name, data, length))
+            path = None
+        else:
+            return None
+        offset = data + (length + 511) // 512 * 512
+
+
 def _members(fh) -> Iterator[tuple[str, dict[str, tuple[int, int]]]]:
     """(key, {suffix: (data offset, size)}) per record, grouped as webdataset's group_by_keys does."""
-    tar = tarfile.open(fileobj=fh, mode="r:")
     end = os.fstat(fh.fileno()).st_size
+    entries = _scan(fh, end)
+    if entries is None:
+        fh.seek(0)
+        entries = ((i.name, i.offset_data, i.size) for i in tarfile.open(fileobj=fh, mode="r:") if i.isreg())
     key, current = None, None
-    for info in tar:
-        name = info.name
-        if not info.isreg() or name is None:
+    for name, offset_data, size in entries:
+        if name is None:
             continue
         if "/" not in name and name.startswith("__") and name.endswith("__"):
             continue
         if _SKIP_META.match(name):
             continue
-        if info.offset_data + info.size > end:  # where the streaming reader fails reading it
+        if offset_data + size > end:  # where the streaming reader fails reading it
             raise tarfile.ReadError("unexpected end of data")
         prefix, suffix = base_plus_ext(name)
         if prefix is None:
@@ -180,7 +257,7 @@ def _members(fh) -> Iterator[tuple[str, dict[str, tuple[int, int]]]]:
             key, current = prefix, {}
         if suffix in current:
             raise ValueError(f"{name}: duplicate file name in tar file {suffix} {list(current)}")
-        current[suffix] = (info.offset_data, info.size)
+        current[suffix] = (offset_data, size)
     if current is not None:
         yield key, current
 
@@ -193,6 +270,29 @@ def _read_at(fh, offset: int, size: int) -> bytes:
     return data
 
 
+_N = rb"(?:0|[1-9]\d*)"
+_NPY_HEADER = re.compile(rb"\{'descr': '([<>|=][a-z]\d+)', 'fortran_order': (True|False), 'shape': \((|" + _N
+                         + rb",|" + _N + rb"(?:, " + _N + rb")+)\), \} *\n")  # np.save's layout: (), (n,), (n, m…)
+_DTYPES: dict[bytes, np.dtype] = {}
+
+
+def _npy_header(head: bytes, version: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of a .npy header: np.save's own layout parsed
+    directly, anything else by numpy's reader (which validates it)."""
+    start = 10 if version == b"\x01\x00" else 12
+    m = _NPY_HEADER.fullmatch(head, start) if len(head) - start <= 10000 else None  # numpy's max_header_size
+    if m is not None:
+        dtype = _DTYPES.get(m.group(1))
+        if dtype is None:
+            dtype = _DTYPES[m.group(1)] = np.dtype(m.group(1).decode("ascii"))
+        if not dtype.hasobject:
+            return tuple(int(x) for x in m.group(3).split(b",") if x), m.group(2) == b"True", dtype
+    stream = io.BytesIO(head)
+    npformat.read_magic(stream)
+    read_header = npformat.read_array_header_1_0 if version == b"\x01\x00" else npformat.read_array_header_2_0
+    return read_header(stream)
+
+
 def _npy(fh, mm, offset: int, size: int) -> np.ndarray:
     """One `.npy` member as np.load(allow_pickle=False) returns it, without the copies."""
     fh.seek(offset)
@@ -202,10 +302,7 @@ def _npy(fh, mm, offset: int, size: int) -> np.ndarray:
         return np.load(io.BytesIO(_read_at(fh, offset, size)), allow_pickle=False)  # np.load decides
     start = 10 + int.from_bytes(prefix[8:10], "little") if version == b"\x01\x00" else \
         12 + int.from_bytes(prefix[8:12], "little")
-    head = io.BytesIO(_read_at(fh, offset, min(size, start)))
-    npformat.read_magic(head)
-    read_header = npformat.read_array_header_1_0 if version == b"\x01\x00" else npformat.read_array_header_2_0
-    shape, fortran_order, dtype = read_header(head)
+    shape, fortran_order, dtype = _npy_header(_read_at(fh, offset, min(size, start)), version)
     if dtype.hasobject:
         raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
     count = int(np.prod(shape, dtype=np.int64))

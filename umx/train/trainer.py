@@ -138,7 +138,7 @@ class EarlyStopping:
         return self.num_bad_epochs >= self.patience
 
 
-def input_statistics(manifest: mf.Manifest, nfft: int, nhop: int, quiet: bool) -> dict:
+def input_statistics(manifest: mf.Manifest, nfft: int, nhop: int, quiet: bool, reader=None) -> dict:
     """The manifest's statistics for this STFT, else computed once and cached."""
     stats = manifest.statistics(nfft, nhop)
     if stats is not None:
@@ -148,7 +148,7 @@ def input_statistics(manifest: mf.Manifest, nfft: int, nhop: int, quiet: bool) -
     path = cache / f"{digest}-{mf.stats_key(nfft, nhop)}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    stats = stats_mod.from_shard_set(manifest, nfft, nhop, progress=not quiet)
+    stats = stats_mod.from_shard_set(manifest, nfft, nhop, progress=not quiet, reader=reader)
     cache.mkdir(parents=True, exist_ok=True)
     write_json(path, stats)
     return stats
@@ -195,6 +195,7 @@ class Trainer:
         remix = smp["remix"] if cfg.random_track_mix and smp["remix"] != "never" else None
         self.augment = Augment(cfg.source_augmentations, remix).to(self.device)
         self.model = self._build_model(rate)
+        add_metrics(self.valid_io, self.reader.take_metrics())  # (a statistics pass, if any) not an epoch's
         self.net = self.model
         if self.dist.active:
             from torch.nn.parallel import DistributedDataParallel
@@ -220,7 +221,7 @@ class Trainer:
         if cfg.checkpoint or cfg.debug:  # weights come from the checkpoint / --debug skips statistics
             mean = std = None
         else:
-            s = input_statistics(self.manifest, cfg.nfft, cfg.nhop, cfg.quiet or not self.dist.is_main)
+            s = input_statistics(self.manifest, cfg.nfft, cfg.nhop, cfg.quiet or not self.dist.is_main, self.reader)
             mean, std = np.asarray(s["mean"]), np.asarray(s["std"])
         return OpenUnmix(
             nb_bins=cfg.nfft // 2 + 1, nb_channels=cfg.nb_channels, hidden_size=cfg.hidden_size,
