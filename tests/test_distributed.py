@@ -73,7 +73,8 @@ def _train_cmd(shard_set, out, extra=()):
             "--seed", "5", *SMALL, *extra]
 
 
-def test_sigkill_mid_epoch_then_resume_gives_the_same_history(shard_set, tmp_path):
+@pytest.mark.parametrize("kill_epoch, kill_step", [(1, 1), (2, 3)])
+def test_sigkill_mid_epoch_then_resume_gives_the_same_history(shard_set, tmp_path, kill_epoch, kill_step):
     env = _env(tmp_path)
     full = tmp_path / "full"
     subprocess.run(_train_cmd(shard_set, full), env=env, check=True, timeout=300)
@@ -89,7 +90,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_history(shard_set, tmp_pat
                 pos = torch.load(ckpt, weights_only=False)["umx"]["position"]
             except Exception:  # being replaced right now
                 pos = None
-            if pos and pos["epoch"] == 2 and pos["step"] >= 3:
+            if pos and (pos["epoch"], pos["step"]) >= (kill_epoch, kill_step):
                 proc.send_signal(signal.SIGKILL)
                 killed_at = pos
                 break
