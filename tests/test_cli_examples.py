@@ -1,11 +1,10 @@
 """Every command line of the spec, run as `umx-train …` on synthetic data of its layout."""
 
 import json
-import shutil
 
 import pytest
 
-from umx import audio, synth
+from umx import synth
 from umx.train.cli import main as train_main
 
 TINY = ["--epochs", "1", "--hidden-size", "8", "--seq-dur", "1", "--nfft", "2048", "--nhop", "512",

@@ -348,7 +348,6 @@ def memory_line(wm: dict, budget: dict) -> str:
 
 def report(r: dict) -> str:
     """The human-readable summary of a `bench` result."""
-    mb = 2**20
     wm = r["worker_memory"]
     who = f"{r['nb_workers']} worker(s)" if r["nb_workers"] else "in-process (--nb-workers 0)"
     lines = [

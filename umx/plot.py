@@ -39,13 +39,10 @@ def lr_drops(lr_history: Sequence[float], initial_lr: float | None = None) -> li
 
 
 def read_history(model_dir: str | Path, target: str) -> dict:
+    from .train.outputs import read_json
+
     path = Path(model_dir).expanduser() / f"{target}.json"
-    if not path.is_file():
-        raise UmxError(f"{path}: not found (is {path.parent} the output folder of a '{target}' run?)")
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UmxError(f"{path}: not valid JSON ({e})") from None
+    results = read_json(path, f"is {path.parent} the output folder of a '{target}' run?")
     if not isinstance(results, dict) or "train_loss_history" not in results:
         raise UmxError(f"{path}: has no train_loss_history (not a training results file)")
     return results

@@ -15,7 +15,6 @@ writes `stems/song/vocals.wav`, … at the model's sample rate (as open-unmix do
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -47,13 +46,10 @@ def available_targets(model_dir: str | Path) -> list[str]:
 
 def read_separator_json(model_dir: str | Path) -> dict:
     """`separator.json`: nb_channels, nfft, nhop, sample_rate (open-unmix's may store a float rate)."""
+    from .train.outputs import read_json
+
     path = Path(model_dir).expanduser() / SEPARATOR_JSON
-    if not path.is_file():
-        raise UmxError(f"{path}: not found (is {path.parent} a model directory written by umx-train or open-unmix?)")
-    try:
-        conf = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UmxError(f"{path}: not valid JSON ({e})") from None
+    conf = read_json(path, f"is {path.parent} a model directory written by umx-train or open-unmix?")
     missing = [k for k in ("nb_channels", "nfft", "nhop", "sample_rate") if k not in conf]
     if missing:
         raise UmxError(f"{path}: missing {', '.join(missing)}")

@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 from ..cli_util import run_cli, underscore_aliases
 from ..layouts import STRUCTURE, TRAINING, check_options

@@ -23,7 +23,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 

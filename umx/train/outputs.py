@@ -27,19 +27,21 @@ def write_separator_json(folder: Path, nfft: int, nhop: int, sample_rate: int, n
                {"nb_channels": nb_channels, "nfft": nfft, "nhop": nhop, "sample_rate": sample_rate})
 
 
+def read_json(path: Path, hint: str) -> dict:
+    """A JSON file of a model directory, or one clear error naming it (`hint`: what it should be)."""
+    if not path.is_file():
+        raise UmxError(f"{path}: not found ({hint})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UmxError(f"{path}: not valid JSON ({e})") from None
+
+
 def read_results(folder: Path, target: str) -> tuple[dict, dict]:
     """The `<target>.json` and `<target>.chkpnt` of a run to resume."""
     folder = Path(folder).expanduser()
-    json_path, ckpt_path = folder / f"{target}.json", folder / f"{target}.chkpnt"
-    for p in (json_path, ckpt_path):
-        if not p.is_file():
-            raise UmxError(f"{p}: not found (is {folder} the output folder of a '{target}' run?)")
-    try:
-        results = json.loads(json_path.read_text())
-    except json.JSONDecodeError as e:
-        raise UmxError(f"{json_path}: not valid JSON ({e})") from None
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    return results, checkpoint
+    results = read_json(folder / f"{target}.json", f"is {folder} the output folder of a '{target}' run?")
+    return results, load_checkpoint(folder, target)
 
 
 def load_checkpoint(folder: Path, target: str) -> dict:
