@@ -13,7 +13,9 @@ setup(
         "soxr",
         "webdataset",
         "fsspec",
-        "s3fs",  # s3:// shard sets (aiohttp also serves http(s)://)
+        "s3fs[boto3]>=2024.12",  # s3:// shard sets; the extra pins a boto3 that aiobotocore accepts
+        "aiohttp",  # http(s):// shard sets (fsspec's HTTP filesystem)
+        "requests",
         "zarr>=3",  # the zarr store format
         "tqdm",
         "musdb",  # MUSDB18 layout: track lists and validation split
@@ -23,7 +25,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "hypothesis", "moto[server]", "boto3"],
+        "test": ["pytest", "pytest-xdist", "hypothesis", "moto[server]"],
         "gcs": ["gcsfs"],
     },
     entry_points={
