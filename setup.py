@@ -13,7 +13,7 @@ setup(
         "soxr",
         "webdataset",
         "fsspec",
-        "s3fs[boto3]>=2024.12",  # s3:// shard sets; the extra pins a boto3 that aiobotocore accepts
+        "s3fs>=2024.12",  # s3:// shard sets (an old s3fs is what a resolver falls back to otherwise)
         "aiohttp",  # http(s):// shard sets (fsspec's HTTP filesystem)
         "requests",
         "zarr>=3",  # the zarr store format
