@@ -100,7 +100,9 @@ def test_prep_to_s3_writes_shards_and_manifest(s3, s3_set):
 
 def test_train_from_s3_and_second_epoch_from_the_cache(s3, s3_set, tmp_path):
     out = tmp_path / "m"
-    train(TrainConfig(shards=s3_set, output=str(out), epochs=2, cache_dir=str(tmp_path / "cache"), **TINY))
+    # --debug: no statistics pass, so the first epoch is what downloads the training shards
+    train(TrainConfig(shards=s3_set, output=str(out), epochs=2, cache_dir=str(tmp_path / "cache"), debug=True,
+                      **TINY))
     loader = json.loads((out / "vocals.json").read_text())["loader_history"]
     assert loader[0]["misses"] > 0 and loader[0]["bytes_fetched"] > 0
     assert loader[1]["bytes_fetched"] == 0 and loader[1]["misses"] == 0 and loader[1]["hits"] > 0
