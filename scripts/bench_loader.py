@@ -40,7 +40,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))  # torchaudio_stub: open-unmix imports torchaudio's removed API
+sys.path.insert(0, str(HERE.parent / "tests"))  # openunmix_compat: open-unmix imports torchaudio's removed API
 
 from umx import bench, synth  # noqa: E402
 from umx.prep import prepare  # noqa: E402
@@ -83,9 +83,9 @@ def umx_rate(shards: Path, seq: int, batch: int, spt: int, workers: int, batches
 # --- open-unmix ---------------------------------------------------------------------
 
 def _openunmix_data():
-    import torchaudio_stub
+    import openunmix_compat
 
-    torchaudio_stub.register()
+    openunmix_compat.register()
     from openunmix import data
 
     return data

@@ -25,6 +25,17 @@ def _isolated_cache(tmp_path_factory):
     os.environ["UMX_CACHE"] = str(tmp_path_factory.mktemp("umx-cache"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Single-threaded torch for a module: on 2 shared cores, spinning OpenMP teams make it up to 10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> Path:
     """trackfolder_fix: 5 train tracks, 2 valid tracks of ~4 s."""

@@ -6,7 +6,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from umx.evaluate import evaluate, main as eval_main, median_over_frames, median_over_tracks, score_track
 from umx.train.trainer import TrainConfig, train
@@ -16,13 +15,7 @@ SMALL = dict(hidden_size=16, seq_dur=1.0, batch_size=4, nfft=2048, nhop=512, qui
 QUICK = dict(epochs=12, samples_per_track=4, lr=0.01)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Single-threaded torch: on 2 shared cores, spinning OpenMP teams make it up to 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-import torchaudio_stub
+import openunmix_compat
 from umx.model import OpenUnmix, Spectrogram, bandwidth_to_max_bin
 
-torchaudio_stub.register()
+openunmix_compat.register()
 openunmix = pytest.importorskip("openunmix")
 from openunmix import model as ou_model  # noqa: E402
 from openunmix import transforms as ou_transforms  # noqa: E402

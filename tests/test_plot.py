@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from umx.plot import draw_history, lr_drops, main as plot_main, plot_history
 from umx.train.trainer import TrainConfig, train
@@ -12,13 +11,7 @@ from umx.train.trainer import TrainConfig, train
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Single-threaded torch: on 2 shared cores, spinning OpenMP teams make it up to 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _results(epochs=6):

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-import torchaudio_stub
+import openunmix_compat
 from umx import audio
 from umx.filtering import wiener
 from umx.model import OpenUnmix, bandwidth_to_max_bin
 from umx.separate import OverlapAdd, Separator, main as separate_main
 from umx.train.trainer import TrainConfig, train
 
-torchaudio_stub.register()
+openunmix_compat.register()
 openunmix = pytest.importorskip("openunmix")
 from openunmix import filtering as ou_filtering  # noqa: E402
 from openunmix import model as ou_model  # noqa: E402
@@ -24,13 +24,7 @@ SMALL = dict(hidden_size=16, seq_dur=1.0, batch_size=4, nfft=2048, nhop=512, qui
 WIN = 50  # Wiener window in frames: a 4 s track has ~345, so filtering runs in several windows
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Single-threaded torch: on 2 shared cores, spinning OpenMP teams make it up to 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

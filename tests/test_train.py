@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-import torchaudio_stub
+import openunmix_compat
 from umx.model import Spectrogram, load_target
 from umx.train.cli import build_parser, main as train_main
 from umx.train.trainer import TrainConfig, train
@@ -50,7 +50,7 @@ def test_training_learns(shard_set, tmp_path):
 
 
 def test_openunmix_package_loads_our_model_dir(trained):
-    torchaudio_stub.register()
+    openunmix_compat.register()
     ou_utils = pytest.importorskip("openunmix.utils")
     theirs = ou_utils.load_target_models("vocals", model_str_or_path=str(trained))["vocals"]
     ours = load_target(str(trained), "vocals")
