@@ -203,5 +203,7 @@ def test_zarr_store_to_s3_and_back(s3, dataset, tmp_path):
     keys = _keys(s3, "sets/zarr/")
     assert "sets/zarr/manifest.json" in keys and any(k.startswith("sets/zarr/store.zarr/train/") for k in keys)
     out = tmp_path / "m"
-    train(TrainConfig(shards=url, output=str(out), epochs=1, cache_dir=str(tmp_path / "cache"), **TINY))
-    assert json.loads((out / "vocals.json").read_text())["epochs_trained"] == 1
+    train(TrainConfig(shards=url, output=str(out), epochs=2, cache_dir=str(tmp_path / "cache"), debug=True, **TINY))
+    loader = json.loads((out / "vocals.json").read_text())["loader_history"]
+    assert loader[0]["bytes_fetched"] > 0  # objects mirrored into the cache, verified on download
+    assert loader[1]["bytes_fetched"] == 0 and loader[1]["misses"] == 0  # the second epoch reads the bucket no more

@@ -97,3 +97,43 @@ class ShardCache:
             if p != keep:
                 total -= p.stat().st_size
                 p.unlink(missing_ok=True)
+
+
+def verify_once(path: Path, sha256: str, size: int | None, label: str, stats: CacheStats | None = None) -> None:
+    """Check a local file against its checksum, once per machine: a marker keyed by
+    path, size, mtime and checksum remembers that it was good. `label` names it in errors."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{sha256}".encode())
+    marker = cache_root() / "verified" / key.hexdigest()[:32]
+    if marker.is_file():
+        return
+    start = time.time()
+    digest, n = storage.sha256_of(str(path))
+    if stats is not None:
+        stats.wait_s += time.time() - start
+    if digest != sha256 or (size is not None and n != size):
+        raise ShardError(f"{label}: checksum mismatch (sha256 {digest[:16]}…, {n} bytes; the manifest says "
+                         f"{sha256[:16]}…{'' if size is None else f', {size} bytes'}): damaged or replaced")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+
+
+def download_verified(url: str, dest: Path, sha256: str, stats: CacheStats) -> None:
+    """Fetch `url` into `dest` (temp file + rename) if it is not there, checking its sha256."""
+    if dest.is_file():
+        stats.hits += 1
+        return
+    stats.misses += 1
+    start = time.time()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    try:
+        data = storage.read_bytes(url)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ShardError(f"{url}: checksum mismatch: the object is damaged or was replaced")
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    stats.bytes_fetched += len(data)
+    stats.wait_s += time.time() - start

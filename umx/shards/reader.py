@@ -11,15 +11,13 @@ travel with the batches to the trainer.
 
 from __future__ import annotations
 
-import hashlib
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import ShardError, UmxError
 from . import storage
-from .cache import ShardCache, cache_root
+from .cache import ShardCache, verify_once
 from .manifest import Manifest, ShardEntry
 from .webdataset import TrackRecord, read_shard
 from .zarr_store import ZarrReader
@@ -33,7 +31,8 @@ class ShardReader:
         self.bad: list[str] = []
         self._taken = self.cache.stats.as_dict()
         st = manifest.raw["storage"]
-        self.zarr = ZarrReader(manifest.location, st.get("objects", {})) if st.get("format") == "zarr" else None
+        self.zarr = ZarrReader(manifest.location, st.get("objects", {}), self.cache) \
+            if st.get("format") == "zarr" else None
 
     def _local_path(self, entry: ShardEntry) -> str:
         url = self.manifest.shard_url(entry)
@@ -47,19 +46,7 @@ class ShardReader:
         return str(path)
 
     def _verify_once(self, path: Path, entry: ShardEntry) -> None:
-        st = path.stat()
-        key = hashlib.sha256(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{entry.sha256}".encode())
-        marker = cache_root() / "verified" / key.hexdigest()[:32]
-        if marker.is_file():
-            return
-        start = time.time()
-        digest, size = storage.sha256_of(str(path))
-        self.cache.stats.wait_s += time.time() - start
-        if (digest, size) != (entry.sha256, entry.bytes):
-            raise ShardError(f"{path}: checksum mismatch (sha256 {digest[:16]}…, {size} bytes; the manifest says "
-                             f"{entry.sha256[:16]}…, {entry.bytes} bytes): the shard is damaged or was replaced")
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
+        verify_once(path, entry.sha256, entry.bytes, f"{path}", self.cache.stats)
 
     def records(self, entry: ShardEntry, select: Callable[[int], bool] | None = None,
                 views: bool = False) -> Iterator[TrackRecord]:

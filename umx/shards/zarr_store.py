@@ -61,47 +61,58 @@ class ZarrReader:
     """Reads tracks of a zarr shard set; opened lazily (zarr/fsspec state must not
     cross a fork: each DataLoader worker opens its own)."""
 
-    def __init__(self, base: str, objects: dict[str, str]):
+    def __init__(self, base: str, objects: dict[str, str], cache=None):
+        from .cache import ShardCache
+
         self.base, self.objects = base, objects
+        self.cache = cache or ShardCache()
+        self.url = storage.join(base, STORE)
+        self.remote = storage.is_remote(self.url)
+        # a bucket's store is mirrored object by object into the shard cache, verified on download
+        self.root = (self.cache.folder / f"{hashlib.sha256(self.url.encode()).hexdigest()[:24]}-{STORE}"
+                     if self.remote else Path(self.url.removeprefix("file://")))
         self._root = None
         self._checked: set[str] = set()
+
+    def _ensure(self, key: str, label: str) -> None:
+        """Make object `key` present locally and checked (missing: an error, never zarr's zeros)."""
+        from .cache import download_verified, verify_once
+
+        if key in self._checked:
+            return
+        want = self.objects.get(key)
+        url = storage.join(self.url, key)
+        if want is None:
+            raise ShardError(f"{url}: {label} is not listed in the manifest")
+        try:
+            if self.remote:
+                download_verified(url, self.root / key, want, self.cache.stats)
+            elif not (self.root / key).is_file():
+                raise FileNotFoundError(key)
+            else:
+                verify_once(self.root / key, want, None, f"{url}: {label} is damaged", self.cache.stats)
+        except (FileNotFoundError, storage.StorageError):
+            raise ShardError(f"{url}: {label} is missing (zarr would read zeros)") from None
+        except ShardError as e:
+            raise ShardError(f"{url}: {label} is damaged (checksum mismatch)") if "checksum" in str(e) else e
+        self._checked.add(key)
 
     def _open(self):
         if self._root is None:
             import zarr
+            from zarr.storage import LocalStore
 
-            url = storage.join(self.base, STORE)
-            if storage.is_remote(url):
-                from zarr.storage import FsspecStore
-
-                fs, path = storage.filesystem(url)
-                store = FsspecStore.from_url(url, storage_options=getattr(fs, "storage_options", None),
-                                             read_only=True)
-            else:
-                from zarr.storage import LocalStore
-
-                store = LocalStore(url.removeprefix("file://"), read_only=True)
-            self._root = zarr.open_group(store, mode="r")
+            for key in self.objects:
+                if key.endswith("zarr.json"):
+                    self._ensure(key, "metadata")
+            self._root = zarr.open_group(LocalStore(str(self.root), read_only=True), mode="r")
         return self._root
 
     def _check(self, split: str, name: str, start: int, stop: int) -> None:
-        """Verify (once) every stored object that frames [start, stop) of an array touch."""
+        """Make present and verify (once) every stored object that frames [start, stop) touch."""
         span = CHUNK_FRAMES * SHARD_CHUNKS
         for k in range(start // span, (max(stop, start + 1) - 1) // span + 1):
-            key = f"{split}/{name}/c/0/{k}"
-            if key in self._checked:
-                continue
-            want = self.objects.get(key)
-            url = storage.join(storage.join(self.base, STORE), key)
-            try:
-                data = storage.read_bytes(url)
-            except (FileNotFoundError, storage.StorageError):
-                data = None
-            if want is None or data is None:
-                raise ShardError(f"{url}: array '{split}/{name}' object {k} is missing (zarr would read zeros)")
-            if hashlib.sha256(data).hexdigest() != want:
-                raise ShardError(f"{url}: array '{split}/{name}' object {k} is damaged (checksum mismatch)")
-            self._checked.add(key)
+            self._ensure(f"{split}/{name}/c/0/{k}", f"array '{split}/{name}' object {k}")
 
     def index(self, split: str) -> list[dict]:
         return list(self._open()[split].attrs["tracks"])
