@@ -205,8 +205,7 @@ def _finish(layout, found, staging, out, done, tails, report, settings, fp, stri
     for split in found.splits:
         sides = done.get(split, [])
         for s in sides:
-            for n in s["notes"]:
-                report.entries.append(n)
+            report.entries += s["notes"]
             moments = moments.merge(stats.Moments.from_json(s["moments"]))
         report.entries += tails.get(split, [])
         splits[split] = [s["entry"] for s in sides]
@@ -231,8 +230,9 @@ def _finish(layout, found, staging, out, done, tails, report, settings, fp, stri
     if format == "zarr":  # the same records, as one array per source per split
         store = staging / zarr_store.STORE
         shutil.rmtree(store, ignore_errors=True)
-        objects = zarr_store.write_store(store, {
-            split: zarr_store.records_of(str(staging / e["name"]) for e in splits[split]) for split in found.splits})
+        objects = zarr_store.write_store(store, {split: (
+            sum(sum(e["track_frames"]) for e in splits[split]),
+            zarr_store.records_of(str(staging / e["name"]) for e in splits[split])) for split in found.splits})
         manifest["storage"] = {"format": "zarr", "encoding": "int16", "store": zarr_store.STORE,
                                "chunk_frames": zarr_store.CHUNK_FRAMES, "shard_chunks": zarr_store.SHARD_CHUNKS,
                                "objects": objects}

@@ -31,23 +31,22 @@ CHUNK_FRAMES = 262144  # 2 ch × 2 B × 262144 = 1 MiB, about one 6 s crop
 SHARD_CHUNKS = 32  # 32 MiB objects
 
 
-def write_store(path: Path, splits: dict[str, list[TrackRecord]]) -> dict[str, str]:
-    """Write the records of each split; returns {object path: sha256} of every stored file."""
+def write_store(path: Path, splits: dict[str, tuple[int, Iterable[TrackRecord]]]) -> dict[str, str]:
+    """Write each split's records, streamed (one track in memory at a time); `splits` maps a
+    split to (its total frames, its records). Returns {object path: sha256} of every stored file."""
     import zarr
     from zarr.storage import LocalStore
 
     root = zarr.open_group(LocalStore(str(path)), mode="w")
-    for split, records in splits.items():
-        names = sorted({n for r in records for n in r.sources} | ({"mixture"} if any(
-            r.mixture is not None for r in records) else set()))
-        total = sum(r.frames for r in records)
+    for split, (total, records) in splits.items():
         group = root.require_group(split)
-        index, offset = [], 0
-        arrays = {n: group.create_array(n, shape=(2, max(total, 1)), chunks=(2, CHUNK_FRAMES),
-                                        shards=(2, CHUNK_FRAMES * SHARD_CHUNKS), dtype="int16",
-                                        compressors=None, fill_value=0) for n in names}
+        arrays, index, offset = {}, [], 0
         for r in records:
             for n, pcm in {**r.sources, **({"mixture": r.mixture} if r.mixture is not None else {})}.items():
+                if n not in arrays:  # created when a source first appears; other tracks' spans stay zero
+                    arrays[n] = group.create_array(n, shape=(2, max(total, 1)), chunks=(2, CHUNK_FRAMES),
+                                                   shards=(2, CHUNK_FRAMES * SHARD_CHUNKS), dtype="int16",
+                                                   compressors=None, fill_value=0)
                 arrays[n][:, offset: offset + r.frames] = pcm
             index.append({"id": r.id, "meta": r.meta, "offset": offset, "frames": r.frames,
                           "sources": list(r.sources), "mixture": r.mixture is not None})
@@ -114,9 +113,6 @@ class ZarrReader:
         for k in range(start // span, (max(stop, start + 1) - 1) // span + 1):
             self._ensure(f"{split}/{name}/c/0/{k}", f"array '{split}/{name}' object {k}")
 
-    def index(self, split: str) -> list[dict]:
-        return list(self._open()[split].attrs["tracks"])
-
     def records(self, split: str, ids: list[str]) -> Iterator[TrackRecord]:
         """Full tracks `ids` of a split, in that order."""
         group = self._open()[split]
@@ -134,8 +130,9 @@ class ZarrReader:
             yield TrackRecord(t["id"], t["meta"], sources, mixture)
 
 
-def records_of(tars: Iterable[str]) -> list[TrackRecord]:
-    """Every record of some WebDataset shards, in order (prep converts its staged shards)."""
+def records_of(tars: Iterable[str]) -> Iterator[TrackRecord]:
+    """Every record of some WebDataset shards, in order, one at a time (prep converts its staged shards)."""
     from .webdataset import read_shard
 
-    return [r for url in tars for r in read_shard(url)]
+    for url in tars:
+        yield from read_shard(url)
