@@ -5,12 +5,14 @@
 
 Both sides train the same OpenUnmix (umxhq recipe by default: hidden 512, nfft 4096, hop
 1024, 6 s crops, batch 16, gain + channelswap, random track mix) on the synthetic data set
-of scripts/bench_loader.py, with the same number of loader workers, for `--steps` timed
-steps after `--warmup` untimed ones:
+of scripts/bench_loader.py, with `--nb-workers` loader workers for umx and `--reference-workers`
+for open-unmix (default: the same), for `--steps` timed steps after `--warmup` untimed ones:
 
   umx         umx.bench: the Trainer's loader (shards, device-side augmentation) feeding
               Trainer.train_step; also its device step time without the loader, so the
-              report gives umx's end-to-end rate as a fraction of its no-loader rate;
+              report gives umx's end-to-end rate as a fraction of its no-loader rate; the step is
+              captured as a CUDA graph on a GPU (`--cuda-graph`, as umx-train); `--also-eager`
+              measures umx with open-unmix's eager step too;
   open-unmix  the loop of open-unmix's scripts/train.py: DataLoader(MUSDBDataset(is_wav=True)
               or FixedSourcesTrackFolderDataset, shuffle, pin_memory on CUDA) → x, y to the
               device → encoder (STFT + ComplexNorm) → OpenUnmix → MSE → Adam step.
@@ -22,6 +24,7 @@ step rate. On a CPU the figures only show that the script works.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -91,17 +94,22 @@ def run(args) -> dict:
         shards = paths["fix_shards"]
         opts = {"source_augmentations": ["gain", "channelswap"], "random_track_mix": True}
     config = TrainConfig(shards=str(shards), target="vocals", nb_workers=args.nb_workers, no_cuda=args.no_cuda,
-                         **recipe, **opts)
-    runs: dict[str, list] = {"umx": [], "openunmix": []}
+                         cuda_graph=args.cuda_graph, **recipe, **opts)
+    ref_workers = args.nb_workers if args.reference_workers is None else args.reference_workers
+    runs: dict[str, list] = {"umx": [], "openunmix": [], "umx_eager": []}
     for _ in range(args.repeats):
         runs["umx"].append(bench.bench(config, args.steps, args.warmup, args.loader_batches))
-        runs["openunmix"].append(openunmix_rate(reference, recipe, args.nb_workers, args.steps, args.warmup, device))
+        if args.also_eager:
+            eager = dataclasses.replace(config, cuda_graph="off")
+            runs["umx_eager"].append(bench.bench(eager, args.steps, args.warmup, args.loader_batches))
+        runs["openunmix"].append(openunmix_rate(reference, recipe, ref_workers, args.steps, args.warmup, device))
     umx_rate = [r["train_samples_per_s"] for r in runs["umx"]]
     ou_rate = [r["samples_per_s"] for r in runs["openunmix"]]
     ratio = statistics.median(a / b for a, b in zip(umx_rate, ou_rate))
     of_step = statistics.median(r["train_samples_per_s"] / r["device_samples_per_s"] for r in runs["umx"])
     out = {"device": runs["umx"][0]["device"], "recipe": recipe, "reference": args.dataset,
-           "nb_workers": args.nb_workers, "steps": args.steps, "repeats": args.repeats,
+           "nb_workers": args.nb_workers, "reference_workers": ref_workers, "steps": args.steps,
+           "repeats": args.repeats, "umx_step_kind": runs["umx"][0].get("step_kind", "eager"),
            "umx_train_samples_per_s": statistics.median(umx_rate),
            "umx_step_ms": statistics.median(r["step_ms"] for r in runs["umx"]),
            "umx_gpu_busy": statistics.median(r["gpu_busy"] for r in runs["umx"]),
@@ -110,17 +118,25 @@ def run(args) -> dict:
            "targets": {"umx >= 3x open-unmix end to end": ratio >= 3,
                        "umx end to end >= 90% of its no-loader step rate": of_step >= 0.9},
            "runs": runs}
+    if runs["umx_eager"]:
+        out["umx_eager_train_samples_per_s"] = statistics.median(r["train_samples_per_s"] for r in runs["umx_eager"])
+        out["umx_eager_step_ms"] = statistics.median(r["step_ms"] for r in runs["umx_eager"])
     return out
 
 
 def table(r: dict) -> str:
     rec = r["recipe"]
     lines = [f"train loop benchmark on {r['device']}: hidden {rec['hidden_size']}, nfft {rec['nfft']}, batch "
-             f"{rec['batch_size']} × {rec['seq_dur']} s, {r['nb_workers']} loader worker(s), {r['steps']} timed steps, "
+             f"{rec['batch_size']} × {rec['seq_dur']} s, {r['nb_workers']} loader worker(s) for umx, "
+             f"{r.get('reference_workers', r['nb_workers'])} for open-unmix, {r['steps']} timed steps, "
              f"median of {r['repeats']}",
              f"  umx end to end                       {r['umx_train_samples_per_s']:10.1f} samples/s "
-             f"(device step {r['umx_step_ms']:.1f} ms; steps take {100 * r['umx_gpu_busy']:.0f} % of the wall time)",
-             f"  open-unmix train loop ({r['reference']:<6})       {r['openunmix_train_samples_per_s']:10.1f} samples/s",
+             f"(device step {r['umx_step_ms']:.1f} ms, {r.get('umx_step_kind', 'eager')}; steps take "
+             f"{100 * r['umx_gpu_busy']:.0f} % of the wall time)"]
+    if "umx_eager_train_samples_per_s" in r:
+        lines.append(f"  umx end to end, eager step           {r['umx_eager_train_samples_per_s']:10.1f} samples/s "
+                     f"(device step {r['umx_eager_step_ms']:.1f} ms)")
+    lines += [f"  open-unmix train loop ({r['reference']:<6})       {r['openunmix_train_samples_per_s']:10.1f} samples/s",
              f"  umx / open-unmix                     {r['ratio_umx_over_openunmix']:10.1f}×",
              f"  umx end to end / no-loader rate      {100 * r['umx_end_to_end_over_no_loader']:10.0f} %"]
     lines += [f"target {'holds' if ok else 'MISSED'}: {name}" for name, ok in r["targets"].items()]
@@ -135,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=("musdb", "fixed"),
                    help="open-unmix's dataset: MUSDBDataset(is_wav=True) (umxhq, the default) or "
                         "FixedSourcesTrackFolderDataset (the default with --quick)")
-    p.add_argument("--nb-workers", type=int, default=8, help="loader workers, both sides (default 8)")
+    p.add_argument("--nb-workers", type=int, default=8, help="umx's loader workers (default 8)")
+    p.add_argument("--reference-workers", type=int, help="open-unmix's loader workers (default: --nb-workers)")
+    p.add_argument("--cuda-graph", choices=("auto", "on", "off"), default="auto", help="umx's step (as umx-train)")
+    p.add_argument("--also-eager", action="store_true", help="also measure umx with --cuda-graph off")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--loader-batches", type=int, default=20)

@@ -292,6 +292,9 @@ def verdict(r: dict) -> tuple[bool, list[str]]:
         fewer = max(1, math.ceil(1.25 * need / per)) if per > 0 else workers
         if workers > 1 and fewer < workers:
             advice.append(f"fewer workers would do (about {fewer}), leaving cores and memory free")
+    if dev == "GPU" and r.get("step_kind") == "eager" and r.get("seq_dur", 0) > 0:
+        advice.append("the step runs eagerly (launch-bound for open-unmix's LSTMs): --cuda-graph auto captures it "
+                      "as one CUDA graph (not under torchrun)")
     mem = r.get("pool", {})
     ram = r.get("ram_bytes", 0)
     if mem and ram and max(1, workers) * mem["budget_bytes"] > 0.5 * ram:
@@ -325,11 +328,13 @@ def bench(config, steps: int = 10, warmup: int = 2, loader_batches: int = 20) ->
                  "shards": cfg.shards, "target": trainer.cfg.target, "batch_size": cfg.batch_size,
                  "seq_dur": cfg.seq_dur, "nb_workers": cfg.nb_workers, "pool_size": cfg.pool_size,
                  "samples_per_track": trainer.cfg.samples_per_track, "hidden_size": cfg.hidden_size,
-                 "nfft": cfg.nfft, "precision": cfg.precision, "setup_s": setup_s,
+                 "nfft": cfg.nfft, "precision": cfg.precision, "cuda_graph": cfg.cuda_graph, "setup_s": setup_s,
                  "pool": pool_budget(trainer.stream)}
             loader = measure_loader(trainer.stream, cfg.nb_workers, loader_batches, pin_memory=dev.type == "cuda")
             r.update(loader)
             r.update(measure_step(trainer, steps, warmup))
+            r["step_kind"] = ("cuda graph" if trainer.step.captured else
+                              "graph step, uncaptured" if hasattr(trainer.step, "graph") else "eager")
             r.update(measure_train(trainer, steps, warmup, r["step_ms"]))
             r["loader_io"] = add_metrics({}, trainer.reader.take_metrics())
         finally:
@@ -356,7 +361,7 @@ def report(r: dict) -> str:
         f"  loader      {r['loader_samples_per_s']:8.1f} samples/s total, {r['loader_samples_per_s_per_worker']:.1f} "
         f"per worker ({who}; first batch after {r['loader_first_batch_s']:.2f} s)",
         f"  step        {r['step_ms']:8.1f} ms per batch of {r['step_batch']} on the device, without the loader "
-        f"(= {r['device_samples_per_s']:.1f} samples/s)",
+        f"(= {r['device_samples_per_s']:.1f} samples/s; {r.get('step_kind', 'eager')})",
         f"  end to end  {r['train_samples_per_s']:8.1f} samples/s training with the loader; the device steps take "
         f"{100 * r['gpu_busy']:.0f} % of the wall time",
         f"  memory      {memory_line(wm, r['pool'])}",

@@ -103,6 +103,12 @@ class OpenUnmix(nn.Module):
         self.input_scale = nn.Parameter(scale)
         self.output_scale = nn.Parameter(torch.ones(self.nb_output_bins))
         self.output_mean = nn.Parameter(torch.ones(self.nb_output_bins))
+        self.graph_safe_dropout = False  # set by the CUDA-graph training step (umx.train.step)
+
+    def _lstm(self, x: Tensor) -> Tensor:
+        if self.training and self.graph_safe_dropout:
+            return lstm_layer_by_layer(self.lstm, x)
+        return self.lstm(x)[0]
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.permute(3, 0, 1, 2)  # frames first for the LSTM
@@ -113,12 +119,33 @@ class OpenUnmix(nn.Module):
         x = self.fc1(x.reshape(-1, nb_channels * self.nb_bins))
         x = torch.tanh(self.bn1(x).reshape(nb_frames, nb_samples, self.hidden_size))
 
-        x = torch.cat([x, self.lstm(x)[0]], -1)  # skip connection around the LSTM
+        x = torch.cat([x, self._lstm(x)], -1)  # skip connection around the LSTM
         x = F.relu(self.bn2(self.fc2(x.reshape(-1, x.shape[-1]))))
         x = self.bn3(self.fc3(x))
         x = x.reshape(nb_frames, nb_samples, nb_channels, self.nb_output_bins)
         x = x * self.output_scale + self.output_mean
         return (F.relu(x) * mix).permute(1, 2, 3, 0)
+
+
+def lstm_layer_by_layer(lstm: nn.LSTM, x: Tensor) -> Tensor:
+    """`lstm(x)[0]` (zero initial state) one layer at a time, with `F.dropout` between layers.
+
+    On CPU this is nn.LSTM's own computation, dropout draws included. On CUDA the
+    dropout comes from the philox generator, which a captured CUDA graph reseeds
+    at every replay; cuDNN's multi-layer dropout keeps a state set up on the host,
+    which a graph would freeze into the same mask every step.
+    """
+    dirs = 2 if lstm.bidirectional else 1
+    per_layer = len(lstm._flat_weights) // lstm.num_layers
+    batch = x.shape[0] if lstm.batch_first else x.shape[1]
+    zeros = x.new_zeros(dirs, batch, lstm.hidden_size)
+    for layer in range(lstm.num_layers):
+        weights = lstm._flat_weights[layer * per_layer:(layer + 1) * per_layer]
+        x = torch._VF.lstm(x, (zeros, zeros), weights, lstm.bias, 1, 0.0, lstm.training, lstm.bidirectional,
+                           lstm.batch_first)[0]
+        if layer < lstm.num_layers - 1 and lstm.dropout and lstm.training:
+            x = F.dropout(x, lstm.dropout, training=True)
+    return x
 
 
 def load_target(model_dir: str, target: str, device: str | torch.device = "cpu") -> OpenUnmix:

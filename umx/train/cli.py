@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the checkpoint every N steps inside an epoch (exact mid-epoch resume)")
     t.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
                    help="fp32 (default, exact), tf32 matmuls on GPUs, or bf16 autocast")
+    t.add_argument("--cuda-graph", choices=("auto", "on", "off"), default=d.cuda_graph,
+                   help="capture the training step as one CUDA graph: auto (default: on one GPU with fixed "
+                        "shapes), on (also runs that step, uncaptured, on CPU), off (open-unmix's eager step)")
     t.add_argument("--trace", action="store_true",
                    help="log the track ids of every step per rank to OUTPUT/trace-rank<r>.jsonl")
 

@@ -34,6 +34,7 @@ from ..shards import manifest as mf
 from . import distributed, sampling
 from .augment import Augment, mix_and_target
 from .loader import SourceFileStream, TrainStream, load_validation
+from .step import MODES as GRAPH_MODES, EagerStep, GraphStep, LossLog, make_optimizer, optimizer_state, settle_lr
 from .outputs import load_checkpoint, read_results, save_torch, write_separator_json
 from ..shards import storage
 from ..shards.cache import cache_root
@@ -86,6 +87,7 @@ class TrainConfig:
     pool_size: int = 8
     save_every: int = 0  # also checkpoint every N steps inside an epoch (exact mid-epoch resume)
     precision: str = "fp32"  # fp32 | tf32 | bf16
+    cuda_graph: str = "auto"  # auto | on | off: capture the step as one CUDA graph (umx.train.step)
     trace: bool = False  # write the tracks of every step per rank to trace-rank<r>.jsonl
     cache_dir: str | None = None  # local cache of remote shards (default $UMX_CACHE/shards)
     cache_size: float = 100.0  # GiB
@@ -111,6 +113,8 @@ class TrainConfig:
         values["random_interferer_mix"] = values["random_track_mix"]
         if self.precision not in PRECISIONS:
             raise UmxError(f"--precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'")
+        if self.cuda_graph not in GRAPH_MODES:
+            raise UmxError(f"--cuda-graph must be one of {', '.join(GRAPH_MODES)}, not '{self.cuda_graph}'")
         if not smp["augment"]:
             if self.source_augmentations or mix:
                 raise UmxError(f"--source-augmentations / --random-track-mix: a '{manifest.layout}' shard set "
@@ -202,7 +206,8 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        graph = self._graph_step_wanted(seq_len)
+        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, graph, self.device)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=cfg.lr_decay_gamma, patience=cfg.lr_decay_patience, cooldown=10)
         self.stopper = EarlyStopping(cfg.patience)
@@ -211,6 +216,21 @@ class Trainer:
         self.position = {"epoch": 1, "step": 0, "losses": [], "seconds": 0.0}  # where the run stands
         if cfg.checkpoint:
             self._resume(cfg.checkpoint)
+        step = GraphStep if graph else EagerStep
+        kwargs = {"capture": self.device.type == "cuda"} if graph else {}
+        self.step = step(self.net, self.encoder, self.optimizer, bf16=cfg.precision == "bf16", **kwargs)
+
+    def _graph_step_wanted(self, seq_len: int | None) -> bool:
+        """--cuda-graph auto: the captured step wherever it can run (one CUDA process, fixed
+        shapes); on: the graph step everywhere (on CPU uncaptured, the same code); off: eager."""
+        mode = self.cfg.cuda_graph
+        if mode == "off":
+            return False
+        reason = ("under torchrun/DDP" if self.dist.active else
+                  "with whole-track batches (--seq-dur 0: every batch has another shape)" if seq_len is None else None)
+        if mode == "on" and reason:
+            raise UmxError(f"--cuda-graph on: the training step cannot be captured {reason}; use auto or off")
+        return reason is None and (mode == "on" or self.device.type == "cuda")
 
     def _build_model(self, rate: int) -> OpenUnmix:
         cfg = self.cfg
@@ -237,6 +257,7 @@ class Trainer:
         ckpt = load_checkpoint(Path(folder), self.cfg.target)
         self.model.load_state_dict(ckpt["state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        settle_lr(self.optimizer)
         self.scheduler.load_state_dict(ckpt["scheduler"])
         state = ckpt.get("umx")
         if state is None:
@@ -254,49 +275,51 @@ class Trainer:
         return DataLoader(self.stream, batch_size=None, num_workers=self.cfg.nb_workers, pin_memory=cuda,
                           prefetch_factor=4 if self.cfg.nb_workers else None)
 
-    def train_step(self, pcm: torch.Tensor, epoch: int, step: int) -> float:
-        """One optimisation step on an int16 batch; every draw seeded by (seed, epoch, step, rank)."""
+    def train_step(self, pcm: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+        """One optimisation step on an int16 batch; every draw seeded by (seed, epoch, step, rank).
+        Returns the loss as a device scalar: reading it is the caller's choice (a host sync)."""
         cfg, key = self.cfg, (epoch, step, self.dist.rank)
-        torch.manual_seed(sampling.torch_seed(cfg.seed, sampling.DROPOUT, *key))
         gen = sampling.torch_generator(cfg.seed, sampling.AUGMENT, *key, device=self.device)
         x, y = mix_and_target(self.augment(pcm, gen), self.slots.input_slot, self.slots.complement)
-        self.optimizer.zero_grad()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            loss = torch.nn.functional.mse_loss(self.net(self.encoder(x)), self.encoder(y))
-        loss.backward()
-        self.optimizer.step()
-        return loss.item()
+        return self.step(x, y, sampling.torch_seed(cfg.seed, sampling.DROPOUT, *key))
 
     def train_epoch(self, epoch: int) -> float:
         """Train one epoch (or its rest, after a mid-epoch resume); the mean step loss over all ranks."""
         cfg, pos = self.cfg, self.position
         self.model.train()
         start_step, losses = (pos["step"], list(pos["losses"])) if pos["epoch"] == epoch else (0, [])
+        log = LossLog(self.device, losses)
         self.stream.set_epoch(epoch, start_step)
         total = self.stream.batches_per_epoch(cfg.nb_workers)
         start, seen = time.time(), 0
         self.epoch_io = dict(pos.get("io", {})) if pos["epoch"] == epoch else {}
         trace = self._trace_file() if cfg.trace else None
+        checked = len(losses)
         bar = tqdm(self._loader(), total=total, initial=start_step, desc=f"epoch {epoch}", leave=False,
                    disable=cfg.quiet or not self.dist.is_main)
         for step, batch in enumerate(bar, start=start_step):
             pcm = batch.audio.to(self.device, non_blocking=True)
-            losses.append(self.train_step(pcm, epoch, step))
-            if not math.isfinite(losses[-1]):
-                raise UmxError(f"loss became {losses[-1]} at epoch {epoch}, step {step + 1}; stopping")
+            log.append(self.train_step(pcm, epoch, step))
+            losses = log.known()  # read back asynchronously: a few steps behind on a GPU
+            _check_finite(losses, checked, epoch)
+            checked = len(losses)
             if trace:
                 trace.write(json.dumps({"epoch": epoch, "step": step, "tracks": batch.track_ids}) + "\n")
             seen += pcm.shape[0]
             io = add_metrics(self.epoch_io, batch.io)
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}", samples_per_s=f"{seen / (time.time() - start):.1f}",
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}" if losses else "…",
+                            samples_per_s=f"{seen / (time.time() - start):.1f}",
                             **({"fetched_MB": f"{io['bytes_fetched'] / 2**20:.0f}", "hits": io["hits"]}
                                if io.get("misses") or io.get("hits") else {}))
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
+                losses = list(log.values())
                 self.position = {"epoch": epoch, "step": step + 1, "losses": losses, "io": io,
                                  "seconds": pos.get("seconds", 0.0) + time.time() - start}
                 self._save_checkpoint()
         if trace:
             trace.close()
+        losses = log.values()
+        _check_finite(losses, checked, epoch)
         if len(losses) != total:
             raise UmxError(f"rank {self.dist.rank} ran {len(losses)} steps in epoch {epoch}, expected {total}")
         distributed.broadcast_buffers(self.model, self.dist)
@@ -340,7 +363,7 @@ class Trainer:
             h["train_loss_history"].append(train_loss)
             h["valid_loss_history"].append(valid_loss)
             h["train_time_history"].append(time.time() - start)
-            h["lr_history"].append(self.optimizer.param_groups[0]["lr"])  # after the plateau step
+            h["lr_history"].append(float(self.optimizer.param_groups[0]["lr"]))  # after the plateau step
             h["loader_history"].append(self._loader_metrics())
             h["epochs_trained"] = epoch
             is_best = valid_loss == self.stopper.best
@@ -349,7 +372,7 @@ class Trainer:
             self.position = {"epoch": epoch + 1, "step": 0, "losses": [], "seconds": 0.0}
             self._save(epoch, is_best)
             epochs.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{valid_loss:.4f}",
-                               lr=self.optimizer.param_groups[0]["lr"])
+                               lr=float(self.optimizer.param_groups[0]["lr"]))
             if stop:
                 if main and not cfg.quiet:
                     print(f"early stopping after epoch {epoch} (no improvement for {cfg.patience} epochs)")
@@ -381,7 +404,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         save_torch({"epoch": self.position["epoch"], "state_dict": self.model.state_dict(),
-                    "best_loss": self.stopper.best, "optimizer": self.optimizer.state_dict(),
+                    "best_loss": self.stopper.best, "optimizer": optimizer_state(self.optimizer),
                     "scheduler": self.scheduler.state_dict(),
                     "umx": {"history": self.history, "best_loss": self.stopper.best,
                             "num_bad_epochs": self.stopper.num_bad_epochs, "position": self.position}},
@@ -409,6 +432,13 @@ class Trainer:
             plot_history(self.out, target)
         except Exception as e:  # noqa: BLE001 (matplotlib/back-end trouble)
             print(f"warning: could not draw the loss plot ({type(e).__name__}: {e})", file=sys.stderr)
+
+
+def _check_finite(losses: list[float], start: int, epoch: int) -> None:
+    """Stop on the first non-finite loss among those read back since `start`."""
+    for i in range(start, len(losses)):
+        if not math.isfinite(losses[i]):
+            raise UmxError(f"loss became {losses[i]} at epoch {epoch}, step {i + 1}; stopping")
 
 
 def _json_option(text: str | None, flag: str) -> dict:

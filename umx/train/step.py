@@ -1,0 +1,212 @@
+"""The optimisation step: open-unmix's eager step, or the same step captured as one CUDA graph.
+
+open-unmix's step is launch-bound on a GPU: its three LSTM layers launch ~1,500
+small kernels per batch, so the GPU waits on Python and the driver for about
+40 % of the step. `GraphStep` records forward, backward and Adam once as a CUDA
+graph and replays it: one launch per step, the same fp32 kernels. That needs
+
+- static shapes: inputs are copied into fixed buffers (a batch of another shape,
+  say the last of an epoch, runs the same step uncaptured);
+- an optimizer that keeps everything on the device: fused Adam with
+  `capturable=True` and the learning rate as a device tensor, so the plateau
+  scheduler's changes reach the graph;
+- dropout from the philox generator (`OpenUnmix.graph_safe_dropout`): cuDNN's own
+  LSTM dropout state is set up on the host, which a graph would freeze;
+- no host synchronisation per step: losses stay on the device and `LossLog`
+  reads them back asynchronously.
+
+Where capture is impossible (CPU, DDP, whole-track batches) the trainer uses
+`EagerStep`; `GraphStep(capture=False)` runs the graph step's exact code
+uncaptured, which is how its equivalence with the eager step is tested on CPU.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+MODES = ("auto", "on", "off")
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, graph: bool, device: torch.device):
+    """open-unmix's Adam; for the graph step fused, capturable, with a device-tensor lr (on CUDA)."""
+    if not graph:
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    cuda = device.type == "cuda"
+    return torch.optim.Adam(model.parameters(), lr=torch.tensor(lr, device=device) if cuda else lr,
+                            weight_decay=weight_decay, fused=True, capturable=cuda)
+
+
+def settle_lr(optimizer: torch.optim.Optimizer) -> None:
+    """After `load_state_dict`: give each group its lr in the form this optimizer needs
+    (a device tensor where it is capturable, else a float), whatever the checkpoint held."""
+    for group in optimizer.param_groups:
+        value = float(group["lr"])
+        if group.get("capturable"):
+            device = group["params"][0].device
+            group["lr"] = torch.tensor(value, device=device)
+        else:
+            group["lr"] = value
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state dict with plain-float learning rates (readable by open-unmix
+    and by an optimizer of the other kind)."""
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:
+        group["lr"] = float(group["lr"])
+    return state
+
+
+class EagerStep:
+    """open-unmix's step as it is: zero_grad, forward, MSE on magnitudes, backward, Adam."""
+
+    captured = False
+
+    def __init__(self, net: nn.Module, encoder: nn.Module, optimizer: torch.optim.Optimizer, bf16: bool = False):
+        self.net, self.encoder, self.optimizer, self.bf16 = net, encoder, optimizer, bf16
+
+    def loss(self, x: Tensor, y: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+            return nn.functional.mse_loss(self.net(self.encoder(x)), self.encoder(y))
+
+    def __call__(self, x: Tensor, y: Tensor, seed: int) -> Tensor:
+        """One update; returns the loss as a device scalar (no host synchronisation)."""
+        torch.manual_seed(seed)  # dropout
+        self.optimizer.zero_grad()
+        loss = self.loss(x, y)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+
+class GraphStep(EagerStep):
+    """The eager step with static buffers, captured on first use as one CUDA graph.
+
+    Capture needs a few warm-up iterations (cuDNN/cuFFT plans, the optimizer's
+    state); they run on a snapshot of the model and optimizer, which is put back,
+    so the first real step starts from the same state an eager run would.
+    """
+
+    def __init__(self, net: nn.Module, encoder: nn.Module, optimizer: torch.optim.Optimizer, bf16: bool = False,
+                 capture: bool = True, warmup: int = 3, warn: Callable[[str], None] | None = None):
+        super().__init__(net, encoder, optimizer, bf16)
+        self.capture, self.warmup = capture, warmup
+        self.warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static: tuple[Tensor, Tensor, Tensor] | None = None
+        self.uncaptured_steps = 0
+        for module in net.modules():
+            if hasattr(module, "graph_safe_dropout"):
+                module.graph_safe_dropout = True
+
+    @property
+    def captured(self) -> bool:  # type: ignore[override]
+        return self.graph is not None
+
+    def __call__(self, x: Tensor, y: Tensor, seed: int) -> Tensor:
+        if self.capture and x.device.type == "cuda" and self.graph is None:
+            self._try_capture(x, y)
+        if self.graph is None or x.shape != self.static[0].shape or y.shape != self.static[1].shape:
+            self.uncaptured_steps += 1
+            return super().__call__(x, y, seed)
+        sx, sy, loss = self.static
+        sx.copy_(x)
+        sy.copy_(y)
+        torch.manual_seed(seed)  # the graph's philox draws take the generator's seed at replay
+        self.graph.replay()
+        return loss.clone()
+
+    def _try_capture(self, x: Tensor, y: Tensor) -> None:
+        try:
+            self._capture(x, y)
+        except Exception as e:  # noqa: BLE001 (anything capture refuses: run eager from here on)
+            self.graph, self.static, self.capture = None, None, False
+            self.warn(f"could not capture the training step as a CUDA graph ({type(e).__name__}: {e}); "
+                      "training continues with the uncaptured step")
+
+    def _capture(self, x: Tensor, y: Tensor) -> None:
+        model, opt = self.net, self.optimizer
+        saved_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        had_state = {p: {k: v.detach().clone() for k, v in s.items()} for p, s in opt.state.items()}
+        sx, sy = x.detach().clone(), y.detach().clone()
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):  # warm-up: plans, workspaces and the optimizer's state
+            for _ in range(self.warmup):
+                opt.zero_grad(set_to_none=True)
+                self.loss(sx, sy).backward()
+                opt.step()
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)
+        # thread_local: the DataLoader's pin-memory thread may allocate pinned memory meanwhile
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            loss = self.loss(sx, sy)
+            loss.backward()
+            opt.step()
+        # capture only recorded; put back what the warm-up changed
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                v.copy_(saved_model[k])
+            for p, s in opt.state.items():
+                before = had_state.get(p)
+                for k, v in s.items():
+                    if torch.is_tensor(v):
+                        v.copy_(before[k]) if before is not None else v.zero_()
+        self.graph, self.static = graph, (sx, sy, loss.detach())
+
+
+class LossLog:
+    """Step losses kept on the device, read back without stalling the GPU.
+
+    Every `chunk` steps the pending losses go to pinned host memory with a
+    non-blocking copy and an event; `known()` returns the ones whose copy has
+    finished, `values()` waits for all. On CPU every loss is known at once.
+    """
+
+    def __init__(self, device: torch.device, initial: list[float] | None = None, chunk: int = 8):
+        self.device, self.chunk = device, chunk
+        self.done: list[float] = list(initial or [])
+        self.pending: list[Tensor] = []
+        self.in_flight: list[tuple[torch.cuda.Event, Tensor]] = []
+
+    def __len__(self) -> int:
+        return len(self.done) + len(self.pending) + sum(len(h) for _, h in self.in_flight)
+
+    def append(self, loss: Tensor | float) -> None:
+        if self.device.type != "cuda" or not torch.is_tensor(loss):
+            if self.pending or self.in_flight:
+                self.values()  # keep step order
+            self.done.append(float(loss))
+            return
+        self.pending.append(loss.reshape(()))
+        if len(self.pending) >= self.chunk:
+            self._send()
+
+    def _send(self) -> None:
+        if not self.pending:
+            return
+        host = torch.empty(len(self.pending), dtype=torch.float32, pin_memory=True)
+        host.copy_(torch.stack(self.pending).float(), non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.in_flight.append((event, host))
+        self.pending = []
+
+    def known(self) -> list[float]:
+        """Every loss whose value has reached the host (in step order)."""
+        while self.in_flight and self.in_flight[0][0].query():
+            _, host = self.in_flight.pop(0)
+            self.done.extend(host.tolist())
+        return self.done
+
+    def values(self) -> list[float]:
+        """Every loss (waits for the device)."""
+        self._send()
+        for event, _ in self.in_flight:
+            event.synchronize()
+        return self.known()
