@@ -31,7 +31,7 @@ if [[ "${QUICK:-0}" == 1 ]]; then
   tracks=3; duration=2.5
   model=(--hidden-size 16 --nfft 2048 --nhop 512 --seq-dur 1 --batch-size 2)
   timing=(--steps 2 --warmup 1 --loader-batches 2); short=(--steps 1 --warmup 1 --loader-batches 1)
-  train=(--quick); first=("${model[@]}" --debug); train_samples=8
+  train=(--quick); first=("${model[@]}" --debug); spt=2
 else
   tracks=16; duration=20
   model=(--hidden-size 512 --nfft 4096 --nhop 1024 --seq-dur 6 --batch-size 16)
@@ -46,17 +46,31 @@ $py -c "import os, torch; print('torch', torch.__version__, 'cuda', torch.versio
 
 step "tests of the CUDA-graph step on this device" $py -m pytest -q -p no:cacheprovider "$here/../tests/test_step.py"
 
-echo "== data: synthetic, $tracks tracks of ~$duration s, as trackfolder_fix and musdb, and their shard sets"
+step "host → device copies of one umxhq batch (68 MB int16), pinned and pageable" $py -c "
+import time, torch
+if torch.cuda.is_available():
+    for pinned in (True, False):
+        host = torch.zeros(16, 4, 2, 264600, dtype=torch.int16, pin_memory=pinned); dev = torch.empty_like(host, device='cuda')
+        times = []
+        for _ in range(6):
+            torch.cuda.synchronize(); t = time.perf_counter(); dev.copy_(host, non_blocking=True); torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        ms = 1000 * sorted(times[1:])[2]
+        print(f'pinned={pinned}: {ms:.1f} ms per batch = {host.numel() * 2 / ms / 1e6:.2f} GB/s')"
+
+echo "== data: synthetic, $tracks tracks of ~$duration s, as trackfolder_fix, and its shard set"
 $py -c "import sys, bench_loader; from pathlib import Path; \
-print(bench_loader.make_data(Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])))" "$work/data" "$tracks" "$duration"
+print(bench_loader.make_data(Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), musdb=False))" \
+"$work/data" "$tracks" "$duration"
 
 fix=(--shards "$work/data/fix-shards" --target vocals --source-augmentations gain channelswap --random-track-mix)
-for graph in auto off; do
-  step "umx-bench, umxhq recipe (trackfolder_fix, gain+channelswap, random mix), fp32, --cuda-graph $graph, \
-$workers workers" bash -c "$py -m umx.bench $(printf '%q ' "${fix[@]}" "${model[@]}" "${timing[@]}") \
---nb-workers $workers --cuda-graph $graph --json > $work/umx-bench-fp32-$graph.json && \
-$py -c 'import json, sys; from umx import bench; print(bench.report(json.load(open(sys.argv[1]))))' \
-$work/umx-bench-fp32-$graph.json"
+for variant in "auto auto" "auto off" "off off"; do
+  set -- $variant; graph=$1; cache=$2
+  step "umx-bench, umxhq recipe (trackfolder_fix, gain+channelswap, random mix), fp32, --cuda-graph $graph \
+--device-cache $cache, $workers workers" bash -c "$py -m umx.bench $(printf '%q ' "${fix[@]}" "${model[@]}" \
+"${timing[@]}") --nb-workers $workers --cuda-graph $graph --device-cache $cache --json \
+> $work/umx-bench-fp32-$graph-$cache.json && $py -c 'import json, sys; from umx import bench; \
+print(bench.report(json.load(open(sys.argv[1]))))' $work/umx-bench-fp32-$graph-$cache.json"
 done
 for precision in tf32 bf16; do
   step "umx-bench, $precision, captured step" $py -m umx.bench "${fix[@]}" "${model[@]}" "${short[@]}" \
@@ -71,15 +85,15 @@ $work/bench-train-fixed.json"
 
 for graph in auto off; do
   step "umx-train, 3 short epochs, --cuda-graph $graph (the loss curves of both steps)" bash -c "$py -m umx.train.cli \
-$(printf '%q ' "${fix[@]}" "${model[@]}") --epochs 3 --nb-train-samples ${train_samples:-320} --nb-workers $workers \
---cuda-graph $graph --quiet --output $work/train-$graph && $py -c 'import json, sys; h = json.load(open(sys.argv[1])); \
+$(printf '%q ' "${fix[@]}" "${model[@]}") --epochs 3 --samples-per-track ${spt:-20} --nb-workers $workers \
+--cuda-graph $graph --output $work/train-$graph && $py -c 'import json, sys; h = json.load(open(sys.argv[1])); \
 print({k: h[k] for k in (\"train_loss_history\", \"valid_loss_history\", \"train_time_history\")})' \
 $work/train-$graph/vocals.json"
 done
 
 step "umx-train start to first step (prepared set; statistics from the manifest)" \
   $py -c "import sys, json; from umx import bench; print(json.dumps(bench.time_to_first_step(sys.argv[1:])))" \
-  --shards "$work/data/musdb-shards" --epochs 1 --quiet --nb-workers "$workers" --output "$work/first-step-model" \
+  --shards "$work/data/fix-shards" --epochs 1 --quiet --nb-workers "$workers" --output "$work/first-step-model" \
   "${first[@]}"
 echo
 echo "== done: results in $work; ${#failed[@]} step(s) failed"

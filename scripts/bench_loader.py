@@ -50,22 +50,22 @@ from umx.train.loader import TrainStream  # noqa: E402
 FIX = {"target_file": "vocals.wav", "interferer_files": ["bass.wav", "drums.wav", "other.wav"]}
 
 
-def make_data(work: Path, tracks: int, duration: float, seed: int = 0) -> dict:
-    """trackfolder_fix and musdb roots with the same train tracks, and their shard sets (kept in `work`)."""
+def make_data(work: Path, tracks: int, duration: float, seed: int = 0, musdb: bool = True) -> dict:
+    """trackfolder_fix and (unless `musdb=False`) musdb roots with the same train tracks, and their
+    shard sets (kept in `work`). The musdb package needs ffmpeg on the PATH even for wav folders."""
     key = f"{tracks}-{duration}-{seed}"
-    marker = work / "data.json"
     paths = {"fix": work / "fix", "musdb": work / "musdb", "fix_shards": work / "fix-shards",
              "musdb_shards": work / "musdb-shards"}
-    if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
-        return paths
-    work.mkdir(parents=True, exist_ok=True)
-    synth.write_layout("trackfolder_fix", paths["fix"], n_train=tracks, n_valid=1, duration=duration, seed=seed)
-    synth.write_layout("musdb", paths["musdb"], n_train=tracks, n_valid=1, duration=duration, seed=seed)
     workers = os.cpu_count() or 1
-    prepare("trackfolder_fix", paths["fix"], paths["fix_shards"], workers=workers, progress=False, overwrite=True,
-            **FIX)
-    prepare("musdb", paths["musdb"], paths["musdb_shards"], workers=workers, progress=False, overwrite=True)
-    marker.write_text(json.dumps({"key": key}))
+    for name, layout, opts in [("fix", "trackfolder_fix", FIX), ("musdb", "musdb", {})][: 2 if musdb else 1]:
+        marker = work / f"data-{name}.json"
+        if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
+            continue
+        work.mkdir(parents=True, exist_ok=True)
+        synth.write_layout(layout, paths[name], n_train=tracks, n_valid=1, duration=duration, seed=seed)
+        prepare(layout, paths[name], paths[f"{name}_shards"], workers=workers, progress=False, overwrite=True,
+                **opts)
+        marker.write_text(json.dumps({"key": key}))
     return paths
 
 

@@ -83,7 +83,7 @@ def openunmix_rate(dataset, recipe: dict, nb_workers: int, steps: int, warmup: i
 def run(args) -> dict:
     recipe = QUICK if args.quick else UMXHQ
     work = Path(args.work) if args.work else Path(bench_loader.tempfile.mkdtemp(prefix="umx-bench-train-"))
-    paths = bench_loader.make_data(work, args.tracks, args.duration)
+    paths = bench_loader.make_data(work, args.tracks, args.duration, musdb=args.dataset == "musdb")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
     if args.dataset == "musdb":
         reference = bench_loader.musdb_dataset(paths["musdb"], recipe["seq_dur"])

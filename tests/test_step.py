@@ -45,7 +45,7 @@ def test_graph_step_matches_eager_step(shard_set, tmp_path, one_torch_thread):
     """--cuda-graph on (on CPU: the graph step's code uncaptured — fused Adam, static buffers,
     losses through LossLog) trains the same history as open-unmix's eager step, within float noise."""
     common = dict(shards=str(shard_set), epochs=3, source_augmentations=["gain", "channelswap"],
-                  random_track_mix=True, **SMALL)
+                  random_track_mix=True, no_cuda=True, **SMALL)
     train(TrainConfig(output=str(tmp_path / "eager"), cuda_graph="off", **common))
     train(TrainConfig(output=str(tmp_path / "graph"), cuda_graph="on", **common))
     eager, graph = _history(tmp_path / "eager"), _history(tmp_path / "graph")
@@ -60,7 +60,7 @@ def test_graph_step_matches_eager_step(shard_set, tmp_path, one_torch_thread):
 def test_checkpoint_moves_between_step_kinds(shard_set, tmp_path, one_torch_thread):
     """A checkpoint written by the graph step resumes with the eager step and back: learning rates are
     stored as floats whatever the optimizer held, and each optimizer gets the form it needs."""
-    common = dict(shards=str(shard_set), **SMALL)
+    common = dict(shards=str(shard_set), no_cuda=True, **SMALL)
     out = tmp_path / "m"
     train(TrainConfig(output=str(out), epochs=1, cuda_graph="on", lr_decay_patience=0, **common))
     ckpt = torch.load(out / "vocals.chkpnt", weights_only=False)
@@ -74,7 +74,7 @@ def test_checkpoint_moves_between_step_kinds(shard_set, tmp_path, one_torch_thre
 
 
 def test_cuda_graph_option_choices(shard_set, tmp_path):
-    base = dict(shards=str(shard_set), output=str(tmp_path), **SMALL)
+    base = dict(shards=str(shard_set), output=str(tmp_path), no_cuda=True, **SMALL)
     with pytest.raises(UmxError, match="--cuda-graph must be one of"):
         Trainer(TrainConfig(cuda_graph="maybe", **base))
     with pytest.raises(UmxError, match="whole-track batches"):
@@ -128,7 +128,7 @@ def test_cuda_graph_replays_the_uncaptured_step(shard_set, tmp_path):
         t = _cuda_trainer(shard_set, tmp_path / str(capture), "on")
         t.step.capture = capture
         t.stream.set_epoch(1)
-        batches = [b.audio.to(t.device) for _, b in zip(range(6), iter(t.stream))]
+        batches = [t.batch_audio(b) for _, b in zip(range(6), iter(t.stream))]
         losses = [t.train_step(pcm, 1, i) for i, pcm in enumerate(batches)]
         assert t.step.captured == capture
         runs.append((torch.stack(losses).cpu(), {k: v.detach().cpu() for k, v in t.model.state_dict().items()}))
@@ -142,7 +142,7 @@ def test_cuda_graph_dropout_differs_per_step(shard_set, tmp_path):
     """A replay with another step's seed draws another dropout mask (not one frozen at capture)."""
     t = _cuda_trainer(shard_set, tmp_path, "on")
     t.stream.set_epoch(1)
-    x = next(iter(t.stream)).audio.to(t.device).float().sum(1) / 32768
+    x = t.batch_audio(next(iter(t.stream))).float().sum(1) / 32768
     t.step(x, x / 2, seed=0)
     state = {k: v.detach().clone() for k, v in t.model.state_dict().items()}
     opt = {p: {k: v.clone() for k, v in s.items()} for p, s in t.optimizer.state.items()}

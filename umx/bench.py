@@ -153,7 +153,7 @@ def measure_loader(stream, nb_workers: int = 0, batches: int = 20, warmup: int |
             if n == warmup:
                 start = time.perf_counter()
             elif n > warmup:
-                samples += batch.audio.shape[0]
+                samples += len(batch.track_ids)
             if n >= warmup + batches:
                 break
         end = time.perf_counter()
@@ -178,8 +178,7 @@ def one_batch(trainer) -> torch.Tensor:
     """One training batch on the device (pinned on its way there where it is a GPU)."""
     trainer.stream.set_epoch(1)
     batch = next(iter(trainer.stream))
-    audio = batch.audio.pin_memory() if trainer.device.type == "cuda" else batch.audio
-    return audio.to(trainer.device)
+    return trainer.batch_audio(batch.pin_memory() if trainer.device.type == "cuda" else batch)
 
 
 def measure_step(trainer, steps: int = 10, warmup: int = 2, pcm: torch.Tensor | None = None) -> dict:
@@ -210,7 +209,7 @@ def measure_train(trainer, steps: int = 10, warmup: int = 2, step_ms: float | No
     samples, start, n = 0, time.perf_counter() if warmup == 0 else None, 0
     try:
         for n, batch in enumerate(it, start=1):
-            pcm = batch.audio.to(device, non_blocking=True)
+            pcm = trainer.batch_audio(batch)
             trainer.train_step(pcm, 1, n)
             if n == warmup:
                 _sync(device)
@@ -329,6 +328,7 @@ def bench(config, steps: int = 10, warmup: int = 2, loader_batches: int = 20) ->
                  "seq_dur": cfg.seq_dur, "nb_workers": cfg.nb_workers, "pool_size": cfg.pool_size,
                  "samples_per_track": trainer.cfg.samples_per_track, "hidden_size": cfg.hidden_size,
                  "nfft": cfg.nfft, "precision": cfg.precision, "cuda_graph": cfg.cuda_graph, "setup_s": setup_s,
+                 "device_cache_bytes": trainer.resident.nbytes if trainer.resident is not None else 0,
                  "pool": pool_budget(trainer.stream)}
             loader = measure_loader(trainer.stream, cfg.nb_workers, loader_batches, pin_memory=dev.type == "cuda")
             r.update(loader)

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cuda-graph", choices=("auto", "on", "off"), default=d.cuda_graph,
                    help="capture the training step as one CUDA graph: auto (default: on one GPU with fixed "
                         "shapes), on (also runs that step, uncaptured, on CPU), off (open-unmix's eager step)")
+    t.add_argument("--device-cache", choices=("auto", "on", "off"), default=d.device_cache,
+                   help="hold the train split in device memory, so workers send crop positions, not audio: "
+                        "auto (default: on a GPU where it takes at most half the free memory), on, off")
     t.add_argument("--trace", action="store_true",
                    help="log the track ids of every step per rank to OUTPUT/trace-rank<r>.jsonl")
 

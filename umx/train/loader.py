@@ -38,17 +38,20 @@ COMPLEMENT = "accompaniment"  # a target open-unmix allows for musdb: everything
 
 @dataclass
 class Batch:
-    audio: torch.Tensor  # int16 [batch, slots, channels, samples]
+    audio: torch.Tensor | None  # int16 [batch, slots, channels, samples]; None: see `starts`
     track_ids: list[str]
     io: dict | None = None  # loader counters since the previous batch (see ShardReader.take_metrics)
+    starts: torch.Tensor | None = None  # int64 [batch]: crop columns in a device-resident split (resident.py)
 
     def pin_memory(self) -> "Batch":
+        if self.audio is None:
+            return self
         return Batch(self.audio.pin_memory(), self.track_ids, self.io)
 
     def __reduce__(self):
         ticket = getattr(self, "_ticket", None)  # a worker's batch in a reused shared buffer
         if ticket is None:
-            return (Batch, (self.audio, self.track_ids, self.io))
+            return (Batch, (self.audio, self.track_ids, self.io, self.starts))
         return (_received, (self.audio, self.track_ids, self.io, ticket))
 
 
@@ -72,7 +75,7 @@ class Slots:
         (or None for the whole record, if training leaves it out)."""
         src = record.sources
         target = self.order[0]
-        if target not in src and not self.silence_missing:
+        if not self.usable(src):
             return None  # open-unmix leaves tracks without the target out
         parts = [src.get(target)]
         others = [s for s in self.order[1:] if s in src] + sorted(s for s in src if s not in self.order)
@@ -83,6 +86,15 @@ class Slots:
                 raise UmxError(f"record '{record.id}' has no stored input mixture")
             parts.append(record.mixture)
         return parts
+
+    @property
+    def count(self) -> int:
+        """Slots per sample: target, interferers, and the stored input where there is one."""
+        return 1 + self.n_interferers + int(self.input_slot)
+
+    def usable(self, source_names: list[str]) -> bool:
+        """Does training use a record with these sources (see `parts`)?"""
+        return self.silence_missing or self.order[0] in source_names
 
     def stack(self, record: TrackRecord) -> np.ndarray | None:
         """The record as one int16 `[slots, channels, time]` array."""
@@ -226,6 +238,10 @@ def _batch(out: list, ring: BatchRing | None = None) -> Batch:
     tensor; every crop is copied once, straight into the batch (in a worker: into shared
     memory, from `ring` where there is one)."""
     crops = [c for c, _ in out]
+    if isinstance(crops[0], int):  # positions in a device-resident split
+        batch = Batch(None, [t for _, t in out], starts=torch.tensor(crops, dtype=torch.int64))
+        out.clear()
+        return batch
     shape = (len(crops), len(crops[0]), *_shape(crops[0]))
     ticket = None
     if get_worker_info() is None:
@@ -291,6 +307,7 @@ class TrainStream(_Stream):
         self.samples_per_track, self.pool_size = samples_per_track, max(1, pool_size)
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch, self.start_step = 1, 0
+        self.resident: dict[str, int] | None = None  # track id → column, where the split is on the device
         self.eligible = sum(self._eligible(e) for e in self.shards)
         if self.eligible == 0:
             frames = [f for s in self.shards for f in s.track_frames]
@@ -300,10 +317,9 @@ class TrainStream(_Stream):
 
     def _eligible(self, entry, select: Callable[[int], bool] | None = None) -> int:
         """Tracks of a shard that training uses (long enough, and holding the target)."""
-        need = None if self.slots.silence_missing else self.slots.order[0]
         return sum(1 for i, (f, names) in enumerate(zip(entry.track_frames, entry.track_sources))
                    if (select is None or select(i)) and (self.seq_len is None or f >= self.seq_len)
-                   and (need is None or need in names))
+                   and self.slots.usable(names))
 
     def samples_per_epoch(self) -> int:
         return self.eligible * self.samples_per_track
@@ -344,17 +360,16 @@ class TrainStream(_Stream):
         for entry, select in reads:
             first = k
             try:
-                for record in self.reader.guarded(entry, select, views=True):
-                    if self.seq_len is not None and record.frames < self.seq_len:
+                for parts, frames, track_id in self._tracks(entry, select):
+                    if self.seq_len is not None and frames < self.seq_len:
                         continue  # open-unmix excludes tracks shorter than seq_dur
-                    parts = self.slots.parts(record)
                     if parts is None:
                         continue
                     k += 1
                     n, debt = int(draws[k - 1]) + debt, 0  # a skipped shard's draws go to the next tracks
                     if n == 0:
                         continue
-                    last = [parts, n, record.id]
+                    last = [parts, n, track_id, frames]
                     pool.append(last)
                     while len(pool) >= self.pool_size:
                         yield from self._draw(pool, rng, out, skip_left)
@@ -365,21 +380,40 @@ class TrainStream(_Stream):
         if debt:
             if last is None:
                 raise UmxError(f"{self.manifest.location}: every shard of rank {self.rank} worker {worker} was bad")
-            pool.append([last[0], debt, last[2]])
+            pool.append([last[0], debt, last[2], last[3]])
         while pool:
             yield from self._draw(pool, rng, out, skip_left)
         if out:
             yield from self._emit(out, skip_left)
 
+    def _tracks(self, entry, select) -> Iterator[tuple]:
+        """(slot arrays or None, frames, id) of each record of `entry` this consumer reads; with
+        a device-resident split, the track's column there instead of its audio (nothing is read)."""
+        if self.resident is None:
+            for record in self.reader.guarded(entry, select, views=True):
+                yield self.slots.parts(record), record.frames, record.id
+            return
+        for i, (track_id, frames, names) in enumerate(zip(entry.track_ids, entry.track_frames,
+                                                          entry.track_sources)):
+            if select is not None and not select(i):
+                continue
+            if not self.slots.usable(names):
+                yield None, frames, track_id
+            elif track_id not in self.resident:  # its shard was skipped as bad when the split was uploaded
+                raise SkippedShard(f"{track_id} is not resident")
+            else:
+                yield self.resident[track_id], frames, track_id
+
     def _draw(self, pool: list[list], rng: np.random.Generator, out: list, skip: list[int]) -> Iterator[Batch]:
         i = int(rng.integers(len(pool)))
-        parts, left, track_id = pool[i]
+        parts, left, track_id, frames = pool[i]
         if self.seq_len is None:
             crops = parts
         else:
-            offset = int(rng.integers(_shape(parts)[-1] - self.seq_len + 1))
+            offset = int(rng.integers(frames - self.seq_len + 1))
             end = offset + self.seq_len
-            crops = [None if p is None else p[:, offset:end] for p in parts]  # views: copied once, into the batch
+            crops = parts + offset if isinstance(parts, int) else \
+                [None if p is None else p[:, offset:end] for p in parts]  # views: copied once, into the batch
         out.append((crops, track_id))
         if left == 1:
             pool[i] = pool[-1]

@@ -31,7 +31,7 @@ from ..errors import UmxError
 from ..model import OpenUnmix, Spectrogram, bandwidth_to_max_bin, load_target
 from ..prep import stats as stats_mod
 from ..shards import manifest as mf
-from . import distributed, sampling
+from . import distributed, resident, sampling
 from .augment import Augment, mix_and_target
 from .loader import SourceFileStream, TrainStream, load_validation
 from .step import MODES as GRAPH_MODES, EagerStep, GraphStep, LossLog, make_optimizer, optimizer_state, settle_lr
@@ -88,6 +88,7 @@ class TrainConfig:
     save_every: int = 0  # also checkpoint every N steps inside an epoch (exact mid-epoch resume)
     precision: str = "fp32"  # fp32 | tf32 | bf16
     cuda_graph: str = "auto"  # auto | on | off: capture the step as one CUDA graph (umx.train.step)
+    device_cache: str = "auto"  # auto | on | off: hold the train split in device memory (umx.train.resident)
     trace: bool = False  # write the tracks of every step per rank to trace-rank<r>.jsonl
     cache_dir: str | None = None  # local cache of remote shards (default $UMX_CACHE/shards)
     cache_size: float = 100.0  # GiB
@@ -113,6 +114,8 @@ class TrainConfig:
         values["random_interferer_mix"] = values["random_track_mix"]
         if self.precision not in PRECISIONS:
             raise UmxError(f"--precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'")
+        if self.device_cache not in resident.MODES:
+            raise UmxError(f"--device-cache must be one of {', '.join(resident.MODES)}, not '{self.device_cache}'")
         if self.cuda_graph not in GRAPH_MODES:
             raise UmxError(f"--cuda-graph must be one of {', '.join(GRAPH_MODES)}, not '{self.cuda_graph}'")
         if not smp["augment"]:
@@ -191,6 +194,8 @@ class Trainer:
         self.slots = self.stream.slots
         if hasattr(self.stream, "check"):
             self.stream.check(cfg.nb_workers)
+        self.seq_len = seq_len
+        self.resident = self._resident_split()
         valid = load_validation(self.manifest, cfg.target, "valid", cfg.silence_missing_targets,
                                 cfg.nb_valid_samples, seq_len, self.reader)
         self.valid_io = self.reader.take_metrics()
@@ -219,6 +224,31 @@ class Trainer:
         step = GraphStep if graph else EagerStep
         kwargs = {"capture": self.device.type == "cuda"} if graph else {}
         self.step = step(self.net, self.encoder, self.optimizer, bf16=cfg.precision == "bf16", **kwargs)
+
+    def _resident_split(self) -> "resident.ResidentTracks | None":
+        """--device-cache auto: the train split on the GPU where it fits (half the free memory);
+        on: wherever the stream allows it (on CPU: in host memory, the same code); off: streamed."""
+        mode, stream = self.cfg.device_cache, self.stream
+        if mode == "off":
+            return None
+        why = ("with unaligned source files (sourcefolder)" if not isinstance(stream, TrainStream) else
+               "with whole-track batches (--seq-dur 0)" if self.seq_len is None else None)
+        if why:
+            if mode == "on":
+                raise UmxError(f"--device-cache on: not available {why}; use auto or off")
+            return None
+        if mode == "auto" and not resident.fits(self.manifest, self.slots, self.device):
+            return None
+        cache = resident.ResidentTracks(self.manifest, self.slots, self.reader, self.device,
+                                        quiet=self.cfg.quiet or not self.dist.is_main)
+        stream.resident = cache.starts
+        return cache
+
+    def batch_audio(self, batch) -> torch.Tensor:
+        """A loader batch as int16 `[batch, slots, channels, time]` on the device."""
+        if batch.starts is not None:
+            return self.resident.gather(batch.starts, self.seq_len)
+        return batch.audio.to(self.device, non_blocking=True)
 
     def _graph_step_wanted(self, seq_len: int | None) -> bool:
         """--cuda-graph auto: the captured step wherever it can run (one CUDA process, fixed
@@ -298,7 +328,7 @@ class Trainer:
         bar = tqdm(self._loader(), total=total, initial=start_step, desc=f"epoch {epoch}", leave=False,
                    disable=cfg.quiet or not self.dist.is_main)
         for step, batch in enumerate(bar, start=start_step):
-            pcm = batch.audio.to(self.device, non_blocking=True)
+            pcm = self.batch_audio(batch)
             log.append(self.train_step(pcm, epoch, step))
             losses = log.known()  # read back asynchronously: a few steps behind on a GPU
             _check_finite(losses, checked, epoch)
