@@ -4,6 +4,7 @@
 #
 #   bash scripts/bench_gpu.sh [WORKDIR] [UMX_WORKERS] [REFERENCE_WORKERS]   (defaults: ./bench-gpu, 2, 4)
 #   QUICK=1 bash scripts/bench_gpu.sh /tmp/x 1 1      (a smoke run of this script on any machine)
+#   SKIP_TESTS=1 SKIP_TRAIN=1 …                          (only the benchmarks)
 #
 # Prints, and keeps in WORKDIR/*.json:
 #   1. the CUDA-graph step's tests on this GPU (captured = uncaptured; dropout redrawn per step);
@@ -44,7 +45,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 $py -c "import os, torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'available', torch.cuda.is_available(), '| cpus', len(os.sched_getaffinity(0)))"
 
-step "tests of the CUDA-graph step on this device" $py -m pytest -q -p no:cacheprovider "$here/../tests/test_step.py"
+[[ "${SKIP_TESTS:-0}" == 1 ]] || step "tests of the CUDA-graph step on this device" $py -m pytest -q -p no:cacheprovider "$here/../tests/test_step.py"
 
 step "host → device copies of one umxhq batch (68 MB int16), pinned and pageable" $py -c "
 import time, torch
@@ -63,7 +64,9 @@ $py -c "import sys, bench_loader; from pathlib import Path; \
 print(bench_loader.make_data(Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), musdb=False))" \
 "$work/data" "$tracks" "$duration"
 
-fix=(--shards "$work/data/fix-shards" --target vocals --source-augmentations gain channelswap --random-track-mix)
+# 64 crops per track (the musdb recipe's): with 1, each of several workers gets a partial batch per epoch
+fix=(--shards "$work/data/fix-shards" --target vocals --source-augmentations gain channelswap --random-track-mix
+     --samples-per-track 64)
 for variant in "auto auto" "auto off" "off off"; do
   set -- $variant; graph=$1; cache=$2
   step "umx-bench, umxhq recipe (trackfolder_fix, gain+channelswap, random mix), fp32, --cuda-graph $graph \
@@ -84,6 +87,7 @@ $py -c 'import sys, json, bench_train; print(bench_train.table(json.load(open(sy
 $work/bench-train-fixed.json"
 
 for graph in auto off; do
+  [[ "${SKIP_TRAIN:-0}" == 1 ]] && break
   step "umx-train, 3 short epochs, --cuda-graph $graph (the loss curves of both steps)" bash -c "$py -m umx.train.cli \
 $(printf '%q ' "${fix[@]}" "${model[@]}") --epochs 3 --samples-per-track ${spt:-20} --nb-workers $workers \
 --cuda-graph $graph --output $work/train-$graph && $py -c 'import json, sys; h = json.load(open(sys.argv[1])); \

@@ -92,7 +92,9 @@ def run(args) -> dict:
     else:
         reference = bench_loader.fixed_dataset(paths["fix"], recipe["seq_dur"])
         shards = paths["fix_shards"]
-        opts = {"source_augmentations": ["gain", "channelswap"], "random_track_mix": True}
+        # 64 crops per track (the musdb recipe's): with open-unmix's default of 1, 16 tracks are one
+        # batch per epoch, which more than one worker can only deliver as partial batches
+        opts = {"source_augmentations": ["gain", "channelswap"], "random_track_mix": True, "samples_per_track": 64}
     config = TrainConfig(shards=str(shards), target="vocals", nb_workers=args.nb_workers, no_cuda=args.no_cuda,
                          cuda_graph=args.cuda_graph, **recipe, **opts)
     ref_workers = args.nb_workers if args.reference_workers is None else args.reference_workers

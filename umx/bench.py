@@ -206,7 +206,7 @@ def measure_train(trainer, steps: int = 10, warmup: int = 2, step_ms: float | No
     trainer.model.train()
     loader = make_loader(trainer.stream, cfg.nb_workers, pin_memory=device.type == "cuda")
     it = iter(loader)
-    samples, start, n = 0, time.perf_counter() if warmup == 0 else None, 0
+    samples, start, n, partial = 0, time.perf_counter() if warmup == 0 else None, 0, 0
     try:
         for n, batch in enumerate(it, start=1):
             pcm = trainer.batch_audio(batch)
@@ -216,6 +216,7 @@ def measure_train(trainer, steps: int = 10, warmup: int = 2, step_ms: float | No
                 start = time.perf_counter()
             elif n > warmup:
                 samples += pcm.shape[0]
+                partial += pcm.shape[0] < cfg.batch_size
             if n >= warmup + steps:
                 break
         _sync(device)
@@ -225,7 +226,8 @@ def measure_train(trainer, steps: int = 10, warmup: int = 2, step_ms: float | No
     if start is None or samples == 0:
         raise UmxError(f"the loader gave only {n} batch(es): too few samples for a measurement")
     wall = end - start
-    out = {"train_samples_per_s": samples / wall, "train_steps": n - warmup, "train_wall_s": wall}
+    out = {"train_samples_per_s": samples / wall, "train_steps": n - warmup, "train_wall_s": wall,
+           "train_partial_batches": partial}
     if step_ms is not None:  # a fraction; above 1 only by measurement noise (kept in gpu_busy_raw)
         out["gpu_busy_raw"] = step_ms / 1000 * (n - warmup) / wall
         out["gpu_busy"] = min(1.0, out["gpu_busy_raw"])
@@ -294,6 +296,11 @@ def verdict(r: dict) -> tuple[bool, list[str]]:
     if dev == "GPU" and r.get("step_kind") == "eager" and r.get("seq_dur", 0) > 0:
         advice.append("the step runs eagerly (launch-bound for open-unmix's LSTMs): --cuda-graph auto captures it "
                       "as one CUDA graph (not under torchrun)")
+    if r.get("train_partial_batches"):
+        advice.append(f"{r['train_partial_batches']} of {r['train_steps']} batches were partial: each worker's share "
+                      "of an epoch is not a multiple of --batch-size (a short epoch split over the workers), and a "
+                      "partial batch is a whole step for fewer samples (uncaptured, for the CUDA-graph step): raise "
+                      "--samples-per-track or use fewer workers")
     mem = r.get("pool", {})
     ram = r.get("ram_bytes", 0)
     if mem and ram and max(1, workers) * mem["budget_bytes"] > 0.5 * ram:
