@@ -8,6 +8,8 @@ non-centred Hann-window STFT, as open-unmix trains.
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Optional
 
 import numpy as np
@@ -141,8 +143,10 @@ def lstm_layer_by_layer(lstm: nn.LSTM, x: Tensor) -> Tensor:
     zeros = x.new_zeros(dirs, batch, lstm.hidden_size)
     for layer in range(lstm.num_layers):
         weights = lstm._flat_weights[layer * per_layer:(layer + 1) * per_layer]
-        x = torch._VF.lstm(x, (zeros, zeros), weights, lstm.bias, 1, 0.0, lstm.training, lstm.bidirectional,
-                           lstm.batch_first)[0]
+        with warnings.catch_warnings():  # cuDNN copies one layer's weights per call: that is intended here
+            warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
+            x = torch._VF.lstm(x, (zeros, zeros), weights, lstm.bias, 1, 0.0, lstm.training, lstm.bidirectional,
+                               lstm.batch_first)[0]
         if layer < lstm.num_layers - 1 and lstm.dropout and lstm.training:
             x = F.dropout(x, lstm.dropout, training=True)
     return x
