@@ -55,7 +55,7 @@ def make_data(work: Path, tracks: int, duration: float, seed: int = 0, musdb: bo
     shard sets (kept in `work`). The musdb package needs ffmpeg on the PATH even for wav folders."""
     key = f"{tracks}-{duration}-{seed}"
     paths = {"fix": work / "fix", "musdb": work / "musdb", "fix_shards": work / "fix-shards",
-             "musdb_shards": work / "musdb-shards"}
+             "musdb_shards": work / "musdb-shards", "fix_zarr": work / "fix-zarr"}
     workers = os.cpu_count() or 1
     for name, layout, opts in [("fix", "trackfolder_fix", FIX), ("musdb", "musdb", {})][: 2 if musdb else 1]:
         marker = work / f"data-{name}.json"
@@ -66,7 +66,20 @@ def make_data(work: Path, tracks: int, duration: float, seed: int = 0, musdb: bo
         prepare(layout, paths[name], paths[f"{name}_shards"], workers=workers, progress=False, overwrite=True,
                 **opts)
         marker.write_text(json.dumps({"key": key}))
+    marker = work / "data-fix-zarr.json"  # the trackfolder_fix data once more, as a zarr store
+    if not (marker.is_file() and json.loads(marker.read_text()).get("key") == key):
+        prepare("trackfolder_fix", paths["fix"], paths["fix_zarr"], workers=workers, progress=False, overwrite=True,
+                format="zarr", **FIX)
+        marker.write_text(json.dumps({"key": key}))
     return paths
+
+
+def CONTENDERS(paths: dict) -> list[tuple[str, Path, int]]:
+    """(label, shard set, crops per track) of every umx loader measured: WebDataset and zarr with
+    open-unmix's trackfolder_fix default (1 crop per track) and with 64, and the musdb set."""
+    return [("fix", paths["fix_shards"], 1), ("fix_zarr", paths["fix_zarr"], 1),
+            ("fix64", paths["fix_shards"], 64), ("fix64_zarr", paths["fix_zarr"], 64),
+            ("musdb", paths["musdb_shards"], 64)]
 
 
 # --- umx ----------------------------------------------------------------------------
@@ -151,7 +164,7 @@ def run(args) -> dict:
         runs.setdefault(name, []).append(value)
 
     for rep in range(args.repeats):  # in turns, so a disturbance hits every contender alike
-        for label, shards, spt in (("fix", paths["fix_shards"], 1), ("musdb", paths["musdb_shards"], 64)):
+        for label, shards, spt in CONTENDERS(paths):
             add(f"umx_{label}_inprocess", umx_rate(shards, seq, args.batch_size, spt, 0, args.batches)["samples_per_s"])
             r = umx_rate(shards, seq, args.batch_size, spt, 1, args.batches)
             add(f"umx_{label}_worker", r["samples_per_s"])
@@ -162,11 +175,13 @@ def run(args) -> dict:
     med = {k: statistics.median(v) for k, v in runs.items()}
     pairs = [("umx_fix_worker", "fixed_worker"), ("umx_fix_inprocess", "fixed_inprocess"),
              ("umx_musdb_worker", "musdb_inprocess"), ("umx_musdb_inprocess", "musdb_inprocess"),
-             ("umx_fix_worker", "musdb_inprocess")]
+             ("umx_fix_worker", "musdb_inprocess"), ("umx_fix_zarr_worker", "fixed_worker"),
+             ("umx_fix_zarr_inprocess", "fixed_inprocess"), ("umx_fix_zarr_worker", "umx_fix_worker"),
+             ("umx_fix64_zarr_worker", "umx_fix64_worker")]
     # each repeat measured both sides back to back: the median of the per-repeat ratios
     ratios = {f"{a} / {b}": statistics.median(x / y for x, y in zip(runs[a], runs[b])) for a, b in pairs}
     budgets = {}
-    for label, shards, spt in (("fix", paths["fix_shards"], 1), ("musdb", paths["musdb_shards"], 64)):
+    for label, shards, spt in CONTENDERS(paths):
         budgets[label] = bench.pool_budget(umx_stream(shards, seq, args.batch_size, spt))
     out = {"machine": {"cpus": bench._cpus(), "torch_threads": 1, "device": "cpu"},
            "setup": {"tracks": args.tracks, "duration_s": args.duration, "seq_dur": args.seq_dur,
@@ -176,7 +191,9 @@ def run(args) -> dict:
            "targets": {"umx one worker >= 10x FixedSourcesTrackFolderDataset":
                        ratios["umx_fix_worker / fixed_worker"] >= 10,
                        "umx one worker >= 300x MUSDBDataset(is_wav)":
-                       ratios["umx_musdb_worker / musdb_inprocess"] >= 300},
+                       ratios["umx_musdb_worker / musdb_inprocess"] >= 300,
+                       "umx zarr, one worker >= 5x FixedSourcesTrackFolderDataset":
+                       ratios["umx_fix_zarr_worker / fixed_worker"] >= 5},
            "memory": {label: {"worker": mem[label], "budget": budgets[label]} for label in mem}}
     if args.first_step:
         train_args = ["--shards", str(paths["fix_shards"]), "--epochs", "1", "--quiet",
@@ -197,6 +214,10 @@ def table(r: dict) -> str:
              f"  {'loader':<70}{'samples/s per core':>20}"]
     rows = [("umx TrainStream, trackfolder_fix shards, 1 crop/track, 1 worker", "umx_fix_worker"),
             ("umx TrainStream, trackfolder_fix shards, 1 crop/track, in-process", "umx_fix_inprocess"),
+            ("umx TrainStream, trackfolder_fix zarr store (random access), 1 worker", "umx_fix_zarr_worker"),
+            ("umx TrainStream, trackfolder_fix zarr store (random access), in-process", "umx_fix_zarr_inprocess"),
+            ("umx TrainStream, trackfolder_fix shards, 64 crops/track, 1 worker", "umx_fix64_worker"),
+            ("umx TrainStream, trackfolder_fix zarr store, 64 crops/track, 1 worker", "umx_fix64_zarr_worker"),
             ("umx TrainStream, musdb shards, 64 crops/track, 1 worker", "umx_musdb_worker"),
             ("umx TrainStream, musdb shards, 64 crops/track, in-process", "umx_musdb_inprocess"),
             ("open-unmix FixedSourcesTrackFolderDataset, 1 worker", "fixed_worker"),

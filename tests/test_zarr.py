@@ -67,3 +67,116 @@ def test_missing_or_damaged_object_is_an_error_not_zeros(both, tmp_path):
     victim.unlink()
     with pytest.raises(ShardError, match=r"array 'train/drums' object 0 is missing \(zarr would read zeros\)"):
         _all(folder)
+
+
+# --- random-access crops -------------------------------------------------------------------
+
+def _stream(folder, pool_size, seq=30000, workers=0, epoch=1):
+    from torch.utils.data import DataLoader
+
+    from umx.train.loader import TrainStream
+
+    m = mf.load(folder)
+    stream = TrainStream(m, m.target, seq, 3, samples_per_track=3, pool_size=pool_size, seed=5)
+    stream.set_epoch(epoch)
+    loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None)
+    return [(b.track_ids, b.audio.clone()) for b in loader]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_zarr_crops_are_drawn_uniformly_over_every_track(both, workers):
+    """zarr reads crop by crop, so it needs no pool: with a pool of 1 it draws exactly what the
+    WebDataset stream draws with a pool holding every track (uniform over tracks and offsets),
+    bit for bit, also from forked workers that open the store themselves."""
+    wds, zarr = both
+    a, b = _stream(wds, pool_size=100, workers=workers), _stream(zarr, pool_size=1, workers=workers)
+    assert len(a) == len(b) > 2
+    for (ids_a, audio_a), (ids_b, audio_b) in zip(a, b):
+        assert ids_a == ids_b
+        assert np.array_equal(audio_a.numpy(), audio_b.numpy())
+    # …and unlike the WebDataset stream with a pool of 1, it does not take the tracks one after another
+    blocky = _stream(wds, pool_size=1, workers=workers)
+    assert [ids for ids, _ in blocky] != [ids for ids, _ in b]
+
+
+def test_zarr_crop_reads_only_its_chunks_and_match_the_tracks(both):
+    from umx.shards import zarr_store
+
+    reader = ShardReader(mf.load(both[1]))
+    crops = reader.zarr.crops("train")
+    touched = []
+    read_object = crops._object
+    crops._object = lambda name, k: touched.append((name, k)) or read_object(name, k)
+    chunk = zarr_store.CHUNK_FRAMES
+    for entry in mf.load(both[0]).shards("train"):
+        for record in ShardReader(mf.load(both[0])).records(entry):
+            column = crops.column(record.id)
+            for name, pcm in record.sources.items():
+                for offset in (0, 777, record.frames - 20000):
+                    out = np.empty((pcm.shape[0], 20000), np.int16)
+                    crops.read(name, column + offset, out)
+                    np.testing.assert_array_equal(out, pcm[:, offset:offset + 20000])
+    assert touched and all(k == 0 for _, k in touched)  # one object per array holds this small set
+    for start, length, chunks in [(5, 100, 1), (chunk - 50, 100, 2), (chunk - 1, chunk + 2, 3)]:
+        before = crops.chunks_read
+        crops.read("vocals", start, np.empty((2, length), np.int16))
+        assert crops.chunks_read - before == chunks  # only the chunks the crop covers
+
+
+def test_zarr_missing_or_damaged_chunk_during_training_names_array_and_chunk(both, tmp_path):
+    import shutil
+
+    from umx.shards import zarr_store
+
+    folder = tmp_path / "z"
+    shutil.copytree(both[1], folder)
+    obj = folder / "store.zarr" / "train" / "bass" / "c" / "0" / "0"
+    crops = ShardReader(mf.load(folder)).zarr.crops("train")
+    data, index = crops._object("bass", 0)
+    blob = bytearray(obj.read_bytes())
+    n = zarr_store.SHARD_CHUNKS
+    idx = np.frombuffer(bytes(blob[-(16 * n + 4):-4]), "<u8").reshape(n, 2).copy()
+    idx[0] = zarr_store.MISSING  # the sharding index says: chunk 0 absent (zarr would give zeros)
+    blob[-(16 * n + 4):-4] = idx.tobytes()
+    obj.write_bytes(bytes(blob))
+    fresh = ShardReader(mf.load(folder)).zarr
+    fresh._checked.add("train/bass/c/0/0")  # past the object checksum: the chunk check itself
+    with pytest.raises(ShardError, match=r"array 'train/bass' chunk 0 is missing \(zarr would read zeros\)"):
+        fresh.crops("train").read("bass", 10, np.empty((2, 100), np.int16))
+    with pytest.raises(ShardError, match=r"array 'train/bass' object 0 is damaged"):
+        train(TrainConfig(shards=str(folder), output=str(tmp_path / "m"), epochs=1, **TINY))
+
+
+def test_train_accepts_the_store_path(both):
+    """`umx-train --shards …/store.zarr` finds the manifest beside the store."""
+    m = mf.load(str(both[1] / "store.zarr"))
+    assert m.raw["storage"]["format"] == "zarr" and m.location.rstrip("/").endswith("zarr")
+
+
+@pytest.mark.parametrize("layout,opts", [
+    ("musdb", {}), ("aligned", {"input_file": "mix*.wav", "output_file": "vocals.wav"}),
+    ("sourcefolder", {"target_dir": "vocals", "interferer_dirs": ["bass", "drums"]}),
+    ("trackfolder_var", {"target_file": "vocals.wav"})])
+def test_every_layout_as_zarr_is_the_same_pcm(layout, opts, tmp_path):
+    from umx import synth
+
+    data = synth.write_layout(layout, tmp_path / "data", n_train=3, n_valid=1, duration=2.0, seed=11)
+    prepare(layout, data, tmp_path / "wds", progress=False, **opts)
+    prepare(layout, data, tmp_path / "zarr", progress=False, format="zarr", **opts)
+    (mw, rw), (mz, rz) = _all(tmp_path / "wds"), _all(tmp_path / "zarr")
+    assert rw.keys() == rz.keys() and rw
+    for key, a in rw.items():
+        b = rz[key]
+        assert a.meta == b.meta and sorted(a.sources) == sorted(b.sources)
+        for name in a.sources:
+            np.testing.assert_array_equal(a.sources[name], b.sources[name])
+        assert (a.mixture is None) == (b.mixture is None)
+        if a.mixture is not None:
+            np.testing.assert_array_equal(a.mixture, b.mixture)
+    strip = lambda raw: {k: v for k, v in raw.items() if k not in ("storage", "prep")}  # noqa: E731
+    assert strip(mw.raw) == strip(mz.raw)
+    if layout != "sourcefolder":  # source files are whole files, not crops of tracks
+        streamed, random_access = _stream(tmp_path / "wds", pool_size=100), _stream(tmp_path / "zarr", pool_size=1)
+        assert [i for i, _ in streamed] == [i for i, _ in random_access] and streamed
+        for (_, a), (_, b) in zip(streamed, random_access):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())

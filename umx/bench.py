@@ -70,7 +70,13 @@ def pool_budget(stream, prefetch: int = PREFETCH) -> dict:
     channels = stream.manifest.channels
     slots = len(stream.slots.order[:1]) + stream.slots.n_interferers + int(stream.slots.input_slot)
     frames = [f for e in shards for f in e.track_frames]
-    if hasattr(stream, "pool_size"):
+    if getattr(stream, "resident", None) is not None:
+        pool, formula = 0, "no pool (the split is in device memory; batches are crop positions)"
+    elif hasattr(stream, "pool_size") and stream._random_access():
+        store = sum(frames) * channels * 2 * slots
+        pool, formula = 0, (f"no pool (zarr: crops copied from memory-mapped chunks; up to the whole split, "
+                            f"{store / 2**20:.0f} MiB, ends up mapped: page cache shared by every worker)")
+    elif hasattr(stream, "pool_size"):
         track = max(frames, default=0) * channels * 2
         pool = min(stream.pool_size, len(frames)) * track * slots
         formula = f"pool_size {stream.pool_size} × largest track {track / 2**20:.1f} MiB × {slots} slots"

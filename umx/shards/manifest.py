@@ -187,8 +187,14 @@ def validate(raw: Any, where: str = NAME) -> dict:
 
 
 def manifest_url(location: str) -> str:
-    """Accept a shard-set folder/URL or the manifest file itself."""
-    return location if location.endswith(".json") else storage.join(location, NAME)
+    """Accept a shard-set folder/URL, the manifest file itself, or a zarr store the manifest
+    sits beside (`…/store.zarr`)."""
+    if location.endswith(".json"):
+        return location
+    location = location.rstrip("/")
+    if location.endswith(".zarr"):
+        location = location.rsplit("/", 1)[0] if "/" in location else "."
+    return storage.join(location, NAME)
 
 
 def load(location: str) -> Manifest:

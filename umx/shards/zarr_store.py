@@ -6,8 +6,9 @@ grouped by the sharding codec into objects of `SHARD_CHUNKS` chunks, so a bucket
 holds few large objects; `<split>/mixture` holds stored mixtures where the
 layout has them. The track index (id, name, offset, frames, sources) is in the
 split group's attributes, and the sha256 of every stored object is listed in
-the manifest. A track is read as one slice per source: only the chunks it
-covers are fetched.
+the manifest. Training reads crops at random (SplitCrops): each crop copies
+only the chunks it covers, straight from the memory-mapped objects; whole
+tracks (validation, statistics, conversion) are read through zarr.
 
 zarr fills a missing chunk with zeros; here a missing or damaged object is an
 error naming the array and the object (each object is checked against its
@@ -17,6 +18,8 @@ checksum once per process before it is read).
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -72,6 +75,7 @@ class ZarrReader:
                      if self.remote else Path(self.url.removeprefix("file://")))
         self._root = None
         self._checked: set[str] = set()
+        self._crops: dict[str, SplitCrops] = {}
 
     def _ensure(self, key: str, label: str) -> None:
         """Make object `key` present locally and checked (missing: an error, never zarr's zeros)."""
@@ -128,6 +132,92 @@ class ZarrReader:
             sources = {n: np.asarray(group[n][:, lo:hi]) for n in t["sources"]}
             mixture = np.asarray(group["mixture"][:, lo:hi]) if t["mixture"] else None
             yield TrackRecord(t["id"], t["meta"], sources, mixture)
+
+
+    def crops(self, split: str) -> "SplitCrops":
+        """Random access to frames of the split's arrays (see SplitCrops); one per process."""
+        if self._crops.get(split) is None or self._crops[split].pid != os.getpid():
+            self._crops[split] = SplitCrops(self, split)
+        return self._crops[split]
+
+
+MISSING = 2**64 - 1  # the sharding codec's index entry of an absent chunk
+
+
+class SplitCrops:
+    """Any frames of a split's arrays, read straight from the stored shard objects.
+
+    The arrays are uncompressed (bytes codec) and sharded with the index at the
+    end of each object, so a chunk is a plain `[channels, CHUNK_FRAMES]` block at
+    an offset the index gives: each object is verified (once), memory-mapped and
+    its index parsed once per process, then a crop copies only the pages of the
+    chunks it covers, without zarr's per-read machinery. An absent chunk is an
+    error naming the array and chunk, never zarr's zero fill.
+    """
+
+    def __init__(self, reader: ZarrReader, split: str):
+        self.reader, self.split, self.pid = reader, split, os.getpid()
+        self._objects: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._meta: dict[str, tuple[int, int, int]] = {}  # array → (channels, chunk frames, chunks per object)
+        self.chunks_read = 0
+
+    def _array(self, name: str) -> tuple[int, int, int]:
+        if name not in self._meta:
+            key = f"{self.split}/{name}/zarr.json"
+            self.reader._ensure(key, f"array '{self.split}/{name}' metadata")
+            meta = json.loads((self.reader.root / key).read_text())
+            shard = meta["codecs"][0]["configuration"] if meta["codecs"][0]["name"] == "sharding_indexed" else None
+            if (shard is None or meta["data_type"] != "int16" or [c["name"] for c in shard["codecs"]] != ["bytes"]
+                    or shard.get("index_location", "end") != "end"):
+                raise ShardError(f"{self.reader.url}: array '{self.split}/{name}' is not stored as umx-prep writes "
+                                 "it (int16, uncompressed, sharded with the index at the end)")
+            channels, chunk = shard["chunk_shape"]
+            per_object = meta["chunk_grid"]["configuration"]["chunk_shape"][1] // chunk
+            self._meta[name] = (channels, chunk, per_object)
+        return self._meta[name]
+
+    def channels(self, name: str) -> int:
+        return self._array(name)[0]
+
+    def column(self, track_id: str) -> int:
+        """Where a track starts along time in the split's arrays."""
+        if not hasattr(self, "_columns"):
+            key = f"{self.split}/zarr.json"
+            self.reader._ensure(key, "metadata")
+            tracks = json.loads((self.reader.root / key).read_text())["attributes"]["tracks"]
+            self._columns = {t["id"]: t["offset"] for t in tracks}
+        if track_id not in self._columns:
+            raise ShardError(f"{self.reader.url}: track '{track_id}' is not in the '{self.split}' index")
+        return self._columns[track_id]
+
+    def _object(self, name: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(memory map, index [chunks, 2] of offset and length) of object k of an array."""
+        if (name, k) not in self._objects:
+            key = f"{self.split}/{name}/c/0/{k}"
+            self.reader._ensure(key, f"array '{self.split}/{name}' object {k}")
+            per_object = self._array(name)[2]
+            data = np.memmap(self.reader.root / key, dtype=np.uint8, mode="r")
+            index = data[-(16 * per_object + 4):-4].view("<u8").reshape(per_object, 2)
+            self._objects[name, k] = (data, index)
+        return self._objects[name, k]
+
+    def read(self, name: str, start: int, out: np.ndarray) -> np.ndarray:
+        """Copy frames [start, start + out.shape[-1]) of array `name` into `out` `[channels, n]`."""
+        channels, chunk, per_object = self._array(name)
+        pos, stop = start, start + out.shape[-1]
+        while pos < stop:
+            c = pos // chunk
+            data, index = self._object(name, c // per_object)
+            offset, nbytes = (int(v) for v in index[c % per_object])
+            if offset == MISSING or nbytes != channels * chunk * 2 or offset + nbytes > data.size:
+                what = "is missing (zarr would read zeros)" if offset == MISSING else "is damaged"
+                raise ShardError(f"{self.reader.url}: array '{self.split}/{name}' chunk {c} {what}")
+            block = data[offset:offset + nbytes].view("<i2").reshape(channels, chunk)
+            self.chunks_read += 1
+            end = min(stop, (c + 1) * chunk)
+            out[:, pos - start:end - start] = block[:, pos - c * chunk:end - c * chunk]
+            pos = end
+        return out
 
 
 def records_of(tars: Iterable[str]) -> Iterator[TrackRecord]:

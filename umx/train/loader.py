@@ -12,10 +12,16 @@ Float conversion, gains, swaps and remixing happen on the device.
 
 How to build the slots of a record is the manifest's `sampling` section; the
 loader never looks at the layout name.
+
+Two sources need no pool, so crops are drawn uniformly over every track of the
+consumer (open-unmix's distribution): a zarr store, read crop by crop (only the
+chunks a crop covers), and a split held in device memory (`resident.py`), for
+which batches carry crop positions instead of audio.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import random
@@ -70,22 +76,26 @@ class Slots:
     complement: bool
     silence_missing: bool
 
+    def names(self, sources: list[str]) -> list[str | None] | None:
+        """What every slot holds for a track with these sources: a source name, "mixture"
+        (the stored input), or None for a silent slot; None for the whole track if training
+        leaves it out (open-unmix leaves tracks without the target out)."""
+        if not self.usable(sources):
+            return None
+        target = self.order[0]
+        others = [s for s in self.order[1:] if s in sources] + sorted(s for s in sources if s not in self.order)
+        names = [target if target in sources else None, *others, *[None] * (self.n_interferers - len(others))]
+        return names + ["mixture"] if self.input_slot else names
+
     def parts(self, record: TrackRecord) -> list[np.ndarray | None] | None:
         """The record's `[channels, time]` array of every slot, None for a silent slot
         (or None for the whole record, if training leaves it out)."""
-        src = record.sources
-        target = self.order[0]
-        if not self.usable(src):
-            return None  # open-unmix leaves tracks without the target out
-        parts = [src.get(target)]
-        others = [s for s in self.order[1:] if s in src] + sorted(s for s in src if s not in self.order)
-        parts += [src[s] for s in others]
-        parts += [None] * (self.n_interferers - len(others))
-        if self.input_slot:
-            if record.mixture is None:
-                raise UmxError(f"record '{record.id}' has no stored input mixture")
-            parts.append(record.mixture)
-        return parts
+        names = self.names(list(record.sources))
+        if names is None:
+            return None
+        if self.input_slot and record.mixture is None:
+            raise UmxError(f"record '{record.id}' has no stored input mixture")
+        return [None if n is None else record.mixture if n == "mixture" else record.sources[n] for n in names]
 
     @property
     def count(self) -> int:
@@ -134,8 +144,10 @@ def _fill(buf: np.ndarray, items: list[list[np.ndarray | None]]) -> np.ndarray:
         for j, crop in enumerate(crops):
             if crop is None:
                 buf[i, j] = 0
-            else:
+            elif isinstance(crop, np.ndarray):
                 buf[i, j] = crop
+            else:
+                crop.read_into(buf[i, j])
     return buf
 
 
@@ -259,6 +271,37 @@ def _batch(out: list, ring: BatchRing | None = None) -> Batch:
     return batch
 
 
+@dataclass(frozen=True)
+class StoredCrop:
+    """A crop of one array of a zarr store, read into the batch when it is filled."""
+
+    store: object  # zarr_store.SplitCrops
+    name: str
+    start: int
+    frames: int
+    channels: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.channels, self.frames)
+
+    def read_into(self, out: np.ndarray) -> None:
+        self.store.read(self.name, self.start, out)
+
+
+@dataclass(frozen=True)
+class StoredTrack:
+    """A track of a zarr store: what each slot reads, from which column of the split's arrays."""
+
+    store: object  # zarr_store.SplitCrops
+    names: list
+    column: int
+
+    def crops(self, offset: int, frames: int) -> list[StoredCrop | None]:
+        return [None if n is None else StoredCrop(self.store, n, self.column + offset, frames,
+                                                  self.store.channels(n)) for n in self.names]
+
+
 class _Stream(IterableDataset):
     """What both streams share: epoch, resume position, and the per-consumer plan."""
 
@@ -354,7 +397,10 @@ class TrainStream(_Stream):
         rng = sampling.rng(self.seed, sampling.CROPS, self.epoch, consumer)
         draws = np.full(n_tracks, q // n_tracks)
         draws[rng.permutation(n_tracks)[: q % n_tracks]] += 1  # the quota, spread evenly over the tracks
-        pool: list[list] = []  # [slot arrays int16 [C, T] (None: silent), draws left, track id]
+        pool: list[list] = []  # [slot arrays int16 [C, T] (None: silent), draws left, track id, frames]
+        # a pool bounds the decoded tracks in memory; crops read from a zarr store or the device need none,
+        # so those draw uniformly over every track of this consumer, as open-unmix does
+        pool_size = math.inf if self.resident is None and self._random_access() else self.pool_size
         out: list[tuple[list, str]] = []
         skip_left, k, debt, last = [skip], 0, 0, None
         for entry, select in reads:
@@ -371,7 +417,7 @@ class TrainStream(_Stream):
                         continue
                     last = [parts, n, track_id, frames]
                     pool.append(last)
-                    while len(pool) >= self.pool_size:
+                    while len(pool) >= pool_size:
                         yield from self._draw(pool, rng, out, skip_left)
             except SkippedShard:
                 end = first + self._eligible(entry, select)
@@ -386,19 +432,26 @@ class TrainStream(_Stream):
         if out:
             yield from self._emit(out, skip_left)
 
+    def _random_access(self) -> bool:
+        """zarr stores are read crop by crop, only the chunks a crop covers (no pool of tracks)."""
+        return self.reader.zarr is not None and self.seq_len is not None
+
     def _tracks(self, entry, select) -> Iterator[tuple]:
         """(slot arrays or None, frames, id) of each record of `entry` this consumer reads; with
         a device-resident split, the track's column there instead of its audio (nothing is read)."""
-        if self.resident is None:
+        if self.resident is None and not self._random_access():
             for record in self.reader.guarded(entry, select, views=True):
                 yield self.slots.parts(record), record.frames, record.id
             return
+        store = self.reader.zarr.crops(self.split) if self.resident is None else None
         for i, (track_id, frames, names) in enumerate(zip(entry.track_ids, entry.track_frames,
                                                           entry.track_sources)):
             if select is not None and not select(i):
                 continue
             if not self.slots.usable(names):
                 yield None, frames, track_id
+            elif store is not None:
+                yield StoredTrack(store, self.slots.names(names), store.column(track_id)), frames, track_id
             elif track_id not in self.resident:  # its shard was skipped as bad when the split was uploaded
                 raise SkippedShard(f"{track_id} is not resident")
             else:
@@ -412,8 +465,12 @@ class TrainStream(_Stream):
         else:
             offset = int(rng.integers(frames - self.seq_len + 1))
             end = offset + self.seq_len
-            crops = parts + offset if isinstance(parts, int) else \
-                [None if p is None else p[:, offset:end] for p in parts]  # views: copied once, into the batch
+            if isinstance(parts, int):  # a column of the device-resident split
+                crops = parts + offset
+            elif isinstance(parts, StoredTrack):  # read when the batch is filled
+                crops = parts.crops(offset, self.seq_len)
+            else:
+                crops = [None if p is None else p[:, offset:end] for p in parts]  # views: copied once, into the batch
         out.append((crops, track_id))
         if left == 1:
             pool[i] = pool[-1]
