@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import FIX_OPTS
-from umx.errors import ShardError
+from umx.errors import ShardError, UmxError
 from umx.prep import prepare
 from umx.shards import manifest as mf
 from umx.shards.reader import ShardReader
@@ -180,3 +180,46 @@ def test_every_layout_as_zarr_is_the_same_pcm(layout, opts, tmp_path):
         assert [i for i, _ in streamed] == [i for i, _ in random_access] and streamed
         for (_, a), (_, b) in zip(streamed, random_access):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_damaged_zarr_object_stops_training_or_is_skipped(dataset, tmp_path, monkeypatch):
+    """A damaged object stops training naming it; with --skip-bad-shards the tracks whose crops need
+    it are skipped (counted in the history) and training goes on with the rest."""
+    from umx.shards import zarr_store
+
+    monkeypatch.setenv("UMX_CACHE", str(tmp_path / "cache"))  # nothing verified yet
+    monkeypatch.setattr(zarr_store, "CHUNK_FRAMES", 16384)  # many small objects: one per chunk
+    monkeypatch.setattr(zarr_store, "SHARD_CHUNKS", 1)
+    folder = tmp_path / "z"
+    prepare("trackfolder_fix", dataset, folder, progress=False, format="zarr", shard_bytes=2**20, **FIX_OPTS)
+    monkeypatch.undo()
+    monkeypatch.setenv("UMX_CACHE", str(tmp_path / "cache"))
+    victim = folder / "store.zarr" / "train" / "other" / "c" / "0" / "3"
+    blob = bytearray(victim.read_bytes())
+    blob[len(blob) // 3] ^= 0x55
+    victim.write_bytes(bytes(blob))
+    with pytest.raises(ShardError, match=r"array 'train/other' object 3 is damaged"):
+        train(TrainConfig(shards=str(folder), output=str(tmp_path / "a"), epochs=1, debug=True, **TINY))
+    train(TrainConfig(shards=str(folder), output=str(tmp_path / "b"), epochs=1, debug=True, skip_bad_shards=True,
+                      **TINY))
+    res = json.loads((tmp_path / "b" / "vocals.json").read_text())
+    assert res["loader_history"][0]["skipped_shards"] >= 1 and res["epochs_trained"] == 1
+
+
+def test_silent_chunks_are_stored_and_read_as_silence(tmp_path, monkeypatch):
+    """zarr does not store all-zero chunks by default; umx stores them, so that a chunk absent from a
+    store always means damage (digital silence is common in real stems: vocals before they start)."""
+    from umx.shards import zarr_store
+    from umx.shards.webdataset import TrackRecord
+
+    monkeypatch.setattr(zarr_store, "CHUNK_FRAMES", 1024)
+    monkeypatch.setattr(zarr_store, "SHARD_CHUNKS", 4)
+    vocals = np.zeros((2, 10000), np.int16)
+    vocals[:, 6000:] = 7  # silent for the first five chunks
+    record = TrackRecord("t", {"id": "t"}, {"vocals": vocals, "bass": np.ones((2, 10000), np.int16)})
+    objects = zarr_store.write_store(tmp_path / "store.zarr", {"train": (10000, [record])})
+    assert "train/vocals/c/0/0" in objects  # chunks 0-3, all zeros, are an object of their own
+    reader = zarr_store.ZarrReader(str(tmp_path), objects)
+    out = np.full((2, 7000), -1, np.int16)
+    reader.crops("train").read("vocals", 0, out)
+    np.testing.assert_array_equal(out, vocals[:, :7000])

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import UmxError
 from ..model import Spectrogram
 
 
@@ -98,7 +99,8 @@ def from_shard_set(manifest, n_fft: int, n_hop: int, progress: bool = False, rea
         for record in records(entry):
             total = total.merge(track_moments(record.mixture_or_sum(), n_fft, n_hop))
     if total.count == 0:
-        raise ValueError(f"{manifest.location}: no training track is longer than nfft={n_fft} samples")
+        raise UmxError(f"{manifest.location}: no training track is longer than nfft={n_fft} samples "
+                       "(or every one was skipped as bad)")
     return total.finalize()
 
 

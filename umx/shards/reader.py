@@ -75,11 +75,15 @@ class ShardReader:
         try:
             yield from self.records(entry, select, views)
         except (ShardError, storage.StorageError) as e:
-            if not self.skip_bad:
-                raise
-            self.bad.append(self.manifest.shard_url(entry))
-            print(f"warning: skipping bad shard ({e})", file=sys.stderr)
-            raise SkippedShard(str(e)) from None
+            self.skip(entry, e)
+
+    def skip(self, entry: ShardEntry, error: Exception) -> None:
+        """Raise `error`, or with skip_bad report the entry as skipped and raise SkippedShard."""
+        if not self.skip_bad:
+            raise error
+        self.bad.append(self.manifest.shard_url(entry))
+        print(f"warning: skipping bad shard ({error})", file=sys.stderr)
+        raise SkippedShard(str(error)) from None
 
     def take_metrics(self) -> dict:
         """Counters since the last call (bytes fetched, hits, misses, wait seconds, skipped shards)."""

@@ -10,9 +10,10 @@ the manifest. Training reads crops at random (SplitCrops): each crop copies
 only the chunks it covers, straight from the memory-mapped objects; whole
 tracks (validation, statistics, conversion) are read through zarr.
 
-zarr fills a missing chunk with zeros; here a missing or damaged object is an
-error naming the array and the object (each object is checked against its
-checksum once per process before it is read).
+zarr fills a missing chunk with zeros (and by default does not even store an
+all-zero one); here every written chunk is stored, silent ones included, and a
+missing or damaged object or chunk is an error naming the array and the object
+(each object is checked against its checksum once before it is read).
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def write_store(path: Path, splits: dict[str, tuple[int, Iterable[TrackRecord]]]
                 if n not in arrays:  # created when a source first appears; other tracks' spans stay zero
                     arrays[n] = group.create_array(n, shape=(2, max(total, 1)), chunks=(2, CHUNK_FRAMES),
                                                    shards=(2, CHUNK_FRAMES * SHARD_CHUNKS), dtype="int16",
-                                                   compressors=None, fill_value=0)
+                                                   compressors=None, fill_value=0,
+                                                   # silent chunks too: an absent chunk is then always an error
+                                                   config={"write_empty_chunks": True})
                 arrays[n][:, offset: offset + r.frames] = pcm
             index.append({"id": r.id, "meta": r.meta, "offset": offset, "frames": r.frames,
                           "sources": list(r.sources), "mixture": r.mixture is not None})
@@ -113,7 +116,8 @@ class ZarrReader:
 
     def _check(self, split: str, name: str, start: int, stop: int) -> None:
         """Make present and verify (once) every stored object that frames [start, stop) touch."""
-        span = CHUNK_FRAMES * SHARD_CHUNKS
+        _, chunk, per_object = self.crops(split)._array(name)
+        span = chunk * per_object
         for k in range(start // span, (max(stop, start + 1) - 1) // span + 1):
             self._ensure(f"{split}/{name}/c/0/{k}", f"array '{split}/{name}' object {k}")
 
@@ -201,18 +205,29 @@ class SplitCrops:
             self._objects[name, k] = (data, index)
         return self._objects[name, k]
 
+    def _chunk(self, name: str, c: int) -> np.ndarray:
+        """Chunk c of array `name` as a `[channels, chunk frames]` view of its object."""
+        channels, chunk, per_object = self._array(name)
+        data, index = self._object(name, c // per_object)
+        offset, nbytes = (int(v) for v in index[c % per_object])
+        if offset == MISSING or nbytes != channels * chunk * 2 or offset + nbytes > data.size:
+            what = "is missing (zarr would read zeros)" if offset == MISSING else "is damaged"
+            raise ShardError(f"{self.reader.url}: array '{self.split}/{name}' chunk {c} {what}")
+        return data[offset:offset + nbytes].view("<i2").reshape(channels, chunk)
+
+    def check(self, name: str, start: int, stop: int) -> None:
+        """Raise ShardError if any chunk frames [start, stop) of `name` cover is missing or damaged."""
+        chunk = self._array(name)[1]
+        for c in range(start // chunk, (max(stop, start + 1) - 1) // chunk + 1):
+            self._chunk(name, c)
+
     def read(self, name: str, start: int, out: np.ndarray) -> np.ndarray:
         """Copy frames [start, start + out.shape[-1]) of array `name` into `out` `[channels, n]`."""
-        channels, chunk, per_object = self._array(name)
+        chunk = self._array(name)[1]
         pos, stop = start, start + out.shape[-1]
         while pos < stop:
             c = pos // chunk
-            data, index = self._object(name, c // per_object)
-            offset, nbytes = (int(v) for v in index[c % per_object])
-            if offset == MISSING or nbytes != channels * chunk * 2 or offset + nbytes > data.size:
-                what = "is missing (zarr would read zeros)" if offset == MISSING else "is damaged"
-                raise ShardError(f"{self.reader.url}: array '{self.split}/{name}' chunk {c} {what}")
-            block = data[offset:offset + nbytes].view("<i2").reshape(channels, chunk)
+            block = self._chunk(name, c)
             self.chunks_read += 1
             end = min(stop, (c + 1) * chunk)
             out[:, pos - start:end - start] = block[:, pos - c * chunk:end - c * chunk]

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..errors import UmxError
+from ..errors import ShardError, UmxError
 from ..shards.manifest import Manifest
 from ..shards.reader import ShardReader, SkippedShard
 from ..shards.webdataset import TrackRecord
@@ -451,7 +451,13 @@ class TrainStream(_Stream):
             if not self.slots.usable(names):
                 yield None, frames, track_id
             elif store is not None:
-                yield StoredTrack(store, self.slots.names(names), store.column(track_id)), frames, track_id
+                slot_names, column = self.slots.names(names), store.column(track_id)
+                try:  # every chunk the track's crops may need: a damaged one fails (or is skipped) here
+                    for name in filter(None, slot_names):
+                        store.check(name, column, column + frames)
+                except ShardError as e:
+                    self.reader.skip(entry, e)
+                yield StoredTrack(store, slot_names, column), frames, track_id
             elif track_id not in self.resident:  # its shard was skipped as bad when the split was uploaded
                 raise SkippedShard(f"{track_id} is not resident")
             else:
