@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import FIX_OPTS
-from umx.errors import ShardError, UmxError
+from umx.errors import ShardError
 from umx.prep import prepare
 from umx.shards import manifest as mf
 from umx.shards.reader import ShardReader
