@@ -151,3 +151,38 @@ def test_score_track_perfect_and_mixture():
     mix = refs["a"] + refs["b"]
     baseline = median_over_frames(score_track(refs, {"a": mix, "b": mix}, 8000))
     assert abs(baseline["a"]["SDR"]) < 1.0  # equal-power sources: about 0 dB
+
+
+def test_folder_and_its_shard_set_score_the_same(vocals_model, shard_set, dataset, tmp_path):
+    """`umx-eval --root` reads the dataset folder directly (as open-unmix's evaluate.py does) and gets
+    exactly the scores of the shard set prepared from that folder, WebDataset or zarr."""
+    from conftest import FIX_OPTS
+
+    from umx.evaluate import folder_split
+
+    common = dict(niter=0, workers=1, progress=False)
+    from_shards = evaluate(vocals_model, str(shard_set), "valid", **common)
+    from_folder = evaluate(vocals_model, folder_split("trackfolder_fix", dataset, "valid", FIX_OPTS), "valid",
+                           **common)
+    assert from_folder["n_tracks"] == from_shards["n_tracks"] == 2
+    assert from_folder["scores"] == from_shards["scores"]
+    assert from_folder["shards"] == str(dataset)
+    from umx.prep import prepare  # and a zarr store of the same data (read through ShardReader)
+
+    prepare("trackfolder_fix", dataset, tmp_path / "z", progress=False, format="zarr", **FIX_OPTS)
+    assert evaluate(vocals_model, str(tmp_path / "z"), "valid", **common)["scores"] == from_shards["scores"]
+
+
+def test_musdb_root_test_subset(vocals_model, tmp_path, capsys):
+    """open-unmix's usual evaluation: the MUSDB18 test subset, from the root, against the real mixture."""
+    from umx import synth
+
+    root = synth.write_layout("musdb", tmp_path / "musdb", n_train=1, n_valid=1, duration=3.0, seed=2)
+    assert eval_main([str(vocals_model), "--root", str(root), "--split", "test", "--outdir", str(tmp_path / "e"),
+                      "--workers", "1", "--no-cuda", "--quiet", "--niter", "0"]) == 0
+    res = json.loads((tmp_path / "e" / "eval_test.json").read_text())
+    assert res["n_tracks"] >= 1 and res["split"] == "test" and math.isfinite(res["scores"]["vocals"]["SDR"])
+    assert eval_main([str(vocals_model), "--root", str(root), "--shards", "x"]) == 2
+    assert "one of the two" in capsys.readouterr().err
+    assert eval_main([str(vocals_model), "--shards", str(root), "--is-wav"]) == 2
+    assert "go with --root" in capsys.readouterr().err

@@ -1,5 +1,10 @@
 """`umx-eval MODEL_DIR --shards URL --split test`: separate a split of a shard set and score it.
 
+`umx-eval MODEL_DIR --root MUSDB18 [--no-is-wav]` does the same straight from a
+dataset folder (any layout, `--dataset`; MUSDB18 by default), as open-unmix's
+evaluate.py does: the files are read and checked as umx-prep reads them, with
+nothing written but the scores.
+
 Scores are museval's BSSEval v4 (SDR, SIR, ISR, SAR in dB, 1 s frames, the
 references being every scored source of the track at once, as SiSEC/MUSDB18
 evaluation does), aggregated the way the field reports them: median over the
@@ -23,12 +28,16 @@ import math
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
 from .cli_util import run_cli, underscore_aliases
 from .errors import UmxError
+from .layouts import STRUCTURE, check_options
+from .prep.cli import LAYOUTS, add_layout_arguments, layout_options
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
 WINDOW_S = 1.0  # museval's default frame (window = hop = 1 s)
@@ -181,16 +190,62 @@ def _score_in_pool(prepare, records, workers: int, done: list, bar) -> None:
             bar.update()
 
 
-def _tracks(manifest, split: str):
-    from .shards.webdataset import read_shard
+@dataclass
+class EvalSet:
+    """What is scored: the split's tracks, wherever they come from."""
 
-    for entry in manifest.shards(split):
-        yield from read_shard(manifest.shard_url(entry))
+    location: str
+    sources: list[str]
+    sample_rate: int
+    n_tracks: int
+    records: Callable[[], Iterator]
+
+
+def shard_split(shards: str, split: str) -> EvalSet:
+    """A split of a shard set (WebDataset or zarr, local or remote, verified as training reads it)."""
+    from .shards import manifest as mf
+    from .shards.reader import ShardReader
+
+    manifest = mf.load(shards)
+    entries = manifest.shards(split)  # clear error when the split is missing
+
+    def records():
+        reader = ShardReader(manifest)
+        for entry in entries:
+            yield from reader.records(entry)
+
+    return EvalSet(manifest.location, list(manifest.sources), manifest.sample_rate,
+                   sum(len(e.track_ids) for e in entries), records)
+
+
+def folder_split(layout: str, root: str | Path, split: str, options: dict | None = None,
+                 sample_rate: int = 44100) -> EvalSet:
+    """A split of a dataset folder, read and checked track by track as umx-prep reads it."""
+    from .layouts import scan
+    from .prep.checks import Options, load_track
+
+    found = scan(layout, Path(root).expanduser(), **(options or {}))
+    tracks = [t for t in found.tracks if t.split == split]
+    if not tracks:
+        have = sorted({t.split for t in found.tracks})
+        raise UmxError(f"{root}: no '{split}' tracks in this {layout} folder (it has: {', '.join(have) or 'none'})")
+    opt = Options(sample_rate=sample_rate, stft=None, store_mixture=True, target=found.target)
+
+    def records():
+        for track in tracks:
+            loaded = load_track(track, opt)
+            if loaded.record is None:
+                why = "; ".join(n.get("problem", "") for n in loaded.notes if n.get("problem"))
+                print(f"warning: track '{track.name}' skipped ({why})", file=sys.stderr)
+                continue
+            yield loaded.record
+
+    return EvalSet(str(root), list(found.sources), sample_rate, len(tracks), records)
 
 
 def evaluate(
     model_dir: str | Path,
-    shards: str,
+    shards: str | EvalSet,
     split: str = "test",
     targets: list[str] | None = None,
     niter: int = 1,
@@ -203,6 +258,7 @@ def evaluate(
     progress: bool = True,
 ) -> dict:
     """Separate every track of `split` and score it; returns (and writes, with `outdir`) the results.
+    `shards`: a shard set (folder or URL), or an EvalSet (`folder_split` for a dataset folder).
 
     `outdir` gets `eval_<split>.json` (settings, aggregated scores, per-track
     medians) and `museval/<split>/<track id>.json` (museval's frame-level files).
@@ -212,12 +268,10 @@ def evaluate(
 
     from . import audio as audio_io
     from .separate import Separator, available_targets
-    from .shards import manifest as mf
     from .shards.storage import write_json
 
-    manifest = mf.load(shards)
-    entries = manifest.shards(split)  # clear error when the split is missing
-    n_tracks = sum(len(e.track_ids) for e in entries)
+    manifest = shards if isinstance(shards, EvalSet) else shard_split(shards, split)
+    n_tracks = manifest.n_tracks
     if n_tracks == 0:
         raise UmxError(f"{manifest.location}: split '{split}' has no tracks")
     targets = list(targets) if targets else available_targets(model_dir)
@@ -264,19 +318,19 @@ def evaluate(
     done: list[dict] = []
     bar = tqdm(total=n_tracks, desc=f"eval {split}", disable=not progress, file=sys.stderr)
     if workers <= 1:
-        for rec in _tracks(manifest, split):
+        for rec in manifest.records():
             done.append(score_job(prepare(rec)))
             bar.update()
     else:
         with _shared_cpus(workers, device):
-            _score_in_pool(prepare, _tracks(manifest, split), workers, done, bar)
+            _score_in_pool(prepare, manifest.records(), workers, done, bar)
     bar.close()
     done.sort(key=lambda t: t["id"])
 
     per_track = [{"id": t["id"], "name": t["name"], "scores": median_over_frames(t["frames"]),
                   "mixture": median_over_frames(t["mixture_frames"])} for t in done]
     results = {
-        "model": str(model_dir), "shards": str(shards), "split": split, "n_tracks": len(done),
+        "model": str(model_dir), "shards": manifest.location, "split": split, "n_tracks": len(done),
         "targets": targets, "residual": rest_name, "scored": list(done[0]["frames"]) if done else [],
         "niter": niter, "wiener_win_len": wiener_win_len, "device": str(device),
         "metric": f"museval BSSv4, {WINDOW_S:g} s frames; median over frames, then median over tracks",
@@ -300,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="umx-eval", description="Separate a split of a shard set and score it "
                                 "with museval (BSSv4), next to the input-mixture baseline.")
     p.add_argument("model", metavar="MODEL_DIR", help="model directory (umx-train's or open-unmix's)")
-    p.add_argument("--shards", required=True, help="shard set folder or URL (or its manifest.json)")
+    p.add_argument("--shards", help="shard set folder or URL (or its manifest.json)")
+    p.add_argument("--root", help="or a dataset folder, read directly (open-unmix's evaluate.py --root)")
+    p.add_argument("--dataset", choices=LAYOUTS, help="layout of --root (default: musdb)")
     p.add_argument("--split", default="test", help="split to evaluate: valid or test (default test)")
     p.add_argument("--targets", nargs="+", help="targets to score (default: every <target>.pth in MODEL_DIR)")
     p.add_argument("--outdir", help="where eval_<split>.json and museval's per-track files go "
@@ -316,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes scoring tracks in parallel (1: in this process)")
     p.add_argument("--no-cuda", action="store_true", help="separate on the CPU even if CUDA is available")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_layout_arguments(p, training=False)
     underscore_aliases(p)
     return p
 
@@ -326,7 +383,17 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.workers < 1:
         raise UmxError(f"--workers must be >= 1, got {args.workers}")
-    results = evaluate(args.model, args.shards, args.split, args.targets, niter=args.niter,
+    if bool(args.shards) == bool(args.root):
+        raise UmxError("give a shard set (--shards) or a dataset folder (--root), one of the two")
+    data = args.shards
+    if args.root:
+        layout = args.dataset or "musdb"
+        options = {k: v for k, v in layout_options(args).items() if v is not None}
+        check_options(layout, options, STRUCTURE[layout])
+        data = folder_split(layout, args.root, args.split, options)
+    elif args.dataset or any(v is not None for v in layout_options(args).values()):
+        raise UmxError("--dataset and dataset options go with --root (a shard set was prepared with its own)")
+    results = evaluate(args.model, data, args.split, args.targets, niter=args.niter,
                        residual=args.residual, residual_name=args.residual_name, wiener_win_len=args.wiener_win_len,
                        device=str(device_for(args.no_cuda)), workers=args.workers,
                        outdir=args.outdir or args.model, progress=not args.quiet)
