@@ -62,6 +62,34 @@ def test_resident_batches_are_the_streamed_ones(request, which, target):
             assert torch.equal(audio, split.gather(starts, SEQ))
 
 
+@pytest.fixture(scope="module")
+def source_set(tmp_path_factory):
+    """sourcefolder: unaligned source files, a position per slot."""
+    root = tmp_path_factory.mktemp("sources")
+    data = synth.write_layout("sourcefolder", root / "data", n_train=4, n_valid=1, duration=2.0, seed=9)
+    prepare("sourcefolder", data, root / "shards", workers=1, progress=False, shard_bytes=2**20,
+            target_dir="vocals", interferer_dirs=["bass", "drums"], nb_train_samples=20, nb_valid_samples=4)
+    return root / "shards"
+
+
+def test_resident_source_files_are_the_streamed_ones(source_set):
+    from umx.train.loader import SourceFileStream
+    from umx.train.resident import ResidentSources
+
+    manifest = mf.load(source_set)
+    streamed = SourceFileStream(manifest, "vocals", SEQ, 3, 20, seed=4)
+    positions = SourceFileStream(manifest, "vocals", SEQ, 3, 20, seed=4)
+    split = ResidentSources(manifest, positions.slots, ShardReader(manifest), torch.device("cpu"), SEQ, quiet=True)
+    positions.resident = split.files
+    assert split.nbytes <= split_bytes(manifest, positions.slots)
+    for epoch, workers, start in [(1, 0, 0), (2, 2, 0), (3, 2, 2)]:
+        a, b = _batches(streamed, workers, epoch, start), _batches(positions, workers, epoch, start)
+        assert len(a) == len(b) > 0
+        for (ids_a, audio), (ids_b, starts) in zip(a, b):
+            assert ids_a == ids_b and starts.shape == (len(ids_b), 3)
+            assert torch.equal(audio, split.gather(starts, SEQ))
+
+
 def test_training_from_the_resident_split_is_the_same_run(shard_set, tmp_path, one_torch_thread):
     common = dict(shards=str(shard_set), epochs=2, source_augmentations=["gain", "channelswap"],
                   random_track_mix=True, nb_workers=1, no_cuda=True, **SMALL)
@@ -83,3 +111,11 @@ def test_device_cache_choices(shard_set, tmp_path):
         Trainer(TrainConfig(device_cache="on", **{**base, "seq_dur": 0.0}))
     with pytest.raises(UmxError, match="--device-cache must be one of"):
         Trainer(TrainConfig(device_cache="always", **base))
+
+
+def test_training_from_resident_source_files_is_the_same_run(source_set, tmp_path, one_torch_thread):
+    common = dict(shards=str(source_set), epochs=2, nb_workers=1, no_cuda=True, **SMALL)
+    train(TrainConfig(output=str(tmp_path / "streamed"), device_cache="off", **common))
+    train(TrainConfig(output=str(tmp_path / "resident"), device_cache="on", **common))
+    a, b = (json.loads((tmp_path / d / "vocals.json").read_text()) for d in ("streamed", "resident"))
+    assert a["train_loss_history"] == b["train_loss_history"]

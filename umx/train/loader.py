@@ -47,7 +47,7 @@ class Batch:
     audio: torch.Tensor | None  # int16 [batch, slots, channels, samples]; None: see `starts`
     track_ids: list[str]
     io: dict | None = None  # loader counters since the previous batch (see ShardReader.take_metrics)
-    starts: torch.Tensor | None = None  # int64 [batch]: crop columns in a device-resident split (resident.py)
+    starts: torch.Tensor | None = None  # int64 [batch] (or [batch, slots]): crop columns on the device (resident.py)
 
     def pin_memory(self) -> "Batch":
         if self.audio is None:
@@ -250,7 +250,7 @@ def _batch(out: list, ring: BatchRing | None = None) -> Batch:
     tensor; every crop is copied once, straight into the batch (in a worker: into shared
     memory, from `ring` where there is one)."""
     crops = [c for c, _ in out]
-    if isinstance(crops[0], int):  # positions in a device-resident split
+    if isinstance(crops[0], int) or isinstance(crops[0][0], int):  # positions in a device-resident split
         batch = Batch(None, [t for _, t in out], starts=torch.tensor(crops, dtype=torch.int64))
         out.clear()
         return batch
@@ -487,7 +487,7 @@ class TrainStream(_Stream):
             yield from self._emit(out, skip)
 
 
-def _source_files(manifest: Manifest, split: str, order: tuple[str, ...], seq_len: int | None,
+def source_files(manifest: Manifest, split: str, order: tuple[str, ...], seq_len: int | None,
                   reader: ShardReader | None = None) -> dict[str, list[tuple[str, np.ndarray]]]:
     """Every file of every source of a source-file split, long enough for a crop."""
     files: dict[str, list] = {s: [] for s in order}
@@ -526,6 +526,7 @@ class SourceFileStream(_Stream):
         self.seq_len, self.batch_size, self.nb_samples = seq_len, batch_size, nb_samples
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch, self.start_step = 1, 0
+        self.resident: dict[str, list[tuple[str, int, int]]] | None = None  # source → (file id, frames, column)
         lengths = [f for e in manifest.shards(split) for f in e.track_frames]
         if not any(f >= seq_len for f in lengths):
             raise UmxError(f"{manifest.location}: no '{split}' file is at least {seq_len} samples long "
@@ -538,17 +539,22 @@ class SourceFileStream(_Stream):
         worker, n_workers, consumer, q, skip = self._position()
         if q == 0:
             return
-        files = _source_files(self.manifest, self.split, self.slots.order, self.seq_len, self.reader)
+        files = self.resident or source_files(self.manifest, self.split, self.slots.order, self.seq_len,
+                                               self.reader)
         rng = sampling.rng(self.seed, sampling.CROPS, self.epoch, consumer)
         out: list = []
         skip_left = [skip]
         for _ in range(q):
             parts, ids = [], []
             for source in self.slots.order:
-                file_id, pcm = files[source][int(rng.integers(len(files[source])))]
-                offset = int(rng.integers(pcm.shape[-1] - self.seq_len + 1))
-                parts.append(pcm[:, offset: offset + self.seq_len])
-                ids.append(file_id)
+                file = files[source][int(rng.integers(len(files[source])))]
+                if self.resident is not None:  # (id, frames, column): send the crop's column
+                    offset = int(rng.integers(file[1] - self.seq_len + 1))
+                    parts.append(file[2] + offset)
+                else:
+                    offset = int(rng.integers(file[1].shape[-1] - self.seq_len + 1))
+                    parts.append(file[1][:, offset: offset + self.seq_len])
+                ids.append(file[0])
             out.append((parts, "+".join(ids)))
             if len(out) == self.batch_size:
                 yield from self._emit(out, skip_left)
@@ -574,7 +580,7 @@ def load_validation(manifest: Manifest, target: str, split: str = "valid", silen
     use_mixture = manifest.sampling["valid_input"] == "mixture"
     slots_no_input = Slots(slots.order, slots.n_interferers, False, slots.complement, slots.silence_missing)
     if manifest.sampling["valid"] == "crops":
-        files = _source_files(manifest, split, slots.order, seq_len, reader)
+        files = source_files(manifest, split, slots.order, seq_len, reader)
         items = []
         for index in range(nb_samples):
             parts = []

@@ -8,7 +8,9 @@ waits on the copy whatever the loader does. A split that fits in device memory
 (MUSDB18-HQ's train split is ~17 GB of int16 sources) is uploaded once; the
 workers then run the very same seeded draws over the manifest's track list and
 send each crop's position in the device copy, and the crop is gathered on the
-device. Batches are bit-identical to the streamed ones.
+device. Batches are bit-identical to the streamed ones. Aligned tracks share one
+position for every slot (`ResidentTracks`); unaligned source files (sourcefolder)
+have one tensor per source and a position per slot (`ResidentSources`).
 """
 
 from __future__ import annotations
@@ -22,14 +24,19 @@ import torch
 from ..errors import UmxError
 from ..shards.manifest import Manifest
 from ..shards.reader import ShardReader, SkippedShard
-from .loader import Slots
+from .loader import Slots, source_files
 
 MODES = ("auto", "on", "off")
 AUTO_FRACTION = 0.5  # auto: only when the split takes at most this share of the free device memory
 
 
 def split_bytes(manifest: Manifest, slots: Slots, split: str = "train") -> int:
-    """Device bytes of the split's usable tracks as `[slots, channels, frames]` int16."""
+    """Device bytes of the split: usable tracks as `[slots, channels, frames]` int16, or for
+    unaligned source files every file of a slot's source."""
+    if manifest.sampling["records"] == "source_files":
+        frames = sum(f for e in manifest.shards(split) for f, names in zip(e.track_frames, e.track_sources)
+                     for n in names if n in slots.order)
+        return 2 * manifest.channels * frames
     frames = sum(f for e in manifest.shards(split) for f, names in zip(e.track_frames, e.track_sources)
                  if slots.usable(names))
     return 2 * slots.count * manifest.channels * frames
@@ -91,3 +98,52 @@ class ResidentTracks:
         """int16 `[batch, slots, channels, seq_len]` crops starting at the given columns."""
         idx = starts.to(self.device, non_blocking=True)[:, None] + torch.arange(seq_len, device=self.device)
         return self.audio[:, :, idx].permute(2, 0, 1, 3)
+
+
+class ResidentSources:
+    """Every file of every source of an unaligned split (sourcefolder), one device tensor
+    `[channels, frames]` per source with its files end to end; `files` maps a source to its
+    (file id, frames, column) in the order the stream draws from (loader.source_files)."""
+
+    def __init__(self, manifest: Manifest, slots: Slots, reader: ShardReader, device: torch.device,
+                 seq_len: int, split: str = "train", quiet: bool = False):
+        t0 = time.perf_counter()
+        self.device = device
+        self.audio: dict[str, torch.Tensor] = {}
+        self.files: dict[str, list[tuple[str, int, int]]] = {}
+        for source, files in source_files(manifest, split, slots.order, seq_len, reader).items():
+            total = sum(pcm.shape[-1] for _, pcm in files)
+            try:
+                self.audio[source] = torch.empty(manifest.channels, total, dtype=torch.int16, device=device)
+            except torch.OutOfMemoryError:
+                raise UmxError(f"--device-cache: the '{split}' source files do not fit on {device}; "
+                               "use --device-cache off") from None
+            self.files[source], column = [], 0
+            with warnings.catch_warnings():  # read-only shard views, only read here
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                for file_id, pcm in files:
+                    host = torch.from_numpy(pcm)
+                    host = host.pin_memory() if device.type == "cuda" else host.clone()
+                    self.audio[source][:, column:column + pcm.shape[-1]].copy_(host, non_blocking=True)
+                    self.files[source].append((file_id, pcm.shape[-1], column))
+                    column += pcm.shape[-1]
+        self.order = list(slots.order)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.seconds = time.perf_counter() - t0
+        if not quiet:
+            print(f"device cache: {sum(len(f) for f in self.files.values())} '{split}' source files, "
+                  f"{self.nbytes / 2**30:.2f} GiB on {device} ({self.seconds:.1f} s); loader workers send crop "
+                  "positions only", file=sys.stderr)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.numel() * 2 for a in self.audio.values())
+
+    def gather(self, starts: torch.Tensor, seq_len: int) -> torch.Tensor:
+        """int16 `[batch, slots, channels, seq_len]`: slot j's crop starts at column `starts[:, j]` of its source."""
+        starts = starts.to(self.device, non_blocking=True)
+        span = torch.arange(seq_len, device=self.device)
+        crops = [self.audio[s][:, starts[:, j, None] + span] for j, s in enumerate(self.order)]  # [C, B, T] each
+        return torch.stack(crops).permute(2, 0, 1, 3)
+

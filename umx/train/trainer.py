@@ -231,17 +231,21 @@ class Trainer:
         mode, stream = self.cfg.device_cache, self.stream
         if mode == "off":
             return None
-        why = ("with unaligned source files (sourcefolder)" if not isinstance(stream, TrainStream) else
-               "with whole-track batches (--seq-dur 0)" if self.seq_len is None else None)
+        why = "with whole-track batches (--seq-dur 0)" if self.seq_len is None else None
         if why:
             if mode == "on":
                 raise UmxError(f"--device-cache on: not available {why}; use auto or off")
             return None
         if mode == "auto" and not resident.fits(self.manifest, self.slots, self.device):
             return None
-        cache = resident.ResidentTracks(self.manifest, self.slots, self.reader, self.device,
-                                        quiet=self.cfg.quiet or not self.dist.is_main)
-        stream.resident = cache.starts
+        quiet = self.cfg.quiet or not self.dist.is_main
+        if isinstance(stream, TrainStream):
+            cache = resident.ResidentTracks(self.manifest, self.slots, self.reader, self.device, quiet=quiet)
+            stream.resident = cache.starts
+        else:
+            cache = resident.ResidentSources(self.manifest, self.slots, self.reader, self.device, self.seq_len,
+                                             quiet=quiet)
+            stream.resident = cache.files
         return cache
 
     def batch_audio(self, batch) -> torch.Tensor:
