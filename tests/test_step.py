@@ -158,3 +158,19 @@ def test_cuda_graph_dropout_differs_per_step(shard_set, tmp_path):
 
     assert t.step.captured
     assert loss_at(5) == loss_at(5) != loss_at(6)
+
+
+@cuda
+def test_cuda_graph_sees_learning_rate_changes(shard_set, tmp_path):
+    """The plateau scheduler changes the lr in place; the captured Adam reads it at every replay
+    (a float lr would have been frozen into the graph)."""
+    t = _cuda_trainer(shard_set, tmp_path, "on")
+    t.stream.set_epoch(1)
+    x = t.batch_audio(next(iter(t.stream))).float().sum(1) / 32768
+    t.step(x, x / 2, seed=0)
+    assert t.step.captured
+    for group in t.optimizer.param_groups:
+        group["lr"].fill_(0.0)  # what ReduceLROnPlateau does to a tensor lr
+    before = {k: v.detach().clone() for k, v in t.model.named_parameters()}
+    t.step(x, x / 2, seed=1)
+    assert all(torch.equal(before[k], v) for k, v in t.model.named_parameters())
