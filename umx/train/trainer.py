@@ -225,16 +225,16 @@ class Trainer:
         kwargs = {"capture": self.device.type == "cuda"} if graph else {}
         self.step = step(self.net, self.encoder, self.optimizer, bf16=cfg.precision == "bf16", **kwargs)
 
-    def _resident_split(self) -> "resident.ResidentTracks | None":
+    def _resident_split(self) -> "resident.ResidentTracks | resident.ResidentSources | None":
         """--device-cache auto: the train split on the GPU where it fits (half the free memory);
-        on: wherever the stream allows it (on CPU: in host memory, the same code); off: streamed."""
+        on: wherever crops have a fixed length (on CPU: in host memory, the same code); off: streamed."""
         mode, stream = self.cfg.device_cache, self.stream
         if mode == "off":
             return None
-        why = "with whole-track batches (--seq-dur 0)" if self.seq_len is None else None
-        if why:
+        if self.seq_len is None:
             if mode == "on":
-                raise UmxError(f"--device-cache on: not available {why}; use auto or off")
+                raise UmxError("--device-cache on: not available with whole-track batches (--seq-dur 0); "
+                               "use auto or off")
             return None
         if mode == "auto" and not resident.fits(self.manifest, self.slots, self.device):
             return None
