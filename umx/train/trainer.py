@@ -328,7 +328,7 @@ class Trainer:
         start, seen = time.time(), 0
         self.epoch_io = dict(pos.get("io", {})) if pos["epoch"] == epoch else {}
         trace = self._trace_file() if cfg.trace else None
-        checked = len(losses)
+        checked = first_known = len(losses)
         bar = tqdm(self._loader(), total=total, initial=start_step, desc=f"epoch {epoch}", leave=False,
                    disable=cfg.quiet or not self.dist.is_main)
         for step, batch in enumerate(bar, start=start_step):
@@ -341,12 +341,16 @@ class Trainer:
                 trace.write(json.dumps({"epoch": epoch, "step": step, "tracks": batch.track_ids}) + "\n")
             seen += pcm.shape[0]
             io = add_metrics(self.epoch_io, batch.io)
+            # steps whose loss has come back are done on the device: the honest rate on a GPU
+            finished = min(seen, (len(losses) - first_known) * self.stream.batch_size)
             bar.set_postfix(loss=f"{np.mean(losses):.4f}" if losses else "…",
-                            samples_per_s=f"{seen / (time.time() - start):.1f}",
+                            samples_per_s=f"{finished / (time.time() - start):.1f}",
                             **({"fetched_MB": f"{io['bytes_fetched'] / 2**20:.0f}", "hits": io["hits"]}
                                if io.get("misses") or io.get("hits") else {}))
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
                 losses = list(log.values())
+                _check_finite(losses, checked, epoch)  # never checkpoint weights a NaN step has spoiled
+                checked = len(losses)
                 self.position = {"epoch": epoch, "step": step + 1, "losses": losses, "io": io,
                                  "seconds": pos.get("seconds", 0.0) + time.time() - start}
                 self._save_checkpoint()
