@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", help="dataset folder (open-unmix's --root)")
     p.add_argument("--out", required=True, help="shard set to write: a folder or a bucket URL (s3://, gs://)")
     p.add_argument("--format", choices=("webdataset", "zarr"), default="webdataset",
-                   help="WebDataset tar shards (default: faster here, see docs/benchmarks.md) or a zarr v3 store")
+                   help="WebDataset tar shards (default: faster for the umxhq recipe, 64 crops per track) or a zarr "
+                        "v3 store (random-access crops: faster with 1 crop per track; see docs/benchmarks.md)")
     p.add_argument("--storage-options", help="JSON options for the bucket filesystem (endpoint, credentials, …)")
     p.add_argument("--sample-rate", type=int, default=44100, help="rate of the shard set; other rates are resampled")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel track readers")
