@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -164,6 +165,7 @@ class SplitCrops:
         self._objects: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
         self._meta: dict[str, tuple[int, int, int]] = {}  # array → (channels, chunk frames, chunks per object)
         self.chunks_read = 0
+        self._blocks: dict[tuple[str, int], np.ndarray] = {}
 
     def _array(self, name: str) -> tuple[int, int, int]:
         if name not in self._meta:
@@ -200,16 +202,23 @@ class SplitCrops:
             key = f"{self.split}/{name}/c/0/{k}"
             self.reader._ensure(key, f"array '{self.split}/{name}' object {k}")
             per_object = self._array(name)[2]
-            data = np.memmap(self.reader.root / key, dtype=np.uint8, mode="r")
+            with open(self.reader.root / key, "rb") as f:  # a plain array on the map: np.memmap's
+                data = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)  # slicing is slow
             index = data[-(16 * per_object + 4):-4].view("<u8").reshape(per_object, 2)
             self._objects[name, k] = (data, index)
         return self._objects[name, k]
 
     def _chunk(self, name: str, c: int) -> np.ndarray:
-        """Chunk c of array `name` as a `[channels, chunk frames]` view of its object."""
+        """Chunk c of array `name` as a `[channels, chunk frames]` view of its object (checked once)."""
+        block = self._blocks.get((name, c))
+        if block is None:
+            block = self._blocks[name, c] = self._new_chunk(name, c)
+        return block
+
+    def _new_chunk(self, name: str, c: int) -> np.ndarray:
         channels, chunk, per_object = self._array(name)
         data, index = self._object(name, c // per_object)
-        offset, nbytes = (int(v) for v in index[c % per_object])
+        offset, nbytes = index[c % per_object].tolist()
         if offset == MISSING or nbytes != channels * chunk * 2 or offset + nbytes > data.size:
             what = "is missing (zarr would read zeros)" if offset == MISSING else "is damaged"
             raise ShardError(f"{self.reader.url}: array '{self.split}/{name}' chunk {c} {what}")
