@@ -86,8 +86,13 @@ def pool_budget(stream, prefetch: int = PREFETCH) -> dict:
     seq = stream.seq_len or max(frames, default=0)
     batch = stream.batch_size * slots * channels * seq * 2
     buffers = (2 + prefetch) * batch
+    mapped = ""
+    if hasattr(stream, "pool_size") and not stream._random_access() and getattr(stream, "resident", None) is None:
+        from .shards.webdataset import MAPPED_SHARDS
+
+        mapped = f" (and up to {MAPPED_SHARDS} shards kept mapped: page cache, shared by every worker)"
     return {"pool_bytes": pool, "batch_bytes": batch, "batch_buffers_bytes": buffers, "budget_bytes": pool + buffers,
-            "formula": f"{formula} + {2 + prefetch} batches × {batch / 2**20:.1f} MiB"}
+            "formula": f"{formula} + {2 + prefetch} batches × {batch / 2**20:.1f} MiB{mapped}"}
 
 
 # --- loader -----------------------------------------------------------------------

@@ -331,13 +331,53 @@ def _decode_local(url: str, fh, mm, key: str, files: dict[str, tuple[int, int]])
     return _record(url, key, meta, sources, mixture)
 
 
+MAPPED_SHARDS = 64  # local shards a process keeps mapped and decoded, for `views` reads
+
+
+class _Mapped:
+    """A local shard kept mapped, its records decoded once (read-only views on the map).
+
+    A loader reads the same shards every epoch. Mapping a shard afresh each time costs a
+    page fault per 4 KiB page a crop touches (and re-parsing every header); kept mapped,
+    later epochs only copy crops. The pages are page cache, shared by every process that
+    maps the shard; keyed by the file's identity, size and mtime, so a rewritten shard is
+    mapped anew.
+    """
+
+    _open: "dict[tuple, _Mapped]" = {}  # insertion order is recency
+
+    def __init__(self, url: str, fh):
+        self.url, self.members = url, list(_members(fh))
+        self.mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if self.members else None
+        self.records: dict[int, TrackRecord] = {}
+
+    @classmethod
+    def of(cls, url: str, fh) -> "_Mapped":
+        st = os.fstat(fh.fileno())
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        shard = cls._open.pop(key, None) or cls(url, fh)
+        cls._open[key] = shard
+        while len(cls._open) > MAPPED_SHARDS:  # arrays still in use keep their map alive
+            cls._open.pop(next(iter(cls._open)))
+        return shard
+
+    def record(self, index: int, fh) -> TrackRecord:
+        if index not in self.records:
+            key, files = self.members[index]
+            self.records[index] = _decode_local(self.url, fh, self.mm, key, files)
+        return self.records[index]
+
+
 def _read_local(url: str, fh, select: Callable[[int], bool] | None, views: bool) -> Iterator[TrackRecord]:
-    mm = None
+    if views:
+        shard = _Mapped.of(url, fh)
+        for index in range(len(shard.members)):
+            if select is None or select(index):
+                yield shard.record(index, fh)
+        return
     for index, (key, files) in enumerate(_members(fh)):
         if select is None or select(index):
-            if views and mm is None:
-                mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)  # lives as long as its arrays
-            yield _decode_local(url, fh, mm, key, files)
+            yield _decode_local(url, fh, None, key, files)
 
 
 def read_shard(url: str, select: Callable[[int], bool] | None = None, views: bool = False) -> Iterator[TrackRecord]:
