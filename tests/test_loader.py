@@ -134,3 +134,25 @@ def test_every_rank_gets_the_same_steps_and_fail_fast(shard_set):
     assert len(set(per_rank)) == 1 and per_rank[0] == s.batches_per_epoch(0)
     with pytest.raises(UmxError, match="rank 0 worker 5 would get no track"):
         TrainStream(m, "vocals", SEQ, batch_size=2, samples_per_track=2).check(8)
+
+
+def test_local_shards_stay_mapped_across_epochs_and_rewrites_are_seen(shard_set, tmp_path):
+    """A loader reads the same shards every epoch: with views, a shard is mapped and decoded once
+    per process (no page faults again, no header parsing again); a rewritten shard is read anew."""
+    import shutil
+
+    m = mf.load(shard_set)
+    url = m.shard_url(m.shards("train")[0])
+    first = list(read_shard(url, views=True))
+    again = list(read_shard(url, views=True))
+    assert [r.id for r in first] == [r.id for r in again] and all(a is b for a, b in zip(first, again))
+    assert not first[0].sources["vocals"].flags.writeable  # read-only views: safe to share
+    copies = list(read_shard(url))  # without views: fresh writable copies, as before
+    assert copies[0] is not first[0] and copies[0].sources["vocals"].flags.writeable
+
+    other = tmp_path / "shard.tar"
+    shutil.copy(url, other)
+    before = list(read_shard(str(other), views=True))
+    shutil.copy(m.shard_url(m.shards("train")[1]), other)  # rewritten in place: another file now
+    after = list(read_shard(str(other), views=True))
+    assert [r.id for r in after] != [r.id for r in before]
