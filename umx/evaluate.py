@@ -37,7 +37,7 @@ import numpy as np
 from .cli_util import run_cli, underscore_aliases
 from .errors import UmxError
 from .layouts import STRUCTURE, check_options
-from .prep.cli import LAYOUTS, add_layout_arguments, layout_options
+from .prep.cli import LAYOUTS, add_layout_arguments, given_layout_options
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
 WINDOW_S = 1.0  # museval's default frame (window = hop = 1 s)
@@ -388,10 +388,10 @@ def _main(argv: list[str] | None) -> int:
     data = args.shards
     if args.root:
         layout = args.dataset or "musdb"
-        options = {k: v for k, v in layout_options(args).items() if v is not None}
+        options = given_layout_options(args)
         check_options(layout, options, STRUCTURE[layout])
         data = folder_split(layout, args.root, args.split, options)
-    elif args.dataset or any(v is not None for v in layout_options(args).values()):
+    elif args.dataset or given_layout_options(args):
         raise UmxError("--dataset and dataset options go with --root (a shard set was prepared with its own)")
     results = evaluate(args.model, data, args.split, args.targets, niter=args.niter,
                        residual=args.residual, residual_name=args.residual_name, wiener_win_len=args.wiener_win_len,

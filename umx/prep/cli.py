@@ -50,6 +50,11 @@ def layout_options(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k, None) for k in LAYOUT_ARGS}
 
 
+def given_layout_options(args: argparse.Namespace) -> dict:
+    """The dataset options the command line gave (the others are left to the layout)."""
+    return {k: v for k, v in layout_options(args).items() if v is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="umx-prep", description="Turn a dataset folder into a umx shard set.")
     p.add_argument("layout", choices=LAYOUTS, help="dataset layout of ROOT (open-unmix's --dataset)")
@@ -76,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    options = {k: v for k, v in layout_options(args).items() if v is not None}
+    options = given_layout_options(args)
     check_options(args.layout, options)
     storage.configure(json.loads(args.storage_options) if args.storage_options else None)
     manifest = prepare(

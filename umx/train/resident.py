@@ -1,10 +1,10 @@
 """The train split held in device memory: loader workers send crop positions, not audio.
 
 A streamed batch of the umxhq recipe is 68 MB of int16 (16 × 4 sources × 2
-channels × 6 s); every step copies it from the worker to pinned memory and on
-to the GPU. Where the host-to-device path is slower than the step (measured on
-an H200 VM: ~0.6 GB/s end to end, five times the 22 ms graph step), the GPU
-waits on the copy whatever the loader does. A split that fits in device memory
+channels × 6 s): a worker copies its crops out of the shards, the pin-memory
+thread copies it again, and it crosses to the GPU. With the captured 22 ms step
+that asks ~730 samples/s of the workers; on the H200 VM two streaming workers gave
+~790 alone and 86 % of the step rate end to end. A split that fits in device memory
 (MUSDB18-HQ's train split is ~17 GB of int16 sources) is uploaded once; the
 workers then run the very same seeded draws over the manifest's track list and
 send each crop's position in the device copy, and the crop is gathered on the
@@ -15,6 +15,7 @@ have one tensor per source and a position per slot (`ResidentSources`).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import warnings
@@ -50,6 +51,34 @@ def fits(manifest: Manifest, slots: Slots, device: torch.device, fraction: float
     return split_bytes(manifest, slots) <= fraction * free
 
 
+@contextlib.contextmanager
+def _reading_views():
+    """Quiet torch's warning about read-only arrays: the shard views are only read here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        yield
+
+
+def _upload(destination: torch.Tensor, array) -> None:
+    """Copy a host int16 array into a slice of the device copy (through pinned memory on a GPU:
+    an asynchronous DMA; `_uploaded` waits for all of them)."""
+    host = torch.from_numpy(array)
+    if destination.device.type == "cuda":
+        host = host.pin_memory()
+    destination.copy_(host, non_blocking=True)
+
+
+def _uploaded(device: torch.device, t0: float, quiet: bool, what: str, nbytes: int) -> float:
+    """Wait for the uploads; say what is resident. Returns the seconds the upload took."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    if not quiet:
+        print(f"device cache: {what}, {nbytes / 2**30:.2f} GiB on {device} ({seconds:.1f} s); loader workers "
+              "send crop positions only", file=sys.stderr)
+    return seconds
+
+
 class ResidentTracks:
     """Every usable track of a split, its slots concatenated along time on one device tensor
     `[slots, channels, total frames]` (silent slots are zeros); `starts` maps track id → column."""
@@ -67,28 +96,19 @@ class ResidentTracks:
                            "more than is free; use --device-cache off") from None
         self.starts: dict[str, int] = {}
         column = 0
-        with warnings.catch_warnings():  # the shard views are read-only; they are only read here
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        with _reading_views():
             for entry in manifest.shards(split):
                 try:
                     for record in reader.guarded(entry, views=True):
                         stacked = slots.stack(record)
                         if stacked is None:
                             continue
-                        host = torch.from_numpy(stacked)  # one copy into a staging buffer,
-                        if device.type == "cuda":  # pinned: an asynchronous DMA to the device
-                            host = host.pin_memory()
-                        self.audio[:, :, column:column + record.frames].copy_(host, non_blocking=True)
+                        _upload(self.audio[:, :, column:column + record.frames], stacked)
                         self.starts[record.id] = column
                         column += record.frames
                 except SkippedShard:
                     continue  # its tracks are not resident: the stream skips that shard too
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        self.seconds = time.perf_counter() - t0
-        if not quiet:
-            print(f"device cache: {len(self.starts)} '{split}' tracks, {nbytes / 2**30:.2f} GiB on {device} "
-                  f"({self.seconds:.1f} s); loader workers send crop positions only", file=sys.stderr)
+        self.seconds = _uploaded(device, t0, quiet, f"{len(self.starts)} '{split}' tracks", nbytes)
 
     @property
     def nbytes(self) -> int:
@@ -119,22 +139,14 @@ class ResidentSources:
                 raise UmxError(f"--device-cache: the '{split}' source files do not fit on {device}; "
                                "use --device-cache off") from None
             self.files[source], column = [], 0
-            with warnings.catch_warnings():  # read-only shard views, only read here
-                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            with _reading_views():
                 for file_id, pcm in files:
-                    host = torch.from_numpy(pcm)
-                    host = host.pin_memory() if device.type == "cuda" else host.clone()
-                    self.audio[source][:, column:column + pcm.shape[-1]].copy_(host, non_blocking=True)
+                    _upload(self.audio[source][:, column:column + pcm.shape[-1]], pcm)
                     self.files[source].append((file_id, pcm.shape[-1], column))
                     column += pcm.shape[-1]
         self.order = list(slots.order)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        self.seconds = time.perf_counter() - t0
-        if not quiet:
-            print(f"device cache: {sum(len(f) for f in self.files.values())} '{split}' source files, "
-                  f"{self.nbytes / 2**30:.2f} GiB on {device} ({self.seconds:.1f} s); loader workers send crop "
-                  "positions only", file=sys.stderr)
+        self.seconds = _uploaded(device, t0, quiet, f"{sum(len(f) for f in self.files.values())} '{split}' "
+                                 "source files", self.nbytes)
 
     @property
     def nbytes(self) -> int:

@@ -211,7 +211,7 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
-        graph = self._graph_step_wanted(seq_len)
+        graph = self._graph_step_wanted()
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, graph, self.device)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=cfg.lr_decay_gamma, patience=cfg.lr_decay_patience, cooldown=10)
@@ -254,14 +254,15 @@ class Trainer:
             return self.resident.gather(batch.starts, self.seq_len)
         return batch.audio.to(self.device, non_blocking=True)
 
-    def _graph_step_wanted(self, seq_len: int | None) -> bool:
+    def _graph_step_wanted(self) -> bool:
         """--cuda-graph auto: the captured step wherever it can run (one CUDA process, fixed
         shapes); on: the graph step everywhere (on CPU uncaptured, the same code); off: eager."""
         mode = self.cfg.cuda_graph
         if mode == "off":
             return False
         reason = ("under torchrun/DDP" if self.dist.active else
-                  "with whole-track batches (--seq-dur 0: every batch has another shape)" if seq_len is None else None)
+                  "with whole-track batches (--seq-dur 0: every batch has another shape)" if self.seq_len is None
+                  else None)
         if mode == "on" and reason:
             raise UmxError(f"--cuda-graph on: the training step cannot be captured {reason}; use auto or off")
         return reason is None and (mode == "on" or self.device.type == "cuda")
