@@ -35,6 +35,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .cli_util import run_cli, underscore_aliases
+from .names import inside, safe_name
 from .errors import UmxError
 from .layouts import STRUCTURE, check_options
 from .prep.cli import LAYOUTS, add_layout_arguments, given_layout_options
@@ -340,9 +341,12 @@ def evaluate(
     }
     if outdir is not None:
         out = Path(outdir).expanduser()
-        (out / "museval" / split).mkdir(parents=True, exist_ok=True)
-        for t in done:
-            _write_museval_json(out / "museval" / split / f"{t['id']}.json", t["name"], t["frames"])
+        folder = out / "museval" / safe_name(split, "split name", "--split")
+        folder.mkdir(parents=True, exist_ok=True)
+        for t in done:  # track ids come from the shard set: checked before they name a file
+            name = safe_name(t["id"], "track id", manifest.location)
+            _write_museval_json(inside(folder, f"{name}.json", "track id", manifest.location), t["name"],
+                                t["frames"])
         results["json"] = str(out / f"eval_{split}.json")
         write_json(results["json"], _json_safe(results))
     return results

@@ -164,16 +164,32 @@ def load_target(model_dir: str, target: str, device: str | torch.device = "cpu")
 
     from .errors import UmxError
 
+    from .train.outputs import load_plain, read_json
+
     folder = Path(model_dir).expanduser()
     json_path, pth_path = folder / f"{target}.json", folder / f"{target}.pth"
     for p in (json_path, pth_path):
         if not p.is_file():
             raise UmxError(f"{p}: not found (is {folder} a model directory with a '{target}' model?)")
-    args = json.loads(json_path.read_text())["args"]
-    state = torch.load(pth_path, map_location=device, weights_only=True)
+    args = read_json(json_path, "a model's settings").get("args")
+    sizes = {k: args.get(k) if isinstance(args, dict) else None for k in ("nfft", "nb_channels", "hidden_size")}
+    bounds = {"nfft": (16, 2**16), "nb_channels": (1, 2), "hidden_size": (1, 2**14)}
+    for key, (lo, hi) in bounds.items():
+        if type(sizes[key]) is not int or not lo <= sizes[key] <= hi:
+            raise UmxError(f"{json_path}: args.{key} must be a whole number in [{lo}, {hi}], got {sizes[key]!r}")
+    state = load_plain(pth_path, "model", map_location=device)
+    mean = state.get("input_mean") if isinstance(state, dict) else None
+    if not isinstance(mean, torch.Tensor) or mean.ndim != 1 or not 1 <= mean.shape[0] <= sizes["nfft"] // 2 + 1:
+        raise UmxError(f"{pth_path}: not an Open-Unmix state dict for nfft {sizes['nfft']} (its input_mean is "
+                       "missing or of the wrong size)")
     model = OpenUnmix(
-        nb_bins=args["nfft"] // 2 + 1, nb_channels=args["nb_channels"], hidden_size=args["hidden_size"],
-        unidirectional=bool(args.get("unidirectional", False)), max_bin=state["input_mean"].shape[0],
+        nb_bins=sizes["nfft"] // 2 + 1, nb_channels=sizes["nb_channels"], hidden_size=sizes["hidden_size"],
+        unidirectional=bool(args.get("unidirectional", False)), max_bin=mean.shape[0],
     )
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        lines = str(e).strip().splitlines()
+        detail = lines[1].strip() if len(lines) > 1 else lines[0]
+        raise UmxError(f"{pth_path}: cannot be loaded with the sizes in {json_path.name} ({detail})") from None
     return model.to(device)

@@ -15,6 +15,7 @@ writes `stems/song/vocals.wav`, … at the model's sample rate (as open-unmix do
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -27,9 +28,11 @@ from . import audio as audio_io
 from .cli_util import run_cli, underscore_aliases
 from .errors import UmxError
 from .filtering import wiener
+from .names import inside, safe_name
 from .model import STFT, load_target
 
 SEPARATOR_JSON = "separator.json"
+SEPARATOR_BOUNDS = {"nb_channels": (1, 2), "nfft": (16, 2**16), "nhop": (1, 2**16), "sample_rate": (1000, 384000)}
 OUTPUT_FORMATS = ("wav", "flac", "ogg", "aiff", "aif", "mp3")  # what umx.audio.write knows
 
 
@@ -50,11 +53,19 @@ def read_separator_json(model_dir: str | Path) -> dict:
 
     path = Path(model_dir).expanduser() / SEPARATOR_JSON
     conf = read_json(path, f"is {path.parent} a model directory written by umx-train or open-unmix?")
-    missing = [k for k in ("nb_channels", "nfft", "nhop", "sample_rate") if k not in conf]
+    missing = [k for k in ("nb_channels", "nfft", "nhop", "sample_rate") if not isinstance(conf, dict) or k not in conf]
     if missing:
         raise UmxError(f"{path}: missing {', '.join(missing)}")
-    return {"nb_channels": int(conf["nb_channels"]), "nfft": int(conf["nfft"]), "nhop": int(conf["nhop"]),
-            "sample_rate": int(round(float(conf["sample_rate"])))}
+    values = {}
+    for key, (lo, hi) in SEPARATOR_BOUNDS.items():  # a model directory is passed around: nothing is trusted
+        raw = conf[key]
+        number = raw if isinstance(raw, (int, float)) and not isinstance(raw, bool) else None
+        if number is None or not math.isfinite(number) or number != round(number) or not lo <= number <= hi:
+            raise UmxError(f"{path}: {key} must be a whole number in [{lo}, {hi}], got {raw!r}")
+        values[key] = int(round(number))
+    if values["nhop"] > values["nfft"]:
+        raise UmxError(f"{path}: nhop {values['nhop']} is larger than nfft {values['nfft']}")
+    return values
 
 
 def _load_target(model_dir: str | Path, target: str, device) -> nn.Module:
@@ -258,6 +269,8 @@ def load_input(path: str | Path, sample_rate: int) -> tuple[np.ndarray, int]:
     """
     data, rate = audio_io.read(path)
     data = data[:2]
+    if not np.isfinite(data).all():  # would come out as all-NaN stems, silently
+        raise UmxError(f"{path}: contains NaN or infinite samples")
     if rate != sample_rate:
         data = audio_io.resample(data, rate, sample_rate)
     return np.ascontiguousarray(audio_io.force_stereo(data), dtype=np.float32), rate
@@ -277,7 +290,7 @@ def write_estimates(estimates: Mapping[str, np.ndarray], folder: Path, sample_ra
     for name, est in estimates.items():
         if subtype is not None and subtype.startswith("PCM") or ext.lower() in (".ogg", ".mp3"):
             est = np.clip(est, -1.0, 1.0)  # integer and lossy formats cannot hold peaks beyond full scale
-        path = folder / f"{name}{ext}"
+        path = inside(folder, f"{safe_name(name, 'target name', str(folder))}{ext}", "target name")
         audio_io.write(path, est, sample_rate, subtype=subtype)
         written[name] = path
     return written

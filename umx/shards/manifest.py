@@ -9,15 +9,19 @@ validated on read; every error names the field.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import ManifestError
+from ..names import UnsafeNameError, safe_key, safe_name
 from . import storage
 
 FORMAT = "umx-shards"
 VERSION = 1
 NAME = "manifest.json"
+MAX_BYTES = 256 * 2**20  # far above any real manifest (MUSDB18: well under 1 MiB); bounds what a hostile one costs
 
 
 def stats_key(n_fft: int, n_hop: int) -> str:
@@ -116,6 +120,23 @@ def _require(obj: dict, spec: dict, where: str, prefix: str) -> None:
             raise ManifestError(where, prefix + key, f"must be {typ.__name__}, got {type(value).__name__}")
 
 
+def _name(value, where: str, field: str, what: str) -> None:
+    """A name that will become part of a path (see umx.names): refused naming the field."""
+    try:
+        safe_name(value, what, where)
+    except UnsafeNameError as e:
+        raise ManifestError(where, field, str(e).removeprefix(f"{where}: ")) from None
+
+
+def _stats_bins(key: str) -> int | None:
+    """The number of frequency bins statistics stored under `key` must have (None: a key
+    this umx does not write, checked only for consistency)."""
+    head, _, hop = key.partition("-hop")
+    if not head.startswith("stft") or not head[4:].isdigit() or not hop.isdigit():
+        return None
+    return int(head[4:]) // 2 + 1
+
+
 def _list_of(value, typ, where: str, field: str, min_value=None) -> None:
     if not isinstance(value, list) or not all(isinstance(v, typ) and not isinstance(v, bool) for v in value):
         names = "/".join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))
@@ -141,6 +162,8 @@ def validate(raw: Any, where: str = NAME) -> dict:
     _list_of(raw["sources"], str, where, "sources")
     if not raw["sources"] or len(set(raw["sources"])) != len(raw["sources"]):
         raise ManifestError(where, "sources", "must be a non-empty list of distinct names")
+    for i, source in enumerate(raw["sources"]):  # sources name record members, zarr arrays and output files
+        _name(source, where, f"sources[{i}]", "source name")
     if raw["target"] not in raw["sources"]:
         raise ManifestError(where, "target", f"'{raw['target']}' is not one of sources {raw['sources']}")
     for key, allowed in _SAMPLING.items():
@@ -153,28 +176,43 @@ def validate(raw: Any, where: str = NAME) -> dict:
         raise ManifestError(where, "sampling.defaults", "must be a JSON object")
     if not raw["splits"]:
         raise ManifestError(where, "splits", "is empty")
+    _validate_storage(raw["storage"], where)
     for split, body in raw["splits"].items():
+        _name(split, where, f"splits.{split[:40]!r}", "split name")
         _require(body, {"shards": list}, where, f"splits.{split}.")
         for i, shard in enumerate(body["shards"]):
             prefix = f"splits.{split}.shards[{i}]."
             _require(shard, _SHARD, where, prefix)
             name = shard["name"]
-            if "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".tar"):
+            _name(name, where, prefix + "name", "shard name")
+            if name.startswith(".") or not name.endswith(".tar"):
                 raise ManifestError(where, prefix + "name", f"'{name}' is not a plain .tar file name")
             if len(shard["sha256"]) != 64 or any(c not in "0123456789abcdef" for c in shard["sha256"]):
                 raise ManifestError(where, prefix + "sha256", "must be 64 lower-case hex digits")
             if shard["bytes"] < 0:
                 raise ManifestError(where, prefix + "bytes", "must be >= 0")
             _list_of(shard["track_ids"], str, where, prefix + "track_ids")
+            for k, track_id in enumerate(shard["track_ids"]):  # ids name evaluation outputs and cache entries
+                _name(track_id, where, f"{prefix}track_ids[{k}]", "track id")
             _list_of(shard["track_frames"], int, where, prefix + "track_frames", 0)
-            if not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in shard["track_sources"]):
-                raise ManifestError(where, prefix + "track_sources", "must be a list of lists of source names")
+            known = set(raw["sources"])
+            if not all(isinstance(v, list) and all(isinstance(n, str) and n in known for n in v)
+                       for v in shard["track_sources"]):
+                raise ManifestError(where, prefix + "track_sources", "must be a list of lists of names from "
+                                    "'sources'")
             for key in ("track_frames", "track_sources"):
                 if len(shard["track_ids"]) != len(shard[key]):
                     raise ManifestError(where, prefix + key, "length differs from track_ids")
         if not isinstance(body.get("max_sources", 0), int):
             raise ManifestError(where, f"splits.{split}.max_sources", "must be int")
-    stats = raw.get("statistics", {})
+    validate_statistics(raw.get("statistics", {}), where)
+    return raw
+
+
+def validate_statistics(statistics: Any, where: str) -> None:
+    """Input-scaler statistics: per STFT setting a mean and a std of one value per frequency bin,
+    finite, std >= 0 (open-unmix divides by it)."""
+    stats = statistics
     if not isinstance(stats, dict):
         raise ManifestError(where, "statistics", "must be a JSON object")
     for key, entry in stats.items():
@@ -183,7 +221,34 @@ def validate(raw: Any, where: str = NAME) -> dict:
             _list_of(entry[part], (int, float), where, f"statistics.{key}.{part}")
         if len(entry["mean"]) != len(entry["std"]):
             raise ManifestError(where, f"statistics.{key}.std", "length differs from mean")
-    return raw
+        bins = _stats_bins(key)
+        if bins is not None and len(entry["mean"]) != bins:
+            raise ManifestError(where, f"statistics.{key}.mean", f"has {len(entry['mean'])} values; an STFT of "
+                                f"this setting has {bins} frequency bins")
+        if not all(math.isfinite(v) for v in entry["mean"]):
+            raise ManifestError(where, f"statistics.{key}.mean", "values must be finite")
+        if not all(math.isfinite(v) and v >= 0 for v in entry["std"]):
+            raise ManifestError(where, f"statistics.{key}.std", "values must be finite and >= 0")
+
+
+def _validate_storage(st: dict, where: str) -> None:
+    """The `storage` section: its format, and for zarr every object key (each becomes a path)."""
+    fmt = st.get("format", "webdataset")
+    if fmt not in ("webdataset", "zarr"):
+        raise ManifestError(where, "storage.format", f"must be 'webdataset' or 'zarr', got {fmt!r}")
+    if fmt != "zarr":
+        return
+    objects = st.get("objects")
+    if not isinstance(objects, dict) or not objects:
+        raise ManifestError(where, "storage.objects", "must be a non-empty JSON object of key → sha256")
+    for key, digest in objects.items():
+        try:
+            safe_key(key, "object key", where)
+        except UnsafeNameError as e:
+            raise ManifestError(where, f"storage.objects[{key[:60]!r}]", str(e).removeprefix(f"{where}: ")) \
+                from None
+        if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ManifestError(where, f"storage.objects[{key[:60]!r}]", "must be 64 lower-case hex digits")
 
 
 def manifest_url(location: str) -> str:
@@ -201,11 +266,23 @@ def load(location: str) -> Manifest:
     """Read and validate the manifest of a shard set (folder, URL or manifest path)."""
     url = manifest_url(str(location))
     base = url.rsplit("/", 1)[0] if "/" in url else "."
+    if not storage.is_remote(url):
+        local = Path(str(location).removeprefix("file://")).expanduser()
+        if local.is_file() and not str(location).endswith(".json"):
+            raise ManifestError(str(local), "(file)", "is a file, not a shard set: give the folder umx-prep "
+                                "wrote (or its manifest.json)")
     try:
         with storage.open_read(url) as f:
-            raw = json.loads(f.read().decode("utf-8"))
-    except FileNotFoundError:
+            data = f.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise ManifestError(url, "(file)", f"is larger than {MAX_BYTES // 2**20} MiB: not a umx manifest")
+        raw = json.loads(data.decode("utf-8"))
+    except (FileNotFoundError, NotADirectoryError):
         raise ManifestError(url, "(file)", "no manifest here: is this a shard set written by umx-prep?") from None
+    except IsADirectoryError:
+        raise ManifestError(url, "(file)", "is a folder, not a manifest") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ManifestError(url, "(file)", f"is not valid JSON ({e})") from None
+    except RecursionError:
+        raise ManifestError(url, "(file)", "is nested too deeply to be a umx manifest") from None
     return Manifest(validate(raw, url), base)

@@ -54,21 +54,37 @@ class ShardReader:
         (`views`: read-only arrays on a memory map of the local shard; see read_shard).
         In a zarr shard set an entry is a group of tracks of the store (the same
         groups as the WebDataset shards), read from the store's arrays."""
-        expected = [t for i, t in enumerate(entry.track_ids) if select is None or select(i)]
+        keep = [i for i in range(len(entry.track_ids)) if select is None or select(i)]
+        expected = [entry.track_ids[i] for i in keep]
         if self.zarr is not None:
-            yield from self.zarr.records(entry.name.rsplit("-", 1)[0], expected)
-            return
-        path = self._local_path(entry)
+            records = self.zarr.records(entry.name.rsplit("-", 1)[0], expected)
+        else:
+            records = read_shard(self._local_path(entry), select, views=views)
         got = 0
-        for record in read_shard(path, select, views=views):
+        for record in records:
             if got >= len(expected) or record.id != expected[got]:
                 raise ShardError(f"{self.manifest.shard_url(entry)}: record '{record.id}' does not match the "
                                  f"manifest (expected {expected[got] if got < len(expected) else 'no more records'})")
+            self._check_record(entry, keep[got], record)
             got += 1
             yield record
         if got != len(expected):
             raise ShardError(f"{self.manifest.shard_url(entry)}: holds {got} of the {len(expected)} records the "
                              "manifest lists")
+
+    def _check_record(self, entry: ShardEntry, index: int, record: TrackRecord) -> None:
+        """A record holds what the manifest says: its sources, and every array `[channels, frames]`
+        of the listed length (a disagreeing record would crop out of bounds or train on garbage)."""
+        where = f"{self.manifest.shard_url(entry)}: record '{record.id}'"
+        names = list(record.sources)
+        if sorted(names) != sorted(entry.track_sources[index]):
+            raise ShardError(f"{where} holds sources {names}; the manifest lists {entry.track_sources[index]}")
+        frames, channels = entry.track_frames[index], self.manifest.channels
+        arrays = {**record.sources, **({"mixture": record.mixture} if record.mixture is not None else {})}
+        for name, pcm in arrays.items():
+            if pcm.shape != (channels, frames):
+                raise ShardError(f"{where} array '{name}' has shape {list(pcm.shape)}; the manifest says "
+                                 f"[{channels}, {frames}]")
 
     def guarded(self, entry: ShardEntry, select=None, views: bool = False) -> Iterator[TrackRecord]:
         """`records`, but with skip_bad a bad shard is reported and skipped, not raised."""

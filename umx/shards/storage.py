@@ -46,9 +46,15 @@ def is_remote(url: str) -> bool:
     return "://" in str(url) and not str(url).startswith("file://")
 
 
+PROTOCOLS = ("file", "s3", "gs", "gcs", "http", "https")  # what umx reads shard sets from and writes them to
+
+
 def filesystem(url: str):
     """(fsspec filesystem, path within it) for a URL or local path."""
     protocol = str(url).split("://", 1)[0] if "://" in str(url) else "file"
+    if protocol not in PROTOCOLS:
+        raise StorageError(f"{url}: '{protocol}://' is not a storage umx reads or writes (use a local path or "
+                           f"{', '.join(p + '://' for p in PROTOCOLS[1:])})")
     options = {} if protocol in ("file", "http", "https") else dict(_OPTIONS)
     if protocol in ("http", "https"):
         options = {k: v for k, v in _OPTIONS.items() if k == "client_kwargs"}
@@ -184,6 +190,11 @@ def atomic_writer(path: str | Path, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno is not None and e.filename in (None, str(tmp)):  # name the file meant, not the temp file
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

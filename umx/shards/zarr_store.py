@@ -28,6 +28,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..errors import ShardError
+from ..names import inside
 from . import storage
 from .webdataset import TrackRecord
 
@@ -91,13 +92,14 @@ class ZarrReader:
         url = storage.join(self.url, key)
         if want is None:
             raise ShardError(f"{url}: {label} is not listed in the manifest")
+        path = inside(self.root, key, "zarr object key", self.url)  # keys come from the manifest: never trusted
         try:
             if self.remote:
-                download_verified(url, self.root / key, want, self.cache.stats)
-            elif not (self.root / key).is_file():
+                download_verified(url, path, want, self.cache.stats)
+            elif not path.is_file():
                 raise FileNotFoundError(key)
             else:
-                verify_once(self.root / key, want, None, f"{url}: {label} is damaged", self.cache.stats)
+                verify_once(path, want, None, f"{url}: {label} is damaged", self.cache.stats)
         except (FileNotFoundError, storage.StorageError):
             raise ShardError(f"{url}: {label} is missing (zarr would read zeros)") from None
         except ShardError as e:
@@ -117,7 +119,7 @@ class ZarrReader:
 
     def _check(self, split: str, name: str, start: int, stop: int) -> None:
         """Make present and verify (once) every stored object that frames [start, stop) touch."""
-        _, chunk, per_object = self.crops(split)._array(name)
+        _, chunk, per_object = self.crops(split).geometry(name)
         span = chunk * per_object
         for k in range(start // span, (max(stop, start + 1) - 1) // span + 1):
             self._ensure(f"{split}/{name}/c/0/{k}", f"array '{split}/{name}' object {k}")
@@ -125,7 +127,7 @@ class ZarrReader:
     def records(self, split: str, ids: list[str]) -> Iterator[TrackRecord]:
         """Full tracks `ids` of a split, in that order."""
         group = self._open()[split]
-        by_id = {t["id"]: t for t in group.attrs["tracks"]}
+        by_id = {t["id"]: t for t in self.crops(split).tracks()}
         for track_id in ids:
             if track_id not in by_id:
                 raise ShardError(f"{storage.join(self.base, STORE)}: track '{track_id}' is not in the '{split}' index")
@@ -166,32 +168,73 @@ class SplitCrops:
         self._meta: dict[str, tuple[int, int, int]] = {}  # array → (channels, chunk frames, chunks per object)
         self.chunks_read = 0
         self._blocks: dict[tuple[str, int], np.ndarray] = {}
+        self._tracks: list[dict] | None = None
+        self._columns: dict[str, int] | None = None
+
+    def geometry(self, name: str) -> tuple[int, int, int]:
+        """(channels, chunk frames, chunks per object) of array `name`, from its checked metadata."""
+        return self._array(name)
 
     def _array(self, name: str) -> tuple[int, int, int]:
         if name not in self._meta:
             key = f"{self.split}/{name}/zarr.json"
             self.reader._ensure(key, f"array '{self.split}/{name}' metadata")
-            meta = json.loads((self.reader.root / key).read_text())
-            shard = meta["codecs"][0]["configuration"] if meta["codecs"][0]["name"] == "sharding_indexed" else None
-            if (shard is None or meta["data_type"] != "int16" or [c["name"] for c in shard["codecs"]] != ["bytes"]
-                    or shard.get("index_location", "end") != "end"):
-                raise ShardError(f"{self.reader.url}: array '{self.split}/{name}' is not stored as umx-prep writes "
-                                 "it (int16, uncompressed, sharded with the index at the end)")
-            channels, chunk = shard["chunk_shape"]
-            per_object = meta["chunk_grid"]["configuration"]["chunk_shape"][1] // chunk
-            self._meta[name] = (channels, chunk, per_object)
+            where = f"{self.reader.url}: array '{self.split}/{name}'"
+            try:
+                meta = json.loads((self.reader.root / key).read_text())
+                shard = meta["codecs"][0]["configuration"] if meta["codecs"][0]["name"] == "sharding_indexed" \
+                    else None
+                layout_ok = (shard is not None and meta["data_type"] == "int16"
+                             and [c["name"] for c in shard["codecs"]] == ["bytes"]
+                             and shard.get("index_location", "end") == "end")
+                if layout_ok:
+                    shape, outer = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
+                    channels, chunk = shard["chunk_shape"]
+            except (KeyError, IndexError, TypeError, ValueError, RecursionError) as e:
+                raise ShardError(f"{where}: metadata is malformed ({type(e).__name__}: {e})") from None
+            if not layout_ok:
+                raise ShardError(f"{where} is not stored as umx-prep writes it (int16, uncompressed, sharded "
+                                 "with the index at the end)")
+            numbers = [*shape, *outer, channels, chunk]
+            if (len(shape) != 2 or len(outer) != 2 or not all(type(v) is int and v > 0 for v in numbers)
+                    or channels != shape[0] or outer[0] != channels or outer[1] % chunk
+                    or channels not in (1, 2)):
+                raise ShardError(f"{where}: metadata has an impossible geometry (shape {shape}, object chunk "
+                                 f"{outer}, chunk {shard['chunk_shape']})")
+            used = max((t["offset"] + t["frames"] for t in self.tracks()), default=0)
+            if shape[1] < used:
+                raise ShardError(f"{where}: holds {shape[1]} frames but the track index needs {used}")
+            self._meta[name] = (channels, chunk, outer[1] // chunk)
         return self._meta[name]
+
+    def tracks(self) -> list[dict]:
+        """The split's track index (id, offset, frames, …), checked once: offsets and lengths
+        are whole numbers and the tracks do not overlap."""
+        if self._tracks is None:
+            key = f"{self.split}/zarr.json"
+            self.reader._ensure(key, "metadata")
+            where = f"{self.reader.url}: the '{self.split}' track index"
+            try:
+                tracks = json.loads((self.reader.root / key).read_text())["attributes"]["tracks"]
+                spans = sorted((t["offset"], t["frames"], t["id"]) for t in tracks)
+            except (KeyError, TypeError, ValueError, RecursionError) as e:
+                raise ShardError(f"{where} is malformed ({type(e).__name__}: {e})") from None
+            end = 0
+            for offset, frames, track_id in spans:
+                if type(offset) is not int or type(frames) is not int or offset < end or frames < 0:
+                    raise ShardError(f"{where}: track {str(track_id)[:60]!r} has an impossible span "
+                                     f"(offset {offset}, frames {frames})")
+                end = offset + frames
+            self._tracks = tracks
+        return self._tracks
 
     def channels(self, name: str) -> int:
         return self._array(name)[0]
 
     def column(self, track_id: str) -> int:
         """Where a track starts along time in the split's arrays."""
-        if not hasattr(self, "_columns"):
-            key = f"{self.split}/zarr.json"
-            self.reader._ensure(key, "metadata")
-            tracks = json.loads((self.reader.root / key).read_text())["attributes"]["tracks"]
-            self._columns = {t["id"]: t["offset"] for t in tracks}
+        if self._columns is None:
+            self._columns = {t["id"]: t["offset"] for t in self.tracks()}
         if track_id not in self._columns:
             raise ShardError(f"{self.reader.url}: track '{track_id}' is not in the '{self.split}' index")
         return self._columns[track_id]
@@ -202,7 +245,11 @@ class SplitCrops:
             key = f"{self.split}/{name}/c/0/{k}"
             self.reader._ensure(key, f"array '{self.split}/{name}' object {k}")
             per_object = self._array(name)[2]
-            with open(self.reader.root / key, "rb") as f:  # a plain array on the map: np.memmap's
+            path = self.reader.root / key
+            if path.stat().st_size < 16 * per_object + 4:
+                raise ShardError(f"{self.reader.url}: array '{self.split}/{name}' object {k} is too small to "
+                                 f"hold its chunk index ({path.stat().st_size} bytes)")
+            with open(path, "rb") as f:  # a plain array on the map: np.memmap's
                 data = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)  # slicing is slow
             index = data[-(16 * per_object + 4):-4].view("<u8").reshape(per_object, 2)
             self._objects[name, k] = (data, index)

@@ -8,7 +8,9 @@ the previous complete version.
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -16,10 +18,17 @@ import torch
 from ..errors import UmxError
 from ..shards.storage import atomic_writer, write_json
 
+MAX_JSON_BYTES = 64 * 2**20  # histories of very long runs stay far below
+
 
 def save_torch(obj, path: Path) -> None:
+    """torch.save, atomically. Serialised in memory first: torch's zip writer turns a full disk
+    into 'unexpected pos …'; a plain write reports ENOSPC, naming the file (the previous
+    version stays in place either way)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     with atomic_writer(path) as f:
-        torch.save(obj, f)
+        f.write(buf.getbuffer())
 
 
 def write_separator_json(folder: Path, nfft: int, nhop: int, sample_rate: int, nb_channels: int) -> None:
@@ -31,10 +40,17 @@ def read_json(path: Path, hint: str) -> dict:
     """A JSON file of a model directory, or one clear error naming it (`hint`: what it should be)."""
     if not path.is_file():
         raise UmxError(f"{path}: not found ({hint})")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise UmxError(f"{path}: larger than {MAX_JSON_BYTES // 2**20} MiB ({hint})")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UmxError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise UmxError(f"{path}: nested too deeply to be a model directory's JSON") from None
+    if not isinstance(value, dict):
+        raise UmxError(f"{path}: must hold a JSON object ({hint})")
+    return value
 
 
 def read_results(folder: Path, target: str) -> tuple[dict, dict]:
@@ -49,7 +65,19 @@ def load_checkpoint(folder: Path, target: str) -> dict:
     path = Path(folder).expanduser() / f"{target}.chkpnt"
     if not path.is_file():
         raise UmxError(f"{path}: not found (is {Path(folder)} the output folder of a '{target}' run?)")
+    return load_plain(path, "checkpoint")
+
+
+def load_plain(path: Path, what: str, map_location="cpu"):
+    """A torch file of plain data only (tensors, numbers, strings, lists, dicts) — never a pickle
+    that runs code: model directories are passed around. Anything else is one clear error."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UmxError(f"{path}: cannot be loaded: refused, this {what} holds more than plain tensors and numbers (umx loads "
+                       f"model files with weights_only=True and never runs their pickled code; {first})") from None
     except Exception as e:  # a truncated or foreign file
-        raise UmxError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        detail = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        raise UmxError(f"{path}: cannot be loaded: not a readable {what} file ({detail})") from None

@@ -96,20 +96,38 @@ class TrainConfig:
     storage_options: str | None = None  # JSON for fsspec (endpoint, credentials, …)
     anon: bool = False
 
+    def check(self) -> None:
+        """Refuse values no run can use, each as one line naming the option (before any work)."""
+        for name, (lo, hi, low_open) in RANGES.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            flag = "--" + name.replace("_", "-")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UmxError(f"{flag} must be a finite number, got {value}")
+            if (value <= lo if low_open else value < lo) or (hi is not None and value > hi):
+                bound = f"> {lo}" if low_open else f">= {lo}"
+                raise UmxError(f"{flag} must be {bound}{'' if hi is None else f' and <= {hi}'}, got {value}")
+        if self.nhop > self.nfft:
+            raise UmxError(f"--nhop {self.nhop} is larger than --nfft {self.nfft}: frames would leave gaps")
+        if self.output and Path(self.output).expanduser().exists() and not Path(self.output).expanduser().is_dir():
+            raise UmxError(f"--output {self.output}: is a file, not a folder")
+
     def resolved(self, manifest: mf.Manifest) -> "TrainConfig":
         """Fill every None from the manifest; refuse what the shard set cannot do."""
+        self.check()
         smp, d = manifest.sampling, manifest.sampling["defaults"]
         mix = self.random_track_mix if self.random_track_mix is not None else self.random_interferer_mix
         values = dict(
             target=self.target or manifest.target,
-            samples_per_track=self.samples_per_track or d.get("samples_per_track", 1),
+            samples_per_track=_given(self.samples_per_track, d.get("samples_per_track", 1)),
             source_augmentations=(self.source_augmentations if self.source_augmentations is not None
                                   else d.get("source_augmentations", [])),
             random_track_mix=mix if mix is not None else bool(d.get("random_mix", False)),
             silence_missing_targets=bool(self.silence_missing_targets if self.silence_missing_targets is not None
                                          else d.get("silence_missing_targets", False)),
-            nb_train_samples=self.nb_train_samples or d.get("nb_train_samples", 1000),
-            nb_valid_samples=self.nb_valid_samples or d.get("nb_valid_samples", 100),
+            nb_train_samples=_given(self.nb_train_samples, d.get("nb_train_samples", 1000)),
+            nb_valid_samples=_given(self.nb_valid_samples, d.get("nb_valid_samples", 100)),
         )
         values["random_interferer_mix"] = values["random_track_mix"]
         if self.precision not in PRECISIONS:
@@ -124,6 +142,23 @@ class TrainConfig:
                                "is never remixed or augmented (its input file is the model input)")
             values.update(source_augmentations=[], random_track_mix=False, random_interferer_mix=False)
         return dataclasses.replace(self, **values)
+
+
+# (lowest, highest or None, lowest excluded) of every numeric option a run could not use otherwise
+RANGES: dict[str, tuple[float, float | None, bool]] = {
+    "epochs": (1, None, False), "batch_size": (1, None, False), "patience": (0, None, False),
+    "seq_dur": (-math.inf, None, False), "hidden_size": (1, 2**14, False), "nfft": (16, 2**16, False),
+    "nhop": (1, None, False), "lr": (0, None, True), "lr_decay_patience": (0, None, False),
+    "lr_decay_gamma": (0, 1, True), "weight_decay": (0, None, False), "bandwidth": (0, None, False),
+    "nb_channels": (1, 2, False), "nb_workers": (0, 1024, False), "samples_per_track": (1, None, False),
+    "nb_train_samples": (1, None, False), "nb_valid_samples": (1, None, False), "pool_size": (1, None, False),
+    "save_every": (0, None, False), "cache_size": (0, None, True),
+}
+
+
+def _given(value, default):
+    """An option's value, or the shard set's default where it was not given (None, never 0)."""
+    return default if value is None else value
 
 
 class EarlyStopping:
@@ -154,7 +189,12 @@ def input_statistics(manifest: mf.Manifest, nfft: int, nhop: int, quiet: bool, r
     cache = cache_root() / "stats"
     path = cache / f"{digest}-{mf.stats_key(nfft, nhop)}.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        try:  # our own cache, but a file on disk all the same: checked like a manifest's
+            cached = json.loads(path.read_text())
+            mf.validate_statistics({mf.stats_key(nfft, nhop): cached}, str(path))
+            return cached
+        except (json.JSONDecodeError, UmxError) as e:
+            print(f"warning: {path}: recomputing the input statistics ({e})", file=sys.stderr)
     stats = stats_mod.from_shard_set(manifest, nfft, nhop, progress=not quiet, reader=reader)
     cache.mkdir(parents=True, exist_ok=True)
     write_json(path, stats)
@@ -271,6 +311,11 @@ class Trainer:
         cfg = self.cfg
         if cfg.model:
             model = load_target(cfg.model, cfg.target, self.device)
+            channels = model.fc3.out_features // model.nb_output_bins
+            if (model.nb_output_bins, channels) != (cfg.nfft // 2 + 1, cfg.nb_channels):
+                raise UmxError(f"--model {cfg.model}: its '{cfg.target}' model has {model.nb_output_bins} frequency "
+                               f"bins and {channels} channel(s), but this run has --nfft {cfg.nfft} "
+                               f"({cfg.nfft // 2 + 1} bins) and --nb-channels {cfg.nb_channels}")
             model.train()
             return model
         if cfg.checkpoint or cfg.debug:  # weights come from the checkpoint / --debug skips statistics
@@ -289,11 +334,21 @@ class Trainer:
 
         umx checkpoints carry the whole run state (so a kill between two output
         files cannot desynchronise them); open-unmix's resume from the json."""
+        path = Path(folder).expanduser() / f"{self.cfg.target}.chkpnt"
         ckpt = load_checkpoint(Path(folder), self.cfg.target)
-        self.model.load_state_dict(ckpt["state_dict"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        missing = [k for k in ("state_dict", "optimizer", "scheduler") if not isinstance(ckpt, dict) or k not in ckpt]
+        if missing:
+            raise UmxError(f"{path}: not a training checkpoint (no {', '.join(missing)})")
+        try:
+            self.model.load_state_dict(ckpt["state_dict"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+            raise UmxError(f"{path}: does not fit this run's model (--hidden-size, --nfft, --nb-channels, "
+                           f"--unidirectional, --bandwidth must be those of the run; {lines[-1][:200] if lines else e})"
+                           ) from None
         settle_lr(self.optimizer)
-        self.scheduler.load_state_dict(ckpt["scheduler"])
         state = ckpt.get("umx")
         if state is None:
             results, _ = read_results(Path(folder), self.cfg.target)
@@ -391,6 +446,9 @@ class Trainer:
                       f"{self.stream.samples_per_epoch()} samples/epoch, batch {self.stream.batch_size}{per} "
                       f"(effective batch {self.stream.batch_size * self.dist.world_size})")
         first = self.position["epoch"]
+        if first > cfg.epochs and main:
+            print(f"nothing to train: {self.out} is trained to epoch {first - 1} already (--epochs {cfg.epochs})",
+                  file=sys.stderr)
         epochs = tqdm(range(first, cfg.epochs + 1), desc="training", disable=cfg.quiet or not main,
                       initial=first - 1, total=cfg.epochs)
         for epoch in epochs:
