@@ -99,7 +99,8 @@ class ShardWriter:
     def close_shard(self) -> dict:
         """Finish the open shard (fsync, rename to its final name); its manifest entry."""
         f, tar, tmp, ids, frames, names = self._open
-        tar.close()  # closes f too
+        tar.close()
+        f.close()  # (TarWriter closes only files it opened itself)
         name = shard_name(self.split, self._index)
         final = self.folder / name
         with open(tmp, "rb") as fh:
@@ -117,6 +118,23 @@ class ShardWriter:
         if self._open is not None:
             self.close_shard()
         return self.entries
+
+    def abort(self) -> None:
+        """Drop the open, half-written shard (after a failed write, e.g. a full disk): close its
+        file without the tar stream flushing again (which would fail once more, at garbage
+        collection, on stderr) and free its space."""
+        if self._open is None:
+            return
+        f, tar, tmp = self._open[:3]
+        self._open = None
+        stream = getattr(getattr(tar, "tarstream", None), "fileobj", None)
+        if stream is not None and hasattr(stream, "closed"):
+            stream.closed = True  # tarfile's _Stream: close() (and __del__) then write nothing
+        try:
+            f.close()
+        except OSError:
+            pass
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _record(url: str, key: str, meta: dict, sources: dict[str, np.ndarray], mixture: np.ndarray | None
@@ -205,6 +223,8 @@ def _scan(fh, size: int) -> list[tuple[str, int, int]] | None:
             return members if offset > 0 and path is None else None
         try:
             checksum, length = _octal(buf[148:156]), _octal(buf[124:136])
+            for lo, hi in ((100, 108), (108, 116), (116, 124), (136, 148), (329, 337), (337, 345)):
+                _octal(buf[lo:hi])  # mode … devminor: tarfile parses them too, a bad one ends its archive
         except ValueError:
             return None
         if checksum != sum(buf[:148]) + 256 + sum(buf[156:]) or buf[257:265] != _USTAR or buf[345:346] != b"\0":
@@ -217,6 +237,8 @@ def _scan(fh, size: int) -> list[tuple[str, int, int]] | None:
                 return None
             path = path or ""  # "": a pax header without a path
         elif kind in (b"0", b"\0"):
+            if kind == b"\0" and buf[:100].split(b"\0", 1)[0].endswith(b"/"):
+                return None  # tarfile: a V7 directory, whatever a pax path says
             try:
                 name = path or buf[:100].split(b"\0", 1)[0].decode("utf-8")
             except UnicodeDecodeError:
@@ -255,7 +277,7 @@ def _members(fh) -> Iterator[tuple[str, dict[str, tuple[int, int]]]]:
             if current is not None:
                 yield key, current
             key, current = prefix, {}
-        if suffix in current:
+        if suffix in current or suffix in ("__key__", "__url__"):  # group_by_keys' samples start with these
             raise ValueError(f"{name}: duplicate file name in tar file {suffix} {list(current)}")
         current[suffix] = (offset_data, size)
     if current is not None:
@@ -284,8 +306,11 @@ def _npy_header(head: bytes, version: bytes) -> tuple[tuple[int, ...], bool, np.
     if m is not None:
         dtype = _DTYPES.get(m.group(1))
         if dtype is None:
-            dtype = _DTYPES[m.group(1)] = np.dtype(m.group(1).decode("ascii"))
-        if not dtype.hasobject:
+            try:
+                dtype = _DTYPES[m.group(1)] = np.dtype(m.group(1).decode("ascii"))
+            except TypeError:  # not a dtype: numpy's reader below raises its ValueError, as np.load does
+                pass
+        if dtype is not None and not dtype.hasobject:
             return tuple(int(x) for x in m.group(3).split(b",") if x), m.group(2) == b"True", dtype
     stream = io.BytesIO(head)
     npformat.read_magic(stream)
@@ -305,6 +330,8 @@ def _npy(fh, mm, offset: int, size: int) -> np.ndarray:
     shape, fortran_order, dtype = _npy_header(_read_at(fh, offset, min(size, start)), version)
     if dtype.hasobject:
         raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    if dtype.itemsize == 0 or min(shape, default=0) < 0:  # zero-width items, negative dimensions: np.load decides
+        return np.load(io.BytesIO(_read_at(fh, offset, size)), allow_pickle=False)
     count = int(np.prod(shape, dtype=np.int64))
     nbytes = count * dtype.itemsize
     if size - start < nbytes:
@@ -314,7 +341,7 @@ def _npy(fh, mm, offset: int, size: int) -> np.ndarray:
     else:
         array = np.empty(count, dtype)
         fh.seek(offset + start)
-        if nbytes and fh.readinto(memoryview(array).cast("B")) != nbytes:
+        if nbytes and fh.readinto(array.view(np.uint8)) != nbytes:  # (datetimes have no buffer format)
             raise ValueError(f"EOF: reading array data, expected {nbytes} bytes")
     return array.reshape(shape[::-1]).transpose() if fortran_order else array.reshape(shape)
 
