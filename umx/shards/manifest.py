@@ -262,6 +262,15 @@ def manifest_url(location: str) -> str:
     return storage.join(location, NAME)
 
 
+def _read_bounded(f, limit: int) -> bytes:
+    """At most `limit` bytes of `f`, reading until the end (a streamed HTTP file gives a block per read)."""
+    parts, n = [], 0
+    while n < limit and (block := f.read(min(storage.CHUNK, limit - n))):
+        parts.append(block)
+        n += len(block)
+    return b"".join(parts)
+
+
 def load(location: str) -> Manifest:
     """Read and validate the manifest of a shard set (folder, URL or manifest path)."""
     url = manifest_url(str(location))
@@ -273,7 +282,7 @@ def load(location: str) -> Manifest:
                                 "wrote (or its manifest.json)")
     try:
         with storage.open_read(url) as f:
-            data = f.read(MAX_BYTES + 1)
+            data = _read_bounded(f, MAX_BYTES + 1)
         if len(data) > MAX_BYTES:
             raise ManifestError(url, "(file)", f"is larger than {MAX_BYTES // 2**20} MiB: not a umx manifest")
         raw = json.loads(data.decode("utf-8"))

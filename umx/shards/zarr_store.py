@@ -95,7 +95,7 @@ class ZarrReader:
         path = inside(self.root, key, "zarr object key", self.url)  # keys come from the manifest: never trusted
         try:
             if self.remote:
-                download_verified(url, path, want, self.cache.stats)
+                download_verified(url, path, want, self.cache.stats, self.cache.folder)
             elif not path.is_file():
                 raise FileNotFoundError(key)
             else:
