@@ -17,6 +17,12 @@ import soxr
 from .errors import AudioError
 
 INT16_SCALE = 32768.0
+# Sample rates umx accepts, in a file header or as a target: below 8 kHz no music
+# source-separation data exists, above 384 kHz no audio interface records. A header outside
+# these bounds is damaged or hostile: at 1 Hz a 64 KiB file would "last" 4.5 hours and
+# resample to gigabytes. Every reader (prep, separate, evaluate) refuses it via info/read.
+MIN_RATE = 8000
+MAX_RATE = 384000
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,20 @@ class AudioInfo:
         return self.frames / self.sample_rate
 
 
+def check_rate(rate, what: str = "sample rate") -> int:
+    """`rate` if it is a usable sample rate (an int within MIN_RATE..MAX_RATE), else ValueError."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or not MIN_RATE <= rate <= MAX_RATE:
+        raise ValueError(f"{what} {rate!r} Hz is outside the supported {MIN_RATE}–{MAX_RATE} Hz")
+    return int(rate)
+
+
+def _rate_of(path, rate) -> int:
+    try:
+        return check_rate(int(rate), "header sample rate")
+    except ValueError as e:
+        raise AudioError(path, str(e)) from None
+
+
 def info(path: str | Path) -> AudioInfo:
     """Header facts of an audio file, without decoding it."""
     if not Path(path).is_file():
@@ -42,7 +62,7 @@ def info(path: str | Path) -> AudioInfo:
         raise AudioError(path, f"not a readable audio file ({e})") from None
     if i.frames <= 0:
         raise AudioError(path, "contains no audio frames")
-    return AudioInfo(str(path), int(i.samplerate), int(i.frames), int(i.channels), str(i.subtype))
+    return AudioInfo(str(path), _rate_of(path, i.samplerate), int(i.frames), int(i.channels), str(i.subtype))
 
 
 def _truncated_wav(path: Path) -> str | None:
@@ -74,12 +94,14 @@ def read(path: str | Path, dtype: str = "float32") -> tuple[np.ndarray, int]:
     if cut:
         raise AudioError(path, cut)
     try:
-        data, rate = sf.read(str(path), dtype=dtype, always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            rate = _rate_of(path, f.samplerate)  # before decoding anything
+            data = f.read(dtype=dtype, always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         raise AudioError(path, f"not a readable audio file ({e})") from None
     if data.shape[0] == 0:
         raise AudioError(path, "contains no audio frames")
-    return np.ascontiguousarray(data.T), int(rate)
+    return np.ascontiguousarray(data.T), rate
 
 
 def write(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str | None = None) -> None:
@@ -153,7 +175,7 @@ def read_stems(path: str | Path) -> tuple[np.ndarray, int]:
         stems, rate = stempeg.read_stems(str(path), dtype=np.float32, always_3d=True)
     except Exception as e:  # stempeg/ffmpeg raise many types; name the file either way
         raise AudioError(path, f"cannot decode stems with ffmpeg ({type(e).__name__}: {e})") from None
-    return np.ascontiguousarray(stems.transpose(0, 2, 1)), int(rate)
+    return np.ascontiguousarray(stems.transpose(0, 2, 1)), _rate_of(path, rate)
 
 
 def write_stems(path: str | Path, stems: np.ndarray, sample_rate: int, bitrate: int = 256000) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LayoutError
+from ..names import safe_name
 
 
 @dataclass
@@ -107,6 +108,7 @@ def scan(layout: str, root: str | Path, **options) -> Scan:
                 "trackfolder_fix": trackfolder_fix.scan, "trackfolder_var": trackfolder_var.scan}
     if layout not in scanners:
         raise LayoutError(f"unknown layout '{layout}' (this version prepares: {sorted(scanners)})")
+    check_names(options)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise LayoutError(f"{root}: dataset folder not found")
@@ -131,6 +133,25 @@ TRAINING = {
     "trackfolder_fix": ("samples_per_track", "random_track_mix"),
     "trackfolder_var": ("samples_per_track", "silence_missing_targets", "random_interferer_mix"),
 }
+
+
+# options that name a file or folder inside a track folder or split folder: one path component
+# each, never a path (`--target-file ../../valid/x.wav` would read another split's file);
+# aligned's --input-file / --output-file are globs (glob characters allowed, separators not)
+NAME_OPTIONS = {"target_file": "file name", "interferer_files": "file name", "input_file": "file name (glob)",
+                "output_file": "file name (glob)", "target_dir": "folder name", "interferer_dirs": "folder name",
+                "ext": "file extension"}
+
+
+def check_names(options: dict) -> None:
+    """Refuse (UnsafeNameError, one line) a layout option naming a file or folder that is not one
+    plain name: separators, '..', control characters, …"""
+    for key, what in NAME_OPTIONS.items():
+        value = options.get(key)
+        if value is None:
+            continue
+        for name in (value if isinstance(value, (list, tuple)) else [value]):
+            safe_name(name, what, flag(key))
 
 
 def flag(name: str) -> str:

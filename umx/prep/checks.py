@@ -68,6 +68,15 @@ def _read_arrays(track: Track) -> dict[str, tuple[np.ndarray, int, Path]]:
     return arrays
 
 
+def _length_skip(out: Loaded, arrays: dict, lengths: dict[str, int], diff: float, opt: Options) -> Loaded:
+    """Skip a track whose sources differ in length by more than --max-length-diff seconds."""
+    where = arrays[max(lengths, key=lengths.get)][2]
+    problem = f"sources differ in length by {diff:.3f} s ({lengths})"
+    out.notes.append(note(where, "length", "skipped", problem + f" > --max-length-diff {opt.max_length_diff}",
+                          "track skipped"))
+    return out
+
+
 def load_track(track: Track, opt: Options) -> Loaded:
     out = Loaded(track, None)
     try:
@@ -76,13 +85,21 @@ def load_track(track: Track, opt: Options) -> Loaded:
         cls = "truncated" if e.problem.startswith("truncated") else "unreadable"
         out.notes.append(note(e.path, cls, "skipped", e.problem, "track skipped"))
         return out
+    for name, (data, rate, path) in arrays.items():
+        if not np.isfinite(data).all():
+            out.notes.append(note(path, "nan", "skipped", "contains NaN or inf samples", "track skipped"))
+            return out
+    # lengths are compared on what the files hold, before any resampling: a track that is
+    # skipped costs no resampling, and the work below is bounded by the decoded data (whose
+    # rates audio.read has checked) rather than by what a header claims
+    projected = {n: int(round(a.shape[-1] * opt.sample_rate / r)) for n, (a, r, _) in arrays.items()}
+    seconds = {n: a.shape[-1] / r for n, (a, r, _) in arrays.items()}
+    if max(seconds.values()) - min(seconds.values()) > opt.max_length_diff:
+        return _length_skip(out, arrays, projected, max(seconds.values()) - min(seconds.values()), opt)
     pcm: dict[str, np.ndarray] = {}
     per_file: dict[str, list[tuple[str, str, str]]] = {}  # file → (class, problem, action)
     for name, (data, rate, path) in arrays.items():
         fixes = per_file.setdefault(str(path), [])
-        if not np.isfinite(data).all():
-            out.notes.append(note(path, "nan", "skipped", "contains NaN or inf samples", "track skipped"))
-            return out
         if data.shape[0] != 2:
             action = "duplicated to stereo" if data.shape[0] == 1 else "kept first two channels"
             fixes.append(("channels", f"{data.shape[0]} channel(s)", action))
@@ -102,12 +119,10 @@ def load_track(track: Track, opt: Options) -> Loaded:
     shortest, longest = min(lengths.values()), max(lengths.values())
     if longest != shortest:
         diff = (longest - shortest) / opt.sample_rate
+        if diff > opt.max_length_diff:  # only by resampling rounding: skipped as above
+            return _length_skip(out, arrays, lengths, diff, opt)
         problem = f"sources differ in length by {diff:.3f} s ({lengths})"
         where = arrays[max(lengths, key=lengths.get)][2]
-        if diff > opt.max_length_diff:
-            out.notes.append(note(where, "length", "skipped", problem + f" > --max-length-diff {opt.max_length_diff}",
-                                  "track skipped"))
-            return out
         out.notes.append(note(where, "length", "repaired", problem, f"all sources cut to {shortest} frames"))
         pcm = {n: a[:, :shortest] for n, a in pcm.items()}
 

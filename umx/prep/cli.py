@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
 from ..cli_util import run_cli, underscore_aliases
+from ..errors import UmxError
 from ..layouts import STRUCTURE, TRAINING, check_options
 from ..shards import storage
 from ..shards.webdataset import DEFAULT_SHARD_BYTES
@@ -79,14 +81,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _storage_options(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        options = json.loads(text)
+    except ValueError as e:
+        raise UmxError(f"--storage-options: not valid JSON ({e})") from None
+    if not isinstance(options, dict):
+        raise UmxError("--storage-options: must be a JSON object, e.g. '{\"endpoint_url\": \"http://…\"}'")
+    return options
+
+
+def _shard_bytes(mib: float) -> int:
+    if not math.isfinite(mib) or mib <= 0:
+        raise UmxError(f"--shard-size must be a positive number of MiB, got {mib}")
+    return max(1, int(mib * 2**20))
+
+
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     options = given_layout_options(args)
     check_options(args.layout, options)
-    storage.configure(json.loads(args.storage_options) if args.storage_options else None)
-    manifest = prepare(
-        args.layout, args.root, args.out, workers=max(1, args.workers), sample_rate=args.sample_rate,
-        shard_bytes=int(args.shard_size * 2**20), max_length_diff=args.max_length_diff, strict=args.strict,
+    storage.configure(_storage_options(args.storage_options))
+    manifest = prepare(  # checks the other settings (rate, workers, --out, …) before any work
+        args.layout, args.root, args.out, workers=args.workers, sample_rate=args.sample_rate,
+        shard_bytes=_shard_bytes(args.shard_size), max_length_diff=args.max_length_diff, strict=args.strict,
         skip_silent_targets=args.skip_silent_targets, format=args.format,
         overwrite=args.overwrite, progress=not args.quiet, **options,
     )

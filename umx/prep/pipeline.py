@@ -12,13 +12,24 @@ Rerunning the same command after a kill verifies the finished shards (sha256),
 keeps them, skips their tracks and redoes the rest; the result is byte-identical
 to an uninterrupted run. A staging folder or shard set made from other input
 or options is never mixed in: prep refuses unless --overwrite.
+
+--out is only ever a shard set: prep refuses a non-empty folder or bucket prefix
+that holds no umx manifest (user files, another tool's shards or store.zarr, the
+dataset itself), and replacing a shard set (--overwrite) removes only what the
+old manifest lists, never other files. What prep has placed at --out but not yet
+covered by a manifest (an interrupted publish or upload) is listed, with each
+object's sha256, in the staging folder's ledger (owned.json): a rerun knows those
+objects as its own, and re-uploads a bucket object unless the ledger says this
+very content was sent.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import multiprocessing as mp
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -26,13 +37,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .. import __version__
+from .. import __version__, audio
 from ..errors import UmxError
 from ..layouts import Scan, safe_id, scan
+from ..names import inside, safe_key, safe_name
 from ..shards import manifest as mf
 from ..shards import storage, zarr_store
 from ..shards.cache import cache_root
-from ..shards.webdataset import DEFAULT_SHARD_BYTES, ShardWriter
+from ..shards.webdataset import DEFAULT_SHARD_BYTES, ShardWriter, shard_name
 from . import stats
 from .checks import Loaded, Options, load_track, note
 from .report import Report
@@ -40,6 +52,7 @@ from .report import Report
 DEFAULT_STFT = (4096, 1024)
 FORMATS = ("webdataset", "zarr")
 STAGING = ".staging"
+LEDGER = "owned.json"  # in the staging folder: what prep placed at --out beyond the manifest's reach
 
 
 def _worker_init() -> None:
@@ -77,6 +90,17 @@ class _SplitWriter:
         self.moments = stats.empty(DEFAULT_STFT[0])
 
     def add(self, loaded: Loaded) -> None:
+        with self._naming():
+            self._add(loaded)
+
+    def _naming(self):
+        return _named_os_errors(self.staging / shard_name(self.split, len(self.done)), self.abort)
+
+    def abort(self) -> None:
+        """Drop the half-written shard after a failed write (disk full); a rerun redoes its tracks."""
+        self.writer.abort()
+
+    def _add(self, loaded: Loaded) -> None:
         t = loaded.track
         if loaded.record is not None and self.writer.would_roll_over(loaded.record):
             self._finish()
@@ -89,10 +113,13 @@ class _SplitWriter:
                 self.moments = self.moments.merge(loaded.moments)
 
     def _finish(self) -> None:
-        entry = self.writer.close_shard()
+        with self._naming():
+            entry = self.writer.close_shard()
         sidecar = {"entry": entry, "notes": self.notes, "consumed": self.consumed, "widest": self.widest,
                    "moments": self.moments.to_json()}
-        storage.write_json(self.staging / f"{entry['name']}.done.json", sidecar)
+        side = self.staging / f"{entry['name']}.done.json"
+        with _named_os_errors(side):
+            storage.write_json(side, sidecar)
         self.done.append(sidecar)
         self._reset()
 
@@ -101,6 +128,24 @@ class _SplitWriter:
         if self.writer.is_open:
             self._finish()
         return self.notes
+
+
+class _named_os_errors:
+    """Give an OSError that names no file (a write failing with ENOSPC) the path being written,
+    so the command line can say which path ran out of space."""
+
+    def __init__(self, path, on_error=None):
+        self.path, self.on_error = str(path), on_error
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        if isinstance(e, OSError) and self.on_error is not None:
+            self.on_error()
+        if isinstance(e, OSError) and e.errno and e.filename is None:
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), self.path) from None
+        return False
 
 
 def _load_done(staging: Path) -> dict[str, list[dict]]:
@@ -114,11 +159,11 @@ def _load_done(staging: Path) -> dict[str, list[dict]]:
         expected = len(done.get(split, []))
         if ok and s["entry"]["name"] == f"{split}-{expected:06d}.tar":
             done.setdefault(split, []).append(s)
-    for f in staging.iterdir():  # drop what is not kept: partial shards, temp files, later shards
-        kept = {s["entry"]["name"] for v in done.values() for s in v}
+    kept = {s["entry"]["name"] for v in done.values() for s in v}
+    for f in staging.iterdir():  # drop what is not kept: partial shards, temp files, later shards, a store
         name = f.name.removesuffix(".done.json")
-        if f.name != "prep.json" and name not in kept:
-            f.unlink()
+        if f.name not in ("prep.json", LEDGER) and name not in kept:
+            shutil.rmtree(f) if f.is_dir() and not f.is_symlink() else f.unlink()
     return done
 
 
@@ -143,35 +188,42 @@ def prepare(
     Returns the manifest. Raises UmxError (naming the file and the problem) for
     unusable input; nothing at `out` changes unless prep succeeds.
     """
+    _check_settings(workers, sample_rate, shard_bytes, max_length_diff, format)
     remote = storage.is_remote(str(out))
     out = str(out) if remote else Path(out).expanduser()
+    if not remote and out.exists() and not out.is_dir():
+        raise UmxError(f"{out}: --out is an existing file, not a folder")
     found = scan(layout, root, **layout_options)
+    if not remote:
+        _check_apart(out, Path(root).expanduser(), found)
     settings = {"sample_rate": sample_rate, "shard_bytes": shard_bytes, "max_length_diff": max_length_diff,
                 "skip_silent_targets": skip_silent_targets, "version": mf.VERSION}
-    if format not in FORMATS:
-        raise UmxError(f"--format must be one of {', '.join(FORMATS)}, not '{format}'")
     fp = fingerprint(layout, found, {**settings, "format": format})
-    manifest_url = storage.join(str(out), mf.NAME)
-    if storage.exists(manifest_url) and not overwrite:
-        existing = json.loads(storage.read_bytes(manifest_url))
-        if existing.get("prep", {}).get("fingerprint") == fp:
-            return existing  # the same input and options: already done
-        raise UmxError(f"{out}: already holds a shard set made from other input or options; "
-                       "use --overwrite to replace it")
     # staging is always local: next to a local shard set, in the cache for a bucket
     staging = (cache_root() / "staging" / hashlib.sha256(out.encode()).hexdigest()[:20]) if remote \
         else out / STAGING
+    existing, owned = _claim(out, staging, remote)
+    if existing is not None and not overwrite:
+        if isinstance(existing.get("prep"), dict) and existing["prep"].get("fingerprint") == fp:
+            return existing  # the same input and options: already done
+        raise UmxError(f"{out}: already holds a shard set made from other input or options; "
+                       "use --overwrite to replace it")
     plan = staging / "prep.json"
     if staging.exists():
-        same = plan.is_file() and json.loads(plan.read_text()).get("fingerprint") == fp
+        same = plan.is_file() and _fingerprint_of(plan) == fp
         if not same and not overwrite:
             raise UmxError(f"{staging}: an interrupted prep of other input or options is here; "
                            "rerun it, or use --overwrite to discard it")
         if not same:
-            shutil.rmtree(staging)
-    staging.mkdir(parents=True, exist_ok=True)
-    storage.write_json(plan, {"fingerprint": fp})
-    done = _load_done(staging)
+            _reset_staging(staging)
+    try:
+        with _named_os_errors(staging):
+            staging.mkdir(parents=True, exist_ok=True)
+            storage.write_json(plan, {"fingerprint": fp})
+            done = _load_done(staging)
+    except OSError:
+        _drop_partial(staging)
+        raise
 
     report = Report()
     for r in found.rejected:
@@ -185,21 +237,173 @@ def prepare(
             report.add(t.split, t.id, note(t.name, "duplicate_id", "repaired", f"another track also maps to id "
                                            f"'{safe_id(t.name)}'", f"stored as id '{t.id}'"))
     try:
-        tails = _write_shards(found, staging, done, workers, shard_bytes, progress, Options(
-            sample_rate=sample_rate, max_length_diff=max_length_diff, target=found.target,
-            skip_silent_targets=skip_silent_targets,
-            stft=DEFAULT_STFT if found.sampling["records"] == "tracks" else None))
-        return _finish(layout, found, staging, out, done, tails, report, settings, fp, strict, root, progress,
-                       format)
+        with _named_os_errors(staging):
+            tails = _write_shards(found, staging, done, workers, shard_bytes, progress, Options(
+                sample_rate=sample_rate, max_length_diff=max_length_diff, target=found.target,
+                skip_silent_targets=skip_silent_targets,
+                stft=DEFAULT_STFT if found.sampling["records"] == "tracks" else None))
+            return _finish(layout, found, staging, out, done, tails, report, settings, fp, strict, root, progress,
+                           format, owned)
     except storage.StorageError:
         raise  # e.g. an interrupted upload: the staged shards stay, a rerun sends the rest
     except UmxError:
-        shutil.rmtree(staging, ignore_errors=True)  # an input problem: nothing to resume
+        _reset_staging(staging)  # an input problem: nothing to resume (the ledger stays)
+        raise
+    except OSError:
+        _drop_partial(staging)  # disk full, read-only, …: finished shards stay for a rerun
         raise
 
 
+def _check_settings(workers, sample_rate, shard_bytes, max_length_diff, format) -> None:
+    """Refuse unusable settings before any work, each as one line naming the option."""
+    if format not in FORMATS:
+        raise UmxError(f"--format must be one of {', '.join(FORMATS)}, not '{format}'")
+    try:
+        audio.check_rate(sample_rate)
+    except ValueError as e:
+        raise UmxError(f"--sample-rate: {e}") from None
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UmxError(f"--workers must be a whole number >= 1, got {workers!r}")
+    if isinstance(shard_bytes, bool) or not isinstance(shard_bytes, int) or shard_bytes < 1:
+        raise UmxError(f"--shard-size must be a positive size, got {shard_bytes!r} bytes")
+    if isinstance(max_length_diff, bool) or not isinstance(max_length_diff, (int, float)) \
+            or not math.isfinite(max_length_diff) or max_length_diff < 0:
+        raise UmxError(f"--max-length-diff must be a number of seconds >= 0, got {max_length_diff!r}")
+
+
+def _check_apart(out: Path, root: Path, found: Scan) -> None:
+    """Refuse an --out that is the dataset folder, holds it, or lies where the layout reads data
+    (a split or track folder): prep would write into its own input, or delete it."""
+    o, r = out.resolve(), root.resolve()
+    if o == r:
+        raise UmxError(f"{out}: --out is the dataset folder itself; choose a folder outside it")
+    if r.is_relative_to(o):
+        raise UmxError(f"{out}: --out contains the dataset folder {root}; choose a folder outside it")
+    if not o.is_relative_to(r):
+        return
+    inputs = [p for t in found.tracks for p in [*t.files.values(), t.mixture, t.stems] if p]
+    inputs += [Path(x["file"]) for x in found.rejected]
+    tops = set(found.splits) | set(found.options.get("subsets") or [])
+    for f in inputs:
+        try:
+            tops.add(Path(f).resolve().relative_to(r).parts[0])
+        except (ValueError, IndexError):
+            pass
+    top = o.relative_to(r).parts[0]
+    if top in tops:
+        raise UmxError(f"{out}: --out is inside the dataset's '{top}' folder ({root / top}), where prep "
+                       "reads data; choose a folder outside it")
+
+
+def _fingerprint_of(plan: Path):
+    try:
+        return json.loads(plan.read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _read_ledger(staging: Path) -> dict[str, str | None]:
+    """What prep placed at --out and no manifest there lists yet: name → sha256 (None: unknown)."""
+    try:
+        objects = json.loads((staging / LEDGER).read_text())["objects"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {k: v for k, v in objects.items() if isinstance(k, str) and (v is None or isinstance(v, str))} \
+        if isinstance(objects, dict) else {}
+
+
+def _write_ledger(staging: Path, objects: dict[str, str | None]) -> None:
+    storage.write_json(staging / LEDGER, {"objects": dict(sorted(objects.items()))})
+
+
+def _own_staging(staging: Path) -> bool:
+    """Whether a staging folder is one prep made (empty, or with its plan or ledger)."""
+    return staging.is_dir() and not staging.is_symlink() and (
+        not any(staging.iterdir()) or (staging / "prep.json").is_file() or (staging / LEDGER).is_file())
+
+
+def _reset_staging(staging: Path) -> None:
+    """Discard staged work, keeping the ledger: what it lists still lies at --out."""
+    ledger = _read_ledger(staging)
+    shutil.rmtree(staging, ignore_errors=True)
+    if ledger:
+        staging.mkdir(parents=True, exist_ok=True)
+        _write_ledger(staging, ledger)
+
+
+def _drop_partial(staging: Path) -> None:
+    """Free the space of a half-written shard or temp file (a rerun would drop it anyway)."""
+    if staging.is_dir():
+        for f in staging.glob(".*.tmp*"):
+            f.unlink(missing_ok=True)
+
+
+def _entries(out, remote: bool) -> dict[str, int | None]:
+    """Everything at --out: local top-level names, or every object key under a bucket prefix (→ size)."""
+    if not remote:
+        return {p.name: None for p in out.iterdir()} if out.is_dir() else {}
+    fs, path = storage.filesystem(out)
+    base = path.rstrip("/") + "/"
+
+    def find():
+        try:
+            fs.invalidate_cache(path.rstrip("/"))  # objects others wrote since this process listed
+            return fs.find(path.rstrip("/"), detail=True)
+        except FileNotFoundError:
+            return {}
+    found = storage.retrying(out, find, "list")
+    return {k[len(base):]: int(v.get("size") or 0) for k, v in found.items()
+            if k.startswith(base) and v.get("type") != "directory"}
+
+
+def _listed(manifest: dict, remote: bool) -> set[str]:
+    """What a (validated) manifest makes its own at its location: itself, its report, its shards
+    or its store (local: the top-level name; bucket: every object key)."""
+    names = {mf.NAME, "report.json"}
+    where = "manifest.json"
+    st = manifest["storage"]
+    if isinstance(st, dict) and st.get("format") == "zarr":
+        if not remote:
+            return names | {zarr_store.STORE}
+        objects = st.get("objects") if isinstance(st.get("objects"), dict) else {}
+        return names | {f"{zarr_store.STORE}/{safe_key(k, 'zarr object', where)}" for k in objects}
+    return names | {safe_name(e["name"], "shard name", where) for b in manifest["splits"].values()
+                    for e in b["shards"]}
+
+
+def _claim(out, staging: Path, remote: bool) -> tuple[dict | None, dict[str, str | None]]:
+    """The shard set at --out (its validated manifest, or None) and what prep may replace there
+    (name → sha256 where known); refuse a location that holds anything else and no shard set."""
+    entries = _entries(out, remote)
+    existing = None
+    if mf.NAME in entries:
+        url = storage.join(str(out), mf.NAME)
+        try:
+            existing = mf.validate(json.loads(storage.read_bytes(url)), url)
+            listed = _listed(existing, remote)
+        except storage.StorageError:
+            raise  # could not read it (access, network): not a verdict on what it is
+        except (UmxError, ValueError, UnicodeDecodeError) as e:
+            raise UmxError(f"{out}: holds a manifest.json that is not a umx shard set's ({e}); refusing to "
+                           "write here — choose an empty or new --out") from None
+    else:
+        listed = set()
+    if not remote and STAGING in entries and not _own_staging(staging):
+        raise UmxError(f"{staging}: not a staging folder of umx-prep; refusing to write here — choose an empty "
+                       "or new --out")
+    ledger = _read_ledger(staging) if (remote or _own_staging(staging)) else {}
+    owned = {**{n: None for n in listed}, **ledger}
+    if existing is None:
+        foreign = sorted(n for n in entries if n not in owned and not (n == STAGING and not remote))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f", … ({len(foreign)} in all)" if len(foreign) > 5 else "")
+            raise UmxError(f"{out}: is not empty and holds no umx shard set (found {shown}); refusing to write "
+                           "into it (nothing was changed) — choose an empty or new --out")
+    return existing, owned
+
+
 def _finish(layout, found, staging, out, done, tails, report, settings, fp, strict, root, progress,
-            format: str) -> dict:
+            format: str, owned: dict) -> dict:
     sample_rate, shard_bytes = settings["sample_rate"], settings["shard_bytes"]
     splits, moments, widest = {}, stats.empty(DEFAULT_STFT[0]), {}
     for split in found.splits:
@@ -238,7 +442,8 @@ def _finish(layout, found, staging, out, done, tails, report, settings, fp, stri
                                "objects": objects}
     mf.validate(manifest, storage.join(str(out), mf.NAME))
     storage.write_json(staging / "report.json", report.to_json(kept))
-    _publish(staging, out, manifest)
+    storage.write_json(staging / mf.NAME, manifest)  # every write that takes space precedes any removal
+    _publish(staging, out, manifest, owned)
     if progress:
         print("\n".join(report.summary_lines(kept)), file=sys.stderr)
     return manifest
@@ -283,46 +488,73 @@ def _check_usable(found: Scan, report: Report, kept: dict[str, int], strict: boo
             raise UmxError(f"{Path(root)}: no usable track in the '{split}' split:\n{lines}")
 
 
-def _publish(staging: Path, out, manifest: dict) -> None:
-    """Move (or upload) the new shards in, drop shards of a replaced set, write the manifest
-    last — so a half-written shard set is never visible as complete."""
+def _publish(staging: Path, out, manifest: dict, owned: dict[str, str | None]) -> None:
+    """Move (or upload) the new shards in, drop what the replaced set listed, write the manifest
+    last — so a half-written shard set is never visible as complete. Only what `owned` names
+    (the old manifest's files, the ledger's) is replaced or removed; anything else at --out
+    stays, and a new name that is taken by such a file is refused before anything changes."""
     if storage.is_remote(str(out)):
-        return _publish_remote(staging, str(out), manifest)
+        return _publish_remote(staging, str(out), manifest, owned)
+    zarr = manifest["storage"]["format"] == "zarr"
+    new = ({zarr_store.STORE} if zarr else {e["name"] for s in manifest["splits"].values() for e in s["shards"]}) \
+        | {"report.json"}
+    taken = sorted(n for n in new | {mf.NAME} if (out / n).exists() and n not in owned)
+    if taken:
+        raise UmxError(f"{out}: {', '.join(taken)} already exist(s) and belong(s) to no umx shard set here; "
+                       "refusing to replace them (nothing was changed) — move them or choose another --out")
     old = out / mf.NAME
+    stale = [inside(out, n, "listed file", str(old)) for n in sorted(set(owned) - new - {mf.NAME, STAGING})]
+    _write_ledger(staging, {**owned, **{n: None for n in new | {mf.NAME}}})  # a rerun after a kill knows them
     if old.exists():
         old.unlink()  # the old set stops being visible as complete before files change
-    zarr = manifest["storage"]["format"] == "zarr"
-    new_names = set() if zarr else {e["name"] for s in manifest["splits"].values() for e in s["shards"]}
-    for stale in out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
-        if stale.name not in new_names:
-            stale.unlink()
-    shutil.rmtree(out / zarr_store.STORE, ignore_errors=True)
-    for name in [*sorted(new_names), "report.json"] + ([zarr_store.STORE] if zarr else []):
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    if zarr:
+        shutil.rmtree(out / zarr_store.STORE, ignore_errors=True)  # owned (checked above): replaced whole
+    for name in sorted(new):
         (staging / name).replace(out / name)
-    storage.write_json(old, manifest)
+    (staging / mf.NAME).replace(old)
     shutil.rmtree(staging)
 
 
-def _publish_remote(staging: Path, out: str, manifest: dict) -> None:
-    """Upload to a bucket; shards already there with the right size (an interrupted
-    upload) are not sent again."""
-    storage.remove(storage.join(out, mf.NAME))
-    entries = [e for s in manifest["splits"].values() for e in s["shards"]]
-    names = {e["name"] for e in entries}
-    for stale in storage.listing(out):
-        if stale.endswith(".tar") and stale not in names:
-            storage.remove(storage.join(out, stale))
+def _publish_remote(staging: Path, out: str, manifest: dict, owned: dict[str, str | None]) -> None:
+    """Upload to a bucket. An object is not sent again only where the ledger says this prep sent
+    exactly this content (sha256) and it is still there (an interrupted upload); everything else is
+    uploaded. Only what the old manifest or the ledger lists is removed."""
     if manifest["storage"]["format"] == "zarr":
         base = staging / zarr_store.STORE
-        for rel in manifest["storage"]["objects"]:  # few large objects: upload each (reruns resend them)
-            storage.upload(base / rel, storage.join(storage.join(out, zarr_store.STORE), rel))
-        entries = []
-    there = storage.listing(out)
-    for e in entries:
-        if there.get(e["name"]) != e["bytes"]:
-            storage.upload(staging / e["name"], storage.join(out, e["name"]))
-    storage.upload(staging / "report.json", storage.join(out, "report.json"))
-    (staging / mf.NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        files = {f"{zarr_store.STORE}/{rel}": (base / rel, sha) for rel, sha in manifest["storage"]["objects"].items()}
+    else:
+        files = {e["name"]: (staging / e["name"], e["sha256"]) for s in manifest["splits"].values()
+                 for e in s["shards"]}
+    report = staging / "report.json"
+    files["report.json"] = (report, storage.sha256_of(str(report))[0])
+    there = _entries(out, remote=True)
+    taken = sorted(k for k in [*files, mf.NAME] if k in there and k not in owned)
+    if taken:
+        shown = ", ".join(taken[:5]) + (f", … ({len(taken)} in all)" if len(taken) > 5 else "")
+        raise UmxError(f"{out}: {shown} already exist(s) and belong(s) to no umx shard set here; refusing to "
+                       "replace them (nothing was changed) — remove them or choose another --out")
+    stale = [safe_key(k, "listed object", out) for k in sorted(set(owned) - set(files) - {mf.NAME})]
+    ledger = {**owned, mf.NAME: owned.get(mf.NAME)}
+    _write_ledger(staging, ledger)  # before anything changes: a rerun after a kill knows what is its own
+    storage.remove(storage.join(out, mf.NAME))
+    for key in stale:
+        if key in there:
+            storage.remove(storage.join(out, key))
+        ledger.pop(key, None)
+    _write_ledger(staging, ledger)
+    for key, (local, sha) in files.items():
+        if ledger.get(key) == sha and there.get(key) == local.stat().st_size:
+            continue  # this very content was sent by this prep (an interrupted upload)
+        ledger[key] = None  # being replaced: content unknown until the upload is done
+        _write_ledger(staging, ledger)
+        storage.upload(local, storage.join(out, key))
+        ledger[key] = sha
+        _write_ledger(staging, ledger)
     storage.upload(staging / mf.NAME, storage.join(out, mf.NAME))
     shutil.rmtree(staging)
 
