@@ -396,3 +396,13 @@ def test_eval_never_writes_outside_outdir(shard_set, model, tmp_path, capsys):
     assert eval_main([str(model), "--shards", str(folder), "--split", "valid", "--outdir", str(outdir)]) == 2
     _one_line(capsys, "track_ids[0]", "not a safe name")
     assert not list(tmp_path.rglob("escaped*"))
+
+
+def test_separate_refuses_an_absurd_sample_rate_before_decoding(model, tmp_path, capsys):
+    path = tmp_path / "one_hz.wav"
+    audio.write(path, np.zeros((2, 16000), np.float32), 44100)
+    blob = bytearray(path.read_bytes())
+    blob[24:28] = (1).to_bytes(4, "little")  # the fmt chunk's sample rate: 1 Hz (resampled: ~5 GB)
+    path.write_bytes(bytes(blob))
+    assert separate_main([str(model), str(path), "--outdir", str(tmp_path / "s"), "--niter", "0"]) == 2
+    _one_line(capsys, "one_hz.wav", "sample rate")
