@@ -3,9 +3,9 @@
 
     python scripts/bench_versions.py REF [--rounds 3] [--work DIR] [--json] [bench_loader.py options]
 
-Checks REF out into a temporary git worktree and runs `scripts/bench_loader.py --json` of this
-checkout on the same prepared data once per version per round, alternating (A B A B …), each in a
-fresh interpreter whose `umx` is that version's. Reports the median samples/s of every umx loader
+Checks REF out into a temporary git worktree and runs each version's own `scripts/bench_loader.py
+--json` on the same synthetic data (each prepared by its own version) once per version per round,
+alternating (A B A B …), each in a fresh interpreter whose `umx` is that version's. Reports the median samples/s of every umx loader
 figure per version and the ratio this/REF: a refactor or a safety check that costs speed shows up
 here, measured against the code it replaced on the same machine at the same time.
 """
@@ -26,8 +26,10 @@ ROOT = HERE.parent
 
 
 def _run(tree: Path, work: Path, extra: list[str]) -> dict:
+    """One bench_loader run of a version: its own script and its own prepared copy of the same data
+    (synthetic and seeded: the same bytes; each version reads the manifests it writes)."""
     env = dict(os.environ, PYTHONPATH=str(tree), UMX_CACHE=str(work / "cache"))
-    cmd = [sys.executable, str(HERE / "bench_loader.py"), "--json", "--work", str(work / "data"),
+    cmd = [sys.executable, str(tree / "scripts" / "bench_loader.py"), "--json", "--work", str(work / "data"),
            "--no-first-step", *extra]
     out = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, check=True).stdout
     return json.loads(out[out.index("{"):])["samples_per_s"]
@@ -55,8 +57,8 @@ def main() -> int:
             this_tree = trees["this"][0] if args.this_ref else ROOT
             runs: dict[str, list[dict]] = {"this": [], "ref": []}
             for _ in range(args.rounds):
-                runs["this"].append(_run(this_tree, work, extra))
-                runs["ref"].append(_run(trees["ref"][0], work, extra))
+                runs["this"].append(_run(this_tree, work / "this", extra))
+                runs["ref"].append(_run(trees["ref"][0], work / "ref", extra))
         finally:
             for tree, _ in trees.values():
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
