@@ -34,9 +34,9 @@ setup(
             "umx-prep=umx.prep.cli:main",
             "umx-train=umx.train.cli:main",
             "umx-separate=umx.separate:main",
-            "umx-eval=umx.evaluate:main",
+            "umx-eval=umx.evaluate_cli:main",
             "umx-plot=umx.plot:main",
-            "umx-bench=umx.bench:main",
+            "umx-bench=umx.bench_cli:main",
         ]
     },
 )

@@ -70,13 +70,13 @@ fix=(--shards "$work/data/fix-shards" --target vocals --source-augmentations gai
 for variant in "auto auto" "auto off" "off off"; do
   set -- $variant; graph=$1; cache=$2
   step "umx-bench, umxhq recipe (trackfolder_fix, gain+channelswap, random mix), fp32, --cuda-graph $graph \
---device-cache $cache, $workers workers" bash -c "$py -m umx.bench $(printf '%q ' "${fix[@]}" "${model[@]}" \
+--device-cache $cache, $workers workers" bash -c "$py -m umx.bench_cli $(printf '%q ' "${fix[@]}" "${model[@]}" \
 "${timing[@]}") --nb-workers $workers --cuda-graph $graph --device-cache $cache --json \
-> $work/umx-bench-fp32-$graph-$cache.json && $py -c 'import json, sys; from umx import bench; \
-print(bench.report(json.load(open(sys.argv[1]))))' $work/umx-bench-fp32-$graph-$cache.json"
+> $work/umx-bench-fp32-$graph-$cache.json && $py -c 'import json, sys; from umx import bench_advice; \
+print(bench_advice.report(json.load(open(sys.argv[1]))))' $work/umx-bench-fp32-$graph-$cache.json"
 done
 for precision in tf32 bf16; do
-  step "umx-bench, $precision, captured step" $py -m umx.bench "${fix[@]}" "${model[@]}" "${short[@]}" \
+  step "umx-bench, $precision, captured step" $py -m umx.bench_cli "${fix[@]}" "${model[@]}" "${short[@]}" \
     --nb-workers "$workers" --precision "$precision"
 done
 

@@ -42,10 +42,10 @@ from torch.utils.data import DataLoader, RandomSampler
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # openunmix_compat: open-unmix imports torchaudio's removed API
 
-from umx import bench, synth  # noqa: E402
+from umx import bench, bench_advice, synth  # noqa: E402
 from umx.prep import prepare  # noqa: E402
 from umx.shards import manifest as mf  # noqa: E402
-from umx.train.loader import TrainStream  # noqa: E402
+from umx.train.streams import TrainStream  # noqa: E402
 
 FIX = {"target_file": "vocals.wav", "interferer_files": ["bass.wav", "drums.wav", "other.wav"]}
 
@@ -227,7 +227,7 @@ def table(r: dict) -> str:
     lines.append("ratios (median over repeats of each repeat's ratio):")
     lines += [f"  {k:<70}{v:>19.1f}×" for k, v in rt.items()]
     for label, mm in r["memory"].items():
-        lines.append(f"memory ({label} shards, 1 worker): {bench.memory_line(mm['worker'], mm['budget'])}")
+        lines.append(f"memory ({label} shards, 1 worker): {bench_advice.memory_line(mm['worker'], mm['budget'])}")
     if "first_step" in r:
         f = r["first_step"]
         lines.append(f"umx-train start → first step starts {f['start_s']:.1f} s, done {f['done_s']:.1f} s "

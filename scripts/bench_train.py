@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 import bench_loader  # noqa: E402
 
 from umx import bench  # noqa: E402
-from umx.train.trainer import TrainConfig  # noqa: E402
+from umx.train import TrainConfig  # noqa: E402
 
 UMXHQ = dict(hidden_size=512, nfft=4096, nhop=1024, seq_dur=6.0, batch_size=16, bandwidth=16000, nb_channels=2)
 QUICK = dict(hidden_size=16, nfft=2048, nhop=512, seq_dur=1.0, batch_size=2, bandwidth=16000, nb_channels=2)

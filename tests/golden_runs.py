@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from umx import synth  # noqa: E402
 from umx.prep import prepare  # noqa: E402
 from umx.train import trainer as trainer_mod  # noqa: E402
-from umx.train.trainer import TrainConfig, train  # noqa: E402
+from umx.train import TrainConfig, train  # noqa: E402
 
 RECORD = Path(__file__).parent / "golden" / "train_runs.json"
 TINY = dict(hidden_size=8, seq_dur=0.5, batch_size=3, nfft=1024, nhop=512, quiet=True, debug=True, epochs=3)

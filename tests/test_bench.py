@@ -5,10 +5,10 @@ import json
 import math
 from pathlib import Path
 
-from umx import bench
+from umx import bench, bench_advice, bench_cli
 from umx.shards import manifest as mf
-from umx.train.loader import TrainStream
-from umx.train.trainer import TrainConfig
+from umx.train.streams import TrainStream
+from umx.train import TrainConfig
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 TINY = ["--seq-dur", "1", "--batch-size", "2", "--hidden-size", "16", "--nfft", "2048", "--nhop", "512"]
@@ -41,12 +41,12 @@ def test_bench_function_in_process(shard_set):
     assert r["nb_workers"] == 0 and r["device"].startswith("cpu")
     assert r["loader_samples_per_s_per_worker"] == r["loader_samples_per_s"]
     assert r["step_batch"] == 2 and r["train_steps"] == 2 and r["loader_batches"] == 3
-    assert "device" in bench.report(r) and "GPU" not in bench.report(r)
+    assert "device" in bench_advice.report(r) and "GPU" not in bench_advice.report(r)
 
 
 def test_cli_json_with_a_worker(shard_set, capsys):
-    assert bench.main(["--shards", str(shard_set), *TINY, "--nb-workers", "1", "--steps", "2", "--warmup", "1",
-                       "--loader-batches", "3", "--json"]) == 0
+    assert bench_cli.main(["--shards", str(shard_set), *TINY, "--nb-workers", "1", "--steps", "2", "--warmup", "1",
+                           "--loader-batches", "3", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     _sane(r)
     assert r["nb_workers"] == 1
@@ -56,12 +56,12 @@ def test_cli_json_with_a_worker(shard_set, capsys):
 
 
 def test_cli_summary_and_errors(shard_set, capsys):
-    assert bench.main(["--shards", str(shard_set), *TINY, "--steps", "1", "--warmup", "0",
-                       "--loader-batches", "1"]) == 0
+    assert bench_cli.main(["--shards", str(shard_set), *TINY, "--steps", "1", "--warmup", "0",
+                           "--loader-batches", "1"]) == 0
     out = capsys.readouterr().out
     for word in ("loader", "step", "end to end", "memory", "data-bound"):
         assert word in out.lower()
-    assert bench.main(["--shards", str(shard_set), "--steps", "0"]) == 2
+    assert bench_cli.main(["--shards", str(shard_set), "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
 
 
@@ -104,12 +104,12 @@ def test_time_to_first_step(shard_set, tmp_path):
 def test_verdict_says_data_bound_and_what_to_change():
     base = dict(device_kind="GPU", nb_workers=4, cpus=16, device_samples_per_s=400.0, gpu_busy=0.6,
                 loader_samples_per_s=200.0, loader_samples_per_s_per_worker=50.0)
-    bound, advice = bench.verdict(base)
+    bound, advice = bench_advice.verdict(base)
     assert bound and "data-bound" in advice[0] and "--nb-workers 10" in advice[1]
-    bound, advice = bench.verdict({**base, "loader_samples_per_s": 4000.0, "loader_samples_per_s_per_worker": 1000.0,
-                                   "gpu_busy": 0.97})
+    bound, advice = bench_advice.verdict({**base, "loader_samples_per_s": 4000.0,
+                                          "loader_samples_per_s_per_worker": 1000.0, "gpu_busy": 0.97})
     assert not bound and advice[0].startswith("compute-bound") and "fewer workers" in advice[1]
-    bound, advice = bench.verdict({**base, "cpus": 4, "loader_samples_per_s_per_worker": 5.0})
+    bound, advice = bench_advice.verdict({**base, "cpus": 4, "loader_samples_per_s_per_worker": 5.0})
     assert bound and "more than the 4 cores" in advice[1]
 
 

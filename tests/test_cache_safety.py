@@ -264,7 +264,7 @@ def test_ordinary_shard_names_still_work(tmp_path):
 # ---- end to end: two loader workers, a cache smaller than the shard set ---------------------------------------
 
 def test_train_with_two_workers_and_a_cache_smaller_than_the_set(shard_set, tmp_path):
-    from umx.train.trainer import TrainConfig, train
+    from umx.train import TrainConfig, train
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(shard_set)))
     server.daemon_threads = True

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from umx import synth
+from umx.prep import cache
 from umx.train.cli import main as train_main
 
 TINY = ["--epochs", "1", "--hidden-size", "8", "--seq-dur", "1", "--nfft", "2048", "--nhop", "512",
@@ -29,10 +30,14 @@ def test_musdb_example(tmp_path, capsys):
     out, _ = _run(tmp_path, ["--root", str(root), "--target", "vocals", "--samples-per-track", "2"], capsys)
     args = json.loads((out / "vocals.json").read_text())["args"]
     assert args["dataset"] == "musdb" and args["source_augmentations"] == ["gain", "channelswap"]
-    # a second run reuses the prepared shard set
+    # a second run reuses the prepared shard set, and under --quiet says nothing at all
     _, captured = _run(tmp_path, ["--root", str(root), "--target", "vocals", "--samples-per-track", "2"], capsys)
-    assert "using prepared shard set" in captured.err or not captured.err  # --quiet silences the notice
-    assert len(list((tmp_path / "cache" / "prepared").iterdir())) == 1
+    assert captured.err == ""
+    prepared = list((tmp_path / "cache" / "prepared").iterdir())
+    assert len(prepared) == 1
+    # without --quiet the same command line names the set it reuses (and prepares nothing)
+    assert cache.resolve_shards(None, None, str(root), {"samples_per_track": 2}) == str(prepared[0])
+    assert capsys.readouterr().err == f"using prepared shard set {prepared[0]}\n"
 
 
 def test_aligned_example(tmp_path, capsys):

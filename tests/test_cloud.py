@@ -18,7 +18,7 @@ from umx.errors import ShardError, UmxError
 from umx.prep import prepare
 from umx.shards import manifest as mf
 from umx.shards import storage
-from umx.train.trainer import TrainConfig, train
+from umx.train import TrainConfig, train
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("s3fs")

@@ -1,4 +1,4 @@
-"""Differential tests: the fast readers (_scan/_members, _npy, SplitCrops) vs tarfile/webdataset, np.load, zarr."""
+"""Differential tests: the fast readers (scan/members, read_npy, SplitCrops) vs tarfile/webdataset, np.load, zarr."""
 
 import io
 import json
@@ -18,6 +18,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 from conftest import FIX_OPTS
 from umx import synth
 from umx.prep import prepare
+from umx.shards import local_tar, records
 from umx.shards import webdataset as W
 from umx.shards import zarr_store
 
@@ -31,7 +32,7 @@ def _outcome(fn):  # fn()'s result, or the type of what it raised
         return type(e)
 
 
-# --- tar: _scan / _members vs tarfile / webdataset ------------------------------------------
+# --- tar: scan / members vs tarfile / webdataset --------------------------------------------
 
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "pax": tarfile.PAX_FORMAT, "gnu": tarfile.GNU_FORMAT}
 PART = st.text(alphabet="abcXY._-é日0", min_size=1, max_size=45)
@@ -64,8 +65,8 @@ def _tarfile_list(blob):
 
 
 def _check_scan(blob):
-    """_scan's list, when it gives one, is exactly tarfile's; returns it (or None)."""
-    got = W._scan(io.BytesIO(blob), len(blob))
+    """scan's list, when it gives one, is exactly tarfile's; returns it (or None)."""
+    got = local_tar.scan(io.BytesIO(blob), len(blob))
     if got is not None:
         assert got == _tarfile_list(blob)
     return got
@@ -87,7 +88,8 @@ def _groups(blob, tmp):
 
     def ours():
         with open(path, "rb") as f:
-            return [(k, {s: W._read_at(f, o, n) for s, (o, n) in files.items()}) for k, files in W._members(f)]
+            return [(k, {s: local_tar.read_at(f, o, n) for s, (o, n) in files.items()})
+                    for k, files in local_tar.members(f)]
 
     def theirs():
         with open(path, "rb") as f:
@@ -158,8 +160,8 @@ def test_shard_writer_archives_take_the_fast_path_and_read_as_streamed(tmp):
     for i in range(7):
         sources = {n: rng.integers(-9999, 9999, (2, int(rng.integers(0, 3000))), dtype=np.int16)
                    for n in ("vocals", "bass")}
-        writer.write(W.TrackRecord(f"track{i}-é", {"id": i, "sources": list(sources)}, sources,
-                                   sources["bass"] if i % 2 else None))
+        writer.write(records.TrackRecord(f"track{i}-é", {"id": i, "sources": list(sources)}, sources,
+                                         sources["bass"] if i % 2 else None))
     assert len(writer.close()) > 1
     for entry in writer.entries:
         path = tmp / "sw" / entry["name"]
@@ -167,7 +169,7 @@ def test_shard_writer_archives_take_the_fast_path_and_read_as_streamed(tmp):
         ours, theirs = _groups(path.read_bytes(), tmp)
         assert isinstance(ours, list) and ours == theirs and [k for k, _ in ours] == entry["track_ids"]
         with open(path, "rb") as f:  # the streaming path, which remote shards take
-            streamed = [W._decode(str(path), s) for s in _streamed(f)]
+            streamed = [W.decode_sample(str(path), s) for s in _streamed(f)]
         def rec(r):
             arrays = {**r.sources, **({"mixture": r.mixture} if r.mixture is not None else {})}
             return r.id, r.meta, [(n, a.dtype.str, a.shape, a.tobytes()) for n, a in arrays.items()]
@@ -190,7 +192,7 @@ def test_tarwriter_archives(samples, tmp):
     assert ours == theirs
 
 
-# --- npy: _npy / _npy_header vs np.load ------------------------------------------------------
+# --- npy: read_npy / npy_header vs np.load ---------------------------------------------------
 
 DTYPES = ["<i2", ">i2", "|u1", "<f4", ">f4", "<f8", ">f8", "<c8", ">c16", "|b1", "<m8", "<M8[ms]", "|S5", "<U3"]
 
@@ -213,7 +215,7 @@ def _load_both(blob, offset, size):
         f.write(blob)
         f.flush()
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        return want, [_outcome(lambda m=m: W._npy(f, m, offset, size)) for m in (None, mm)]
+        return want, [_outcome(lambda m=m: local_tar.read_npy(f, m, offset, size)) for m in (None, mm)]
 
 
 def _same(got, want, copied):
@@ -244,7 +246,7 @@ def test_npy_matches_np_load(dtype, shape, fortran, version, pad, junk, cut):
         stream = io.BytesIO(head)
         npformat.read_magic(stream)
         read = npformat.read_array_header_1_0 if raw[6] == 1 else npformat.read_array_header_2_0
-        assert W._npy_header(head, raw[6:8]) == read(stream)
+        assert local_tar.npy_header(head, raw[6:8]) == read(stream)
     for g, copied in zip(got, (True, False)):
         _same(g, want, copied)
 

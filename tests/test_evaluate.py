@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from umx.evaluate import evaluate, main as eval_main, median_over_frames, median_over_tracks, score_track
-from umx.train.trainer import TrainConfig, train
+from umx.evaluate import evaluate, median_over_frames, median_over_tracks, score_track
+from umx.evaluate_cli import main as eval_main
+from umx.train import TrainConfig, train
 
 SMALL = dict(hidden_size=16, seq_dur=1.0, batch_size=4, nfft=2048, nhop=512, quiet=True)
 # the shortest budget that separates: ~4 s of CPU training on the 5 synthetic train tracks

@@ -52,7 +52,7 @@ def test_mutated_manifests_give_manifest_errors_only(raw_manifest, data):
         except (KeyError, IndexError, TypeError):
             continue
     try:
-        m = mf.Manifest(mf.validate(bad, "fuzz.json"), "/nowhere")
+        m = mf.parse(mf.validate(bad, "fuzz.json"), "/nowhere")
         for split in m.splits():  # a manifest that validates must be usable
             m.shards(split)
             m.statistics(4096, 1024)

@@ -13,8 +13,9 @@ from umx.prep import prepare
 from umx.shards import manifest as mf
 from umx.shards.webdataset import read_shard
 from umx.train.augment import Augment, Remix, mix_and_target
-from umx.train.loader import SourceFileStream, TrainStream, load_validation
-from umx.train.trainer import TrainConfig, Trainer, train
+from umx.train.streams import SourceFileStream, TrainStream
+from umx.train.validation import load_validation
+from umx.train import TrainConfig, build_trainer, train
 
 SR = 44100
 TINY = dict(hidden_size=8, seq_dur=1.0, batch_size=4, nfft=2048, nhop=512, quiet=True, epochs=1)
@@ -120,7 +121,7 @@ def aligned(tmp_path_factory):
 def test_aligned_input_is_the_stored_file_never_augmented(aligned, tmp_path):
     root, shards = aligned
     m = mf.load(shards)
-    assert m.sources == ["vocals"] and m.target == "vocals" and not m.sampling["augment"]
+    assert m.sources == ["vocals"] and m.target == "vocals" and not m.sampling.augment
     for r in _records(shards, "train"):
         mix, _ = audio.read(root / "train" / r.meta["name"] / "mixture.wav", "int16")
         np.testing.assert_array_equal(r.mixture, mix)
@@ -154,8 +155,8 @@ def test_sourcefolder_counts_files(sourcefolder):
     m = mf.load(shards)
     for split in ("train", "valid"):
         on_disk = sum(len(list((root / split / s).glob("*.wav"))) for s in ("vocals", "bass", "drums"))
-        assert m.raw["splits"][split]["tracks"] == on_disk
-    assert m.sampling["defaults"]["nb_train_samples"] == 40
+        assert m.split(split).tracks == on_disk
+    assert m.sampling.defaults.nb_train_samples == 40
 
 
 def test_sourcefolder_draws_independent_random_files(sourcefolder):
@@ -209,7 +210,7 @@ def trackfolder_var(tmp_path_factory):
 def test_trackfolder_var_interferer_is_every_other_source(trackfolder_var):
     root, shards = trackfolder_var
     m = mf.load(shards)
-    assert m.target == "vocals" and m.raw["splits"]["train"]["tracks"] == 5  # the target-less track is kept
+    assert m.target == "vocals" and m.split("train").tracks == 5  # the target-less track is kept
     records = {r.meta["name"]: r for r in _records(shards, "train")}
     for name, r in records.items():
         on_disk = {p.stem for p in (root / "train" / name).iterdir()}
@@ -223,7 +224,7 @@ def test_trackfolder_var_interferer_is_every_other_source(trackfolder_var):
             r = records[[n for n, x in records.items() if x.id == tid][0]]
             x, y = mix_and_target(Augment()(crop[None]))
             n = len(r.sources) - 1
-            assert crop.shape[0] == 1 + m.raw["splits"]["train"]["max_sources"]
+            assert crop.shape[0] == 1 + m.split("train").max_sources
             assert torch.count_nonzero(crop[1 + n:]) == 0  # padding slots are silent
     silent = TrainStream(m, "vocals", SR // 2, 8, silence_missing_targets=True)
     got = {t: b.audio[i] for b in silent for i, t in enumerate(b.track_ids)}
@@ -237,7 +238,7 @@ def test_trackfolder_var_random_interferer_mix_moves_interferers_together(trackf
     assert torch.equal(origin[:, 0], torch.arange(32))
     assert torch.equal(origin[:, 1], origin[:, 2]) and torch.equal(origin[:, 2], origin[:, 3])
     assert (origin[:, 1] != torch.arange(32)).sum() >= 24
-    t = Trainer(TrainConfig(shards=str(trackfolder_var[1]), output=str(tmp_path), random_interferer_mix=True, **TINY))
+    t = build_trainer(TrainConfig(shards=str(trackfolder_var[1]), output=str(tmp_path), random_interferer_mix=True, **TINY))
     assert t.augment.steps[0].joint
     t.fit()
 

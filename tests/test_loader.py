@@ -8,7 +8,8 @@ from torch.utils.data import DataLoader
 from umx.errors import UmxError
 from umx.shards import manifest as mf
 from umx.shards.webdataset import read_shard
-from umx.train.loader import TrainStream, load_validation
+from umx.train.streams import TrainStream
+from umx.train.validation import load_validation
 from umx.train.plan import assign
 
 SEQ = 44100  # 1 s crops

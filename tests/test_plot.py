@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from umx.plot import draw_history, lr_drops, main as plot_main, plot_history
-from umx.train.trainer import TrainConfig, train
+from umx.train import TrainConfig, train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -43,8 +43,8 @@ def test_manifest_counts_and_checksums(shard_set):
             digest, nbytes = sha256_of(m.shard_url(entry))
             assert (digest, nbytes) == (entry.sha256, entry.bytes)
             records = list(read_shard(m.shard_url(entry)))
-            assert [r.id for r in records] == entry.track_ids
-            assert [r.frames for r in records] == entry.track_frames
+            assert [r.id for r in records] == list(entry.track_ids)
+            assert [r.frames for r in records] == list(entry.track_frames)
     report = json.loads((shard_set / "report.json").read_text())
     assert report["summary"]["tracks_kept"] == {"train": 5, "valid": 2}
     assert {e["status"] for e in report["files"]} == {"ok"} and len(report["files"]) == 28

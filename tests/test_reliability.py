@@ -185,7 +185,7 @@ TINY = dict(hidden_size=8, seq_dur=1.0, batch_size=4, nfft=2048, nhop=512, quiet
 
 def test_damaged_local_shard_stops_training_or_is_skipped(shard_set, tmp_path, monkeypatch):
     from umx.errors import ShardError
-    from umx.train.trainer import TrainConfig, train
+    from umx.train import TrainConfig, train
 
     monkeypatch.setenv("UMX_CACHE", str(tmp_path / "cache"))  # nothing verified yet
     damaged = tmp_path / "set"
@@ -205,8 +205,8 @@ def test_damaged_local_shard_stops_training_or_is_skipped(shard_set, tmp_path, m
 
 
 def test_nan_loss_stops_with_epoch_and_step(shard_set, tmp_path, monkeypatch):
-    from umx.train.trainer import TrainConfig, Trainer
+    from umx.train import TrainConfig, Trainer, build_trainer
 
     monkeypatch.setattr(Trainer, "train_step", lambda self, pcm, epoch, step: float("nan") if step == 1 else 1.0)
     with pytest.raises(UmxError, match="loss became nan at epoch 1, step 2"):
-        Trainer(TrainConfig(shards=str(shard_set), output=str(tmp_path), **TINY)).fit()
+        build_trainer(TrainConfig(shards=str(shard_set), output=str(tmp_path), **TINY)).fit()

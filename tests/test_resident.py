@@ -13,9 +13,9 @@ from umx.errors import UmxError
 from umx.prep import prepare
 from umx.shards import manifest as mf
 from umx.shards.reader import ShardReader
-from umx.train.loader import TrainStream
+from umx.train.streams import TrainStream
 from umx.train.resident import ResidentTracks, split_bytes
-from umx.train.trainer import TrainConfig, Trainer, train
+from umx.train import TrainConfig, build_trainer, train
 
 SMALL = dict(hidden_size=16, seq_dur=1.0, batch_size=4, nfft=2048, nhop=512, quiet=True)
 SEQ = 44100
@@ -50,9 +50,8 @@ def _batches(stream, workers, epoch, start_step=0):
 def test_resident_batches_are_the_streamed_ones(request, which, target):
     manifest = mf.load(request.getfixturevalue(which))
     streamed = TrainStream(manifest, target, SEQ, 3, samples_per_track=3, pool_size=3)
-    positions = TrainStream(manifest, target, SEQ, 3, samples_per_track=3, pool_size=3)
-    split = ResidentTracks(manifest, positions.slots, ShardReader(manifest), torch.device("cpu"), quiet=True)
-    positions.resident = split.starts
+    split = ResidentTracks(manifest, streamed.slots, ShardReader(manifest), torch.device("cpu"), quiet=True)
+    positions = TrainStream(manifest, target, SEQ, 3, samples_per_track=3, pool_size=3, resident=split.starts)
     assert split.nbytes == split_bytes(manifest, positions.slots)
     for epoch, workers, start in [(1, 0, 0), (2, 2, 0), (3, 2, 2)]:  # with workers; resumed mid-epoch
         a, b = _batches(streamed, workers, epoch, start), _batches(positions, workers, epoch, start)
@@ -73,14 +72,13 @@ def source_set(tmp_path_factory):
 
 
 def test_resident_source_files_are_the_streamed_ones(source_set):
-    from umx.train.loader import SourceFileStream
+    from umx.train.streams import SourceFileStream
     from umx.train.resident import ResidentSources
 
     manifest = mf.load(source_set)
     streamed = SourceFileStream(manifest, "vocals", SEQ, 3, 20, seed=4)
-    positions = SourceFileStream(manifest, "vocals", SEQ, 3, 20, seed=4)
-    split = ResidentSources(manifest, positions.slots, ShardReader(manifest), torch.device("cpu"), SEQ, quiet=True)
-    positions.resident = split.files
+    split = ResidentSources(manifest, streamed.slots, ShardReader(manifest), torch.device("cpu"), SEQ, quiet=True)
+    positions = SourceFileStream(manifest, "vocals", SEQ, 3, 20, seed=4, resident=split.files)
     assert split.nbytes <= split_bytes(manifest, positions.slots)
     for epoch, workers, start in [(1, 0, 0), (2, 2, 0), (3, 2, 2)]:
         a, b = _batches(streamed, workers, epoch, start), _batches(positions, workers, epoch, start)
@@ -102,15 +100,15 @@ def test_training_from_the_resident_split_is_the_same_run(shard_set, tmp_path, o
 
 def test_device_cache_choices(shard_set, tmp_path):
     base = dict(shards=str(shard_set), output=str(tmp_path), no_cuda=True, **SMALL)
-    assert Trainer(TrainConfig(**base)).resident is None  # auto: on a GPU only
-    t = Trainer(TrainConfig(device_cache="on", **base))
-    assert t.resident is not None and t.stream.resident == t.resident.starts
+    assert build_trainer(TrainConfig(**base)).resident is None  # auto: on a GPU only
+    t = build_trainer(TrainConfig(device_cache="on", **base))
+    assert t.resident is not None and t.stream.source.columns is t.resident.positions
     batch = next(iter(t.stream))
     assert batch.audio is None and t.batch_audio(batch).shape == (4, 4, 2, 44100)
     with pytest.raises(UmxError, match="whole-track batches"):
-        Trainer(TrainConfig(device_cache="on", **{**base, "seq_dur": 0.0}))
+        build_trainer(TrainConfig(device_cache="on", **{**base, "seq_dur": 0.0}))
     with pytest.raises(UmxError, match="--device-cache must be one of"):
-        Trainer(TrainConfig(device_cache="always", **base))
+        build_trainer(TrainConfig(device_cache="always", **base))
 
 
 def test_training_from_resident_source_files_is_the_same_run(source_set, tmp_path, one_torch_thread):

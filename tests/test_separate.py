@@ -11,7 +11,7 @@ from umx import audio
 from umx.filtering import wiener
 from umx.model import OpenUnmix, bandwidth_to_max_bin
 from umx.separate import OverlapAdd, Separator, main as separate_main
-from umx.train.trainer import TrainConfig, train
+from umx.train import TrainConfig, train
 
 openunmix_compat.register()
 openunmix = pytest.importorskip("openunmix")

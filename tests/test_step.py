@@ -10,7 +10,7 @@ import torch
 from umx.errors import UmxError
 from umx.model import OpenUnmix, Spectrogram, lstm_layer_by_layer
 from umx.train.step import EagerStep, GraphStep, LossLog, make_optimizer, optimizer_state, settle_lr
-from umx.train.trainer import TrainConfig, Trainer, train
+from umx.train import TrainConfig, build_trainer, train
 
 SMALL = dict(hidden_size=16, seq_dur=1.0, batch_size=4, nfft=2048, nhop=512, quiet=True)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-graph capture needs a GPU")
@@ -76,12 +76,12 @@ def test_checkpoint_moves_between_step_kinds(shard_set, tmp_path, one_torch_thre
 def test_cuda_graph_option_choices(shard_set, tmp_path):
     base = dict(shards=str(shard_set), output=str(tmp_path), no_cuda=True, **SMALL)
     with pytest.raises(UmxError, match="--cuda-graph must be one of"):
-        Trainer(TrainConfig(cuda_graph="maybe", **base))
+        build_trainer(TrainConfig(cuda_graph="maybe", **base))
     with pytest.raises(UmxError, match="whole-track batches"):
-        Trainer(TrainConfig(cuda_graph="on", **{**base, "seq_dur": 0.0}))
-    cpu = Trainer(TrainConfig(**base))  # auto on CPU: open-unmix's eager step and optimizer
+        build_trainer(TrainConfig(cuda_graph="on", **{**base, "seq_dur": 0.0}))
+    cpu = build_trainer(TrainConfig(**base))  # auto on CPU: open-unmix's eager step and optimizer
     assert type(cpu.step) is EagerStep and not cpu.optimizer.defaults.get("fused")
-    on = Trainer(TrainConfig(cuda_graph="on", **base))
+    on = build_trainer(TrainConfig(cuda_graph="on", **base))
     assert type(on.step) is GraphStep and on.optimizer.defaults["fused"] and not on.step.captured
     assert on.model.graph_safe_dropout
 
@@ -116,7 +116,7 @@ def test_settle_lr_and_optimizer_state():
 def _cuda_trainer(shard_set, out, mode, **kw):
     cfg = TrainConfig(shards=str(shard_set), output=str(out), cuda_graph=mode, debug=True,
                       **{**SMALL, "hidden_size": 32, **kw})
-    return Trainer(cfg)
+    return build_trainer(cfg)
 
 
 @cuda

@@ -6,7 +6,7 @@ import torch
 import openunmix_compat
 from umx.model import Spectrogram, load_target
 from umx.train.cli import build_parser, main as train_main
-from umx.train.trainer import TrainConfig, train
+from umx.train import TrainConfig, train
 
 SMALL = dict(hidden_size=16, seq_dur=1.0, batch_size=4, nfft=2048, nhop=512, quiet=True)
 
@@ -65,9 +65,9 @@ def test_openunmix_package_loads_our_model_dir(trained):
 
 def test_input_scaler_initialised_from_manifest(shard_set, tmp_path):
     from umx.shards import manifest as mf
-    from umx.train.trainer import Trainer
+    from umx.train import build_trainer
 
-    t = Trainer(_cfg(shard_set, tmp_path / "o", nfft=4096, nhop=1024, bandwidth=16000))
+    t = build_trainer(_cfg(shard_set, tmp_path / "o", nfft=4096, nhop=1024, bandwidth=16000))
     stats = mf.load(shard_set).statistics(4096, 1024)
     n = t.model.nb_bins
     torch.testing.assert_close(t.model.input_mean, -torch.tensor(stats["mean"][:n], dtype=torch.float32))
@@ -77,7 +77,7 @@ def test_input_scaler_initialised_from_manifest(shard_set, tmp_path):
 def test_statistics_for_other_stft_are_computed_once_and_cached(shard_set, tmp_path, monkeypatch):
     from umx.prep import stats as stats_mod
     from umx.shards import manifest as mf
-    from umx.train.trainer import input_statistics
+    from umx.train.build import input_statistics
 
     m = mf.load(shard_set)
     calls = []

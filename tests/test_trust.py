@@ -28,7 +28,7 @@ from umx.shards.storage import sha256_of
 from umx.shards.webdataset import ShardWriter
 from umx.shards.zarr_store import ZarrReader
 from umx.train.cli import main as train_main
-from umx.train.trainer import TrainConfig, train
+from umx.train import TrainConfig, train
 
 TINY = dict(hidden_size=8, seq_dur=1.0, batch_size=4, nfft=1024, nhop=512, quiet=True, debug=True)
 TINY_ARGS = ["--hidden-size", "8", "--seq-dur", "1.0", "--batch-size", "4", "--nfft", "1024", "--nhop", "512",
@@ -151,7 +151,7 @@ def test_remote_zarr_keys_never_leave_the_cache(tmp_path):
     reader = ZarrReader("http://127.0.0.1:9/set", {"train/../../../../escape": "0" * 64},
                         cache=__import__("umx.shards.cache", fromlist=["ShardCache"]).ShardCache(tmp_path / "c"))
     with pytest.raises(UnsafeNameError, match="not a safe key"):
-        reader._ensure("train/../../../../escape", "metadata")
+        reader.ensure("train/../../../../escape", "metadata")
     assert not list(tmp_path.rglob("escape"))
 
 
@@ -388,7 +388,7 @@ def test_read_only_output_and_cache(shard_set, tmp_path, capsys, model, dataset,
 
 
 def test_eval_never_writes_outside_outdir(shard_set, model, tmp_path, capsys):
-    from umx.evaluate import main as eval_main
+    from umx.evaluate_cli import main as eval_main
 
     folder = _copy(shard_set, tmp_path, lambda r: r["splits"]["valid"]["shards"][0]["track_ids"].__setitem__(
         0, "../../../escaped"))

@@ -10,7 +10,7 @@ from umx.errors import ShardError
 from umx.prep import prepare
 from umx.shards import manifest as mf
 from umx.shards.reader import ShardReader
-from umx.train.trainer import TrainConfig, train
+from umx.train import TrainConfig, train
 
 TINY = dict(hidden_size=8, seq_dur=1.0, batch_size=4, nfft=2048, nhop=512, quiet=True)
 
@@ -30,6 +30,16 @@ def _all(folder):
     return m, {(s, r.id): r for s in m.splits() for e in m.shards(s) for r in reader.records(e)}
 
 
+def _same_but_storage(a, b) -> None:
+    """Two manifests of one data set in two formats: all but the storage is the same."""
+    keys = ("layout", "sample_rate", "channels", "sources", "target", "sampling", "statistics_table")
+    assert [getattr(a, k) for k in keys] == [getattr(b, k) for k in keys]
+    tracks = lambda m: {s: [(e.name.removesuffix(".tar"), e.track_ids, e.track_frames, e.track_sources)  # noqa: E731
+                            for e in m.shards(s)] for s in m.splits()}
+    assert tracks(a) == tracks(b)
+    assert b.version == 2 and not any(hasattr(e, "sha256") for s in b.splits() for e in b.shards(s))
+
+
 def test_same_pcm_and_manifest(both):
     (mw, rw), (mz, rz) = _all(both[0]), _all(both[1])
     assert rw.keys() == rz.keys() and len(rw) == 7
@@ -38,10 +48,9 @@ def test_same_pcm_and_manifest(both):
         assert a.meta == b.meta and list(a.sources) == list(b.sources)
         for name in a.sources:
             np.testing.assert_array_equal(a.sources[name], b.sources[name])
-    strip = lambda raw: {k: v for k, v in raw.items() if k not in ("storage", "prep")}  # noqa: E731
-    assert strip(mw.raw) == strip(mz.raw)
-    assert mz.raw["storage"]["format"] == "zarr" and not list(both[1].glob("*.tar"))
-    assert all(len(h) == 64 for h in mz.raw["storage"]["objects"].values())
+    _same_but_storage(mw, mz)
+    assert mz.storage.format == "zarr" and not list(both[1].glob("*.tar"))
+    assert all(len(h) == 64 for h in mz.storage.objects.values())
 
 
 def test_training_from_either_gives_the_same_losses(both, tmp_path):
@@ -74,7 +83,7 @@ def test_missing_or_damaged_object_is_an_error_not_zeros(both, tmp_path):
 def _stream(folder, pool_size, seq=30000, workers=0, epoch=1):
     from torch.utils.data import DataLoader
 
-    from umx.train.loader import TrainStream
+    from umx.train.streams import TrainStream
 
     m = mf.load(folder)
     stream = TrainStream(m, m.target, seq, 3, samples_per_track=3, pool_size=pool_size, seed=5)
@@ -150,7 +159,7 @@ def test_zarr_missing_or_damaged_chunk_during_training_names_array_and_chunk(bot
 def test_train_accepts_the_store_path(both):
     """`umx-train --shards …/store.zarr` finds the manifest beside the store."""
     m = mf.load(str(both[1] / "store.zarr"))
-    assert m.raw["storage"]["format"] == "zarr" and m.location.rstrip("/").endswith("zarr")
+    assert m.storage.format == "zarr" and m.location.rstrip("/").endswith("zarr")
 
 
 @pytest.mark.parametrize("layout,opts", [
@@ -173,8 +182,7 @@ def test_every_layout_as_zarr_is_the_same_pcm(layout, opts, tmp_path):
         assert (a.mixture is None) == (b.mixture is None)
         if a.mixture is not None:
             np.testing.assert_array_equal(a.mixture, b.mixture)
-    strip = lambda raw: {k: v for k, v in raw.items() if k not in ("storage", "prep")}  # noqa: E731
-    assert strip(mw.raw) == strip(mz.raw)
+    _same_but_storage(mw, mz)
     if layout != "sourcefolder":  # source files are whole files, not crops of tracks
         streamed, random_access = _stream(tmp_path / "wds", pool_size=100), _stream(tmp_path / "zarr", pool_size=1)
         assert [i for i, _ in streamed] == [i for i, _ in random_access] and streamed
@@ -210,7 +218,7 @@ def test_silent_chunks_are_stored_and_read_as_silence(tmp_path, monkeypatch):
     """zarr does not store all-zero chunks by default; umx stores them, so that a chunk absent from a
     store always means damage (digital silence is common in real stems: vocals before they start)."""
     from umx.shards import zarr_store
-    from umx.shards.webdataset import TrackRecord
+    from umx.shards.records import TrackRecord
 
     monkeypatch.setattr(zarr_store, "CHUNK_FRAMES", 1024)
     monkeypatch.setattr(zarr_store, "SHARD_CHUNKS", 4)

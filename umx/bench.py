@@ -1,4 +1,4 @@
-"""`umx-bench --shards URL [umx-train options]`: is this training run data-bound?
+"""What `umx-bench --shards URL [umx-train options]` measures: is this training run data-bound?
 
 On the user's own shard set and options it measures, side by side in one process:
 
@@ -10,8 +10,8 @@ On the user's own shard set and options it measures, side by side in one process
               number of steps), and `gpu_busy`, the fraction of that wall time the
               device steps alone would take (step time × steps / wall time);
 
-then says whether the run is data-bound and what to change. Everything is a
-library function (tests call them); `main` is a thin argparse layer that takes
+and bench_advice.py then says whether the run is data-bound and what to change. Everything
+is a library function (tests call them); bench_cli.py is the thin argparse layer that takes
 umx-train's own options. The input scaler is left at its default (as with
 `--debug`): it does not change the step time, and a shard set without
 statistics for this STFT would otherwise need a statistics pass first.
@@ -19,10 +19,7 @@ statistics for this STFT would otherwise need a statistics pass first.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import math
 import os
 import subprocess
 import sys
@@ -34,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from .cli_util import run_cli
+from . import bench_advice
 from .errors import UmxError
 
 PREFETCH = 4  # Trainer._loader's prefetch_factor with workers
@@ -70,29 +67,12 @@ def pool_budget(stream, prefetch: int = PREFETCH) -> dict:
     channels = stream.manifest.channels
     slots = len(stream.slots.order[:1]) + stream.slots.n_interferers + int(stream.slots.input_slot)
     frames = [f for e in shards for f in e.track_frames]
-    if getattr(stream, "resident", None) is not None:
-        pool, formula = 0, "no pool (the split is in device memory; batches are crop positions)"
-    elif hasattr(stream, "pool_size") and stream._random_access():
-        store = sum(frames) * channels * 2 * slots
-        pool, formula = 0, (f"no pool (zarr: crops copied from memory-mapped chunks; up to the whole split, "
-                            f"{store / 2**20:.0f} MiB, ends up mapped: page cache shared by every worker)")
-    elif hasattr(stream, "pool_size"):
-        track = max(frames, default=0) * channels * 2
-        pool = min(stream.pool_size, len(frames)) * track * slots
-        formula = f"pool_size {stream.pool_size} × largest track {track / 2**20:.1f} MiB × {slots} slots"
-    else:
-        pool = sum(frames) * channels * 2 * (1 + int(stream.slots.input_slot))
-        formula = f"every file of the split ({pool / 2**20:.1f} MiB)"
+    pool, formula = stream.source.held(frames, channels, getattr(stream, "pool_size", 0), slots)
     seq = stream.seq_len or max(frames, default=0)
     batch = stream.batch_size * slots * channels * seq * 2
     buffers = (2 + prefetch) * batch
-    mapped = ""
-    if hasattr(stream, "pool_size") and not stream._random_access() and getattr(stream, "resident", None) is None:
-        from .shards.webdataset import MAPPED_SHARDS
-
-        mapped = f" (and up to {MAPPED_SHARDS} shards kept mapped: page cache, shared by every worker)"
     return {"pool_bytes": pool, "batch_bytes": batch, "batch_buffers_bytes": buffers, "budget_bytes": pool + buffers,
-            "formula": f"{formula} + {2 + prefetch} batches × {batch / 2**20:.1f} MiB{mapped}"}
+            "formula": f"{formula} + {2 + prefetch} batches × {batch / 2**20:.1f} MiB"}
 
 
 # --- loader -----------------------------------------------------------------------
@@ -245,7 +225,7 @@ def measure_train(trainer, steps: int = 10, warmup: int = 2, step_ms: float | No
     return out
 
 
-# --- the verdict -------------------------------------------------------------------
+# --- the machine, and the whole measurement ------------------------------------------
 
 def _cpus() -> int:
     try:
@@ -261,81 +241,17 @@ def _ram() -> int:
         return 0
 
 
-def verdict(r: dict) -> tuple[bool, list[str]]:
-    """(data-bound?, plain advice) from a result of `bench`."""
-    dev, workers, cpus = r["device_kind"], r["nb_workers"], r["cpus"]
-    need = r["device_samples_per_s"]
-    have, per = r["loader_samples_per_s"], r["loader_samples_per_s_per_worker"]
-    busy = r.get("gpu_busy", 1.0)
-    advice = []
-    # data-bound: the loader alone cannot keep up, or the device idles while the loader has
-    # little headroom; an idle device with a loader far ahead of it is host overhead instead
-    data_bound = have < need or (busy < 0.9 and have < 2 * need)
-    if have < need:
-        want = math.ceil(1.25 * need / per) if per > 0 else cpus
-        advice.append(f"the loader delivers {have:.0f} samples/s with {workers} worker(s) but the {dev} could train "
-                      f"{need:.0f}: the run is data-bound")
-        if want <= max(1, cpus - 1):
-            advice.append(f"use --nb-workers {want} (each worker gives about {per:.0f} samples/s; "
-                          f"{cpus} CPU cores here)")
-        else:
-            advice.append(f"{want} workers would be needed at {per:.0f} samples/s each, more than the {cpus} cores "
-                          f"here: use --nb-workers {max(1, cpus - 1)} and a machine with more cores per device, or "
-                          "more crops per record read (--samples-per-track, if the recipe allows it)")
-    elif busy < 0.9:
-        advice.append(f"the loader alone keeps up ({have:.0f} ≥ {need:.0f} samples/s) but end to end the {dev} is "
-                      f"busy only {100 * busy:.0f} % of the time")
-        if workers == 0:
-            advice.append("use --nb-workers ≥ 1: with 0 the same process reads the data and trains")
-        elif dev == "cpu":
-            advice.append(f"not the data: on the CPU the {workers} loader worker(s) take cores from the training "
-                          f"threads ({cpus} cores here); that is the cost of training on a CPU")
-        elif have < 2 * need:
-            want = min(max(workers + 1, math.ceil(2 * need / per)), max(1, cpus - 1))
-            advice.append(f"the loader has little headroom ({have / need:.1f}×): "
-                          + (f"use --nb-workers {want} to hide its latency" if want > workers else
-                             "and no core is left for more workers: a machine with more cores per device"))
-        else:
-            advice.append("not the data (the loader has ample headroom): host-side overhead per step — check that "
-                          "the CPU is not shared, try --precision bf16 / tf32, a larger --batch-size")
-    else:
-        advice.append(f"compute-bound: the {dev} is busy {100 * busy:.0f} % of the time and the loader has "
-                      f"{have / need:.1f}× the samples/s it needs")
-        fewer = max(1, math.ceil(1.25 * need / per)) if per > 0 else workers
-        if workers > 1 and fewer < workers:
-            advice.append(f"fewer workers would do (about {fewer}), leaving cores and memory free")
-    if dev == "GPU" and r.get("step_kind") == "eager" and r.get("seq_dur", 0) > 0:
-        advice.append("the step runs eagerly (launch-bound for open-unmix's LSTMs): --cuda-graph auto captures it "
-                      "as one CUDA graph (not under torchrun)")
-    if r.get("train_partial_batches"):
-        advice.append(f"{r['train_partial_batches']} of {r['train_steps']} batches were partial: each worker's share "
-                      "of an epoch is not a multiple of --batch-size (a short epoch split over the workers), and a "
-                      "partial batch is a whole step for fewer samples (uncaptured, for the CUDA-graph step): raise "
-                      "--samples-per-track or use fewer workers")
-    mem = r.get("pool", {})
-    ram = r.get("ram_bytes", 0)
-    if mem and ram and max(1, workers) * mem["budget_bytes"] > 0.5 * ram:
-        advice.append(f"{max(1, workers)} worker(s) × {mem['budget_bytes'] / 2**30:.1f} GiB budget is more than half "
-                      f"the {ram / 2**30:.0f} GiB of RAM: lower --pool-size or --nb-workers")
-    io = r.get("loader_io", {})
-    if io.get("misses"):
-        advice.append(f"{io['misses']} shard(s) were fetched from remote storage during the measurement: give "
-                      "--cache-dir a fast local disk and --cache-size at least the shard set's size, so later "
-                      "epochs read the cache")
-    return data_bound, advice
-
-
 def bench(config, steps: int = 10, warmup: int = 2, loader_batches: int = 20) -> dict:
     """Measure loader, device step and end-to-end training for one TrainConfig."""
     from .shards.reader import add_metrics
     from .train import distributed
-    from .train.trainer import Trainer
+    from .train import build_trainer
 
     with tempfile.TemporaryDirectory(prefix="umx-bench-") as tmp:
         cfg = dataclasses.replace(config, debug=True, output=tmp, trace=False, save_every=0, quiet=True,
                                   checkpoint=None)
         t = time.perf_counter()
-        trainer = Trainer(cfg)
+        trainer = build_trainer(cfg)
         setup_s = time.perf_counter() - t
         try:
             dev = trainer.device
@@ -357,36 +273,8 @@ def bench(config, steps: int = 10, warmup: int = 2, loader_batches: int = 20) ->
             r["loader_io"] = add_metrics({}, trainer.reader.take_metrics())
         finally:
             distributed.teardown(trainer.dist)
-    r["data_bound"], r["advice"] = verdict(r)
+    r["data_bound"], r["advice"] = bench_advice.verdict(r)
     return r
-
-
-def memory_line(wm: dict, budget: dict) -> str:
-    """One line: what a loader process held, against its budget."""
-    mb = 2**20
-    return (f"loader process peak RSS {wm['peak_rss'] / mb:.0f} MiB, grown {wm['grown_rss'] / mb:.0f} MiB over its start "
-            f"(batch buffers {wm['grown_shmem'] / mb:.0f}, mapped shard pages {wm['grown_file'] / mb:.0f}, heap "
-            f"{wm['grown_anon'] / mb:.0f}); budget {budget['budget_bytes'] / mb:.0f} MiB = {budget['formula']}")
-
-
-def report(r: dict) -> str:
-    """The human-readable summary of a `bench` result."""
-    wm = r["worker_memory"]
-    who = f"{r['nb_workers']} worker(s)" if r["nb_workers"] else "in-process (--nb-workers 0)"
-    lines = [
-        f"umx-bench on {r['device']}: {r['shards']} target '{r['target']}', batch {r['batch_size']} × "
-        f"{r['seq_dur']} s, hidden {r['hidden_size']}, nfft {r['nfft']}, {r['precision']}",
-        f"  loader      {r['loader_samples_per_s']:8.1f} samples/s total, {r['loader_samples_per_s_per_worker']:.1f} "
-        f"per worker ({who}; first batch after {r['loader_first_batch_s']:.2f} s)",
-        f"  step        {r['step_ms']:8.1f} ms per batch of {r['step_batch']} on the device, without the loader "
-        f"(= {r['device_samples_per_s']:.1f} samples/s; {r.get('step_kind', 'eager')})",
-        f"  end to end  {r['train_samples_per_s']:8.1f} samples/s training with the loader; the device steps take "
-        f"{100 * r['gpu_busy']:.0f} % of the wall time",
-        f"  memory      {memory_line(wm, r['pool'])}",
-        ("DATA-BOUND" if r["data_bound"] else "not data-bound") + ":",
-    ]
-    lines += [f"  - {a}" for a in r["advice"]]
-    return "\n".join(lines)
 
 
 # --- time to the first training step --------------------------------------------------
@@ -420,42 +308,3 @@ def time_to_first_step(train_args: list[str], timeout: float = 600) -> dict:
     if "UMX_BENCH_FIRST_STEP_DONE" in marks:
         out["first_step_done_s"] = float(marks["UMX_BENCH_FIRST_STEP_DONE"]) - t0
     return out
-
-
-# --- CLI ---------------------------------------------------------------------------
-
-def build_parser() -> argparse.ArgumentParser:
-    from .train.cli import build_parser as train_parser
-
-    p = argparse.ArgumentParser(
-        prog="umx-bench", parents=[train_parser()], conflict_handler="resolve",
-        description="Measure a training run (loader samples/s, device step time, end-to-end samples/s) on your "
-                    "shard set and umx-train options, and say whether it is data-bound.")
-    b = p.add_argument_group("benchmark")
-    b.add_argument("--steps", type=int, default=10, help="timed device steps, with and without the loader")
-    b.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, worker start)")
-    b.add_argument("--loader-batches", type=int, default=20, help="timed batches of the loader alone")
-    b.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
-    return p
-
-
-def _main(argv: list[str] | None) -> int:
-    from .train.cli import TRAIN_FIELDS, resolve_shards
-    from .train.trainer import TrainConfig
-
-    args = build_parser().parse_args(argv)
-    if args.steps < 1 or args.loader_batches < 1 or args.warmup < 0:
-        raise UmxError("--steps and --loader-batches must be ≥ 1, --warmup ≥ 0")
-    args.shards = resolve_shards(args)
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in TRAIN_FIELDS})
-    r = bench(config, args.steps, args.warmup, args.loader_batches)
-    print(json.dumps(r, indent=2, default=str) if args.json else report(r))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_cli(_main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import compat
+
 
 def bandwidth_to_max_bin(sample_rate: float, n_fft: int, bandwidth: float) -> int:
     """Number of STFT bins at or below `bandwidth` Hz (open-unmix's definition)."""
@@ -138,15 +140,16 @@ def lstm_layer_by_layer(lstm: nn.LSTM, x: Tensor) -> Tensor:
     which a graph would freeze into the same mask every step.
     """
     dirs = 2 if lstm.bidirectional else 1
-    per_layer = len(lstm._flat_weights) // lstm.num_layers
+    all_weights = compat.lstm_weights(lstm)
+    per_layer = len(all_weights) // lstm.num_layers
     batch = x.shape[0] if lstm.batch_first else x.shape[1]
     zeros = x.new_zeros(dirs, batch, lstm.hidden_size)
     for layer in range(lstm.num_layers):
-        weights = lstm._flat_weights[layer * per_layer:(layer + 1) * per_layer]
+        weights = all_weights[layer * per_layer:(layer + 1) * per_layer]
         with warnings.catch_warnings():  # cuDNN copies one layer's weights per call: that is intended here
             warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
-            x = torch._VF.lstm(x, (zeros, zeros), weights, lstm.bias, 1, 0.0, lstm.training, lstm.bidirectional,
-                               lstm.batch_first)[0]
+            x = compat.lstm_layer(x, (zeros, zeros), weights, lstm.bias, lstm.bidirectional, lstm.batch_first,
+                                  lstm.training)
         if layer < lstm.num_layers - 1 and lstm.dropout and lstm.training:
             x = F.dropout(x, lstm.dropout, training=True)
     return x

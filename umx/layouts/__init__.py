@@ -86,10 +86,23 @@ def source_name(filename: str) -> str:
 
 def sampling(records: str = "tracks", train_input: str = "sum", valid_input: str = "sum",
              valid: str = "full_tracks", remix: str = "independent", augment: bool = True, **defaults) -> dict:
-    """How the trainer samples this data (written to the manifest; see manifest.py)."""
-    base = {"samples_per_track": 1, "source_augmentations": [], "random_mix": False}
+    """How the trainer samples this data (written to the manifest; see manifest.Sampling). Training
+    defaults left None (or unnamed) are manifest.LayoutDefaults'."""
     return {"records": records, "train_input": train_input, "valid_input": valid_input, "valid": valid,
-            "remix": remix, "augment": augment, "defaults": {**base, **defaults}}
+            "remix": remix, "augment": augment,
+            "defaults": {k: v for k, v in defaults.items() if v is not None}}
+
+
+# open-unmix's musdb targets include `accompaniment`, the sum of every source but the vocals;
+# any set of aligned tracks with a vocals source can train it
+COMPLEMENT = {"name": "accompaniment", "of": "vocals"}
+
+
+def complement(found: "Scan") -> dict | None:
+    """The complement target this data offers (stored in the manifest's sampling section)."""
+    if found.sampling["records"] == "tracks" and COMPLEMENT["of"] in found.sources:
+        return dict(COMPLEMENT)
+    return None
 
 
 def split_dir(root: Path, split: str) -> Path:
@@ -114,6 +127,9 @@ def scan(layout: str, root: str | Path, **options) -> Scan:
         raise LayoutError(f"{root}: dataset folder not found")
     result = scanners[layout](root, **{k: v for k, v in options.items() if v is not None})
     assign_ids(result.tracks)
+    extra = complement(result)
+    if extra is not None:
+        result.sampling["complement"] = extra
     return result
 
 

@@ -17,7 +17,7 @@ SPLITS = ("train", "valid")
 
 
 def scan(root: Path, target_dir: str | None = None, interferer_dirs: list[str] | None = None,
-         ext: str = ".wav", nb_train_samples: int = 1000, nb_valid_samples: int = 100) -> Scan:
+         ext: str = ".wav", nb_train_samples: int | None = None, nb_valid_samples: int | None = None) -> Scan:
     if not target_dir or not interferer_dirs:
         raise LayoutError("sourcefolder needs --target-dir and --interferer-dirs (e.g. vocals / car_noise wind_noise)")
     ext = ext if ext.startswith(".") else "." + ext

@@ -1,6 +1,7 @@
 """Prep on demand, for open-unmix command lines (`umx-train --dataset … --root …`).
 
-The shard set lands in a cache folder keyed by the dataset's content (every
+`resolve_shards` turns such a command line's data options into the shard set to read.
+A prepared shard set lands in a cache folder keyed by the dataset's content (every
 file's path, size and mtime) and the prep options, so a second run with the
 same data and options reuses it, and any change gives a new one.
 """
@@ -13,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from ..errors import UmxError
+from ..layouts import STRUCTURE, TRAINING, check_options, flag
 from ..shards import manifest as mf
 from ..shards.cache import cache_root
 from .pipeline import prepare
@@ -66,3 +69,28 @@ def synthetic(layout: str, options: dict, quiet: bool = False) -> Path:
         print(f"notice: no --root or --shards given: using the embedded synthetic {layout} data set at {root} "
               "(open-unmix downloads a 7 s MUSDB18 preview here; umx cannot download)", file=sys.stderr)
     return root
+
+
+def resolve_shards(shards: str | None, dataset: str | None, root: str | None, options: dict,
+                   quiet: bool = False) -> str:
+    """The shard set a command line names: `shards` (--shards) as given, or open-unmix's
+    --dataset layout (default musdb) of --root prepared into the cache (`prepared`; without
+    a root, the embedded synthetic data set in that layout).
+
+    `options`: the command line's layout options, training ones included, None where not
+    given (what layouts.options.layout_options reads from the parsed arguments).
+    """
+    if shards:
+        if root or dataset:
+            raise UmxError("--shards and --root/--dataset exclude each other: give a shard set or a dataset folder")
+        structural = {k: v for k, v in options.items() if v is not None and k not in
+                      {x for v in TRAINING.values() for x in v}}
+        if structural:
+            raise UmxError(f"{', '.join(flag(k) for k in structural)}: dataset options need --root "
+                           "(a shard set was prepared with its own)")
+        return shards
+    layout = dataset or "musdb"
+    check_options(layout, options)
+    prep_options = {k: options.get(k) for k in STRUCTURE[layout] if options.get(k) is not None}
+    root = root or synthetic(layout, prep_options, quiet)
+    return str(prepared(layout, root, prep_options, quiet=quiet))

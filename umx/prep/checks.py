@@ -22,7 +22,7 @@ import numpy as np
 from .. import audio
 from ..errors import AudioError
 from ..layouts import Track
-from ..shards.webdataset import TrackRecord
+from ..shards.records import TrackRecord
 from . import stats
 
 CLIP_LEVEL = 32767 - 1  # int16 magnitude counted as full scale

@@ -197,7 +197,7 @@ def prepare(
     if not remote:
         _check_apart(out, Path(root).expanduser(), found)
     settings = {"sample_rate": sample_rate, "shard_bytes": shard_bytes, "max_length_diff": max_length_diff,
-                "skip_silent_targets": skip_silent_targets, "version": mf.VERSION}
+                "skip_silent_targets": skip_silent_targets, "version": mf.WRITTEN_VERSION.get(format, mf.VERSION)}
     fp = fingerprint(layout, found, {**settings, "format": format})
     # staging is always local: next to a local shard set, in the cache for a bucket
     staging = (cache_root() / "staging" / hashlib.sha256(out.encode()).hexdigest()[:20]) if remote \
@@ -417,7 +417,7 @@ def _finish(layout, found, staging, out, done, tails, report, settings, fp, stri
     kept = {s: sum(len(e["track_ids"]) for e in splits[s]) for s in found.splits}
     _check_usable(found, report, kept, strict, root)
     manifest = {
-        "format": mf.FORMAT, "version": mf.VERSION, "created_by": f"umx {__version__}",
+        "format": mf.FORMAT, "version": mf.WRITTEN_VERSION[format], "created_by": f"umx {__version__}",
         "layout": layout, "layout_options": found.options, "sample_rate": sample_rate, "channels": 2,
         "sources": found.sources, "target": found.target, "sampling": found.sampling,
         "storage": {"format": "webdataset", "encoding": "int16", "shard_bytes": shard_bytes},
@@ -428,7 +428,7 @@ def _finish(layout, found, staging, out, done, tails, report, settings, fp, stri
     if found.sampling["records"] == "source_files":
         records = zarr_store.records_of(str(staging / e["name"]) for e in splits["train"])
         manifest["statistics"] = {mf.stats_key(*DEFAULT_STFT): stats.source_file_statistics(
-            records, manifest, *DEFAULT_STFT)}
+            records, found.sources, sample_rate, found.sampling["defaults"].get("nb_train_samples"), *DEFAULT_STFT)}
     else:
         manifest["statistics"] = {mf.stats_key(*DEFAULT_STFT): moments.finalize()}
     if format == "zarr":  # the same records, as one array per source per split
@@ -440,6 +440,10 @@ def _finish(layout, found, staging, out, done, tails, report, settings, fp, stri
         manifest["storage"] = {"format": "zarr", "encoding": "int16", "store": zarr_store.STORE,
                                "chunk_frames": zarr_store.CHUNK_FRAMES, "shard_chunks": zarr_store.SHARD_CHUNKS,
                                "objects": objects}
+        for body in manifest["splits"].values():  # the store's track groups: no tar files, no checksums of them
+            body["shards"] = [{"group": e["name"].removesuffix(".tar"), "track_ids": e["track_ids"],
+                               "track_frames": e["track_frames"], "track_sources": e["track_sources"]}
+                              for e in body["shards"]]
     mf.validate(manifest, storage.join(str(out), mf.NAME))
     storage.write_json(staging / "report.json", report.to_json(kept))
     storage.write_json(staging / mf.NAME, manifest)  # every write that takes space precedes any removal

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import UmxError
 from ..model import Spectrogram
+from ..shards.manifest import LayoutDefaults
 
 
 @dataclass
@@ -92,8 +93,9 @@ def from_shard_set(manifest, n_fft: int, n_hop: int, progress: bool = False, rea
             return []
 
     shards = manifest.shards("train")
-    if manifest.sampling["records"] == "source_files":
-        return source_file_statistics((r for e in shards for r in records(e)), manifest.raw, n_fft, n_hop)
+    if manifest.sampling.records == "source_files":
+        return source_file_statistics((r for e in shards for r in records(e)), manifest.sources, manifest.sample_rate,
+                                      manifest.sampling.defaults.nb_train_samples, n_fft, n_hop)
     total = empty(n_fft)
     for entry in tqdm(shards, desc=f"statistics nfft={n_fft} hop={n_hop}", disable=not progress):
         for record in records(entry):
@@ -104,25 +106,25 @@ def from_shard_set(manifest, n_fft: int, n_hop: int, progress: bool = False, rea
     return total.finalize()
 
 
-def source_file_statistics(records, manifest: dict, n_fft: int, n_hop: int, seq_dur: float = 6.0,
-                           seed: int = 42) -> dict:
+def source_file_statistics(records, sources, sample_rate: int, nb_samples: int | None, n_fft: int, n_hop: int,
+                           seq_dur: float = 6.0, seed: int = 42) -> dict:
     """Statistics for unaligned source folders, as open-unmix's get_statistics draws them:
     `nb_train_samples` mixtures of one random file per source, each its centre
     `seq_dur` seconds (files not longer than that are left out, as in training)."""
     from ..audio import to_float32
 
-    files: dict[str, list[np.ndarray]] = {s: [] for s in manifest["sources"]}
+    files: dict[str, list[np.ndarray]] = {s: [] for s in sources}
     for record in records:
         for name, pcm in record.sources.items():
             files[name].append(pcm)
-    seq = int(seq_dur * manifest["sample_rate"])
+    seq = int(seq_dur * sample_rate)
     usable = {s: [a for a in arrays if a.shape[-1] > seq] for s, arrays in files.items()}
     if not all(usable.values()):  # short clips: use the longest centre every source can give
         seq = min(max(a.shape[-1] for a in arrays) for arrays in files.values())
         usable = {s: [a for a in arrays if a.shape[-1] >= seq] for s, arrays in files.items()}
     rng = np.random.default_rng(seed)
     total = empty(n_fft)
-    n = manifest["sampling"]["defaults"]["nb_train_samples"]
+    n = LayoutDefaults.nb_train_samples if nb_samples is None else nb_samples
     for begin in range(0, n, BATCH):  # equal-length mixtures: one STFT call per batch
         mixes = []
         for _ in range(min(BATCH, n - begin)):

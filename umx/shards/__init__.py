@@ -2,5 +2,7 @@
 
 manifest.py  the versioned contract between prep and train
 storage.py   URL-style paths, atomic writes, checksums
-webdataset.py  tar shards: one record per track, int16 PCM per source
+records.py     TrackRecord: one track as stored, int16 PCM per source (any format)
+webdataset.py  tar shards: one record per track; the writer, and read_shard (streaming remote ones)
+local_tar.py   read_shard's random-access reader of local tar shards
 """

@@ -8,20 +8,30 @@ validated on read; every error names the field.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Mapping, Union, get_args
 
 from ..errors import ManifestError
 from ..names import UnsafeNameError, safe_key, safe_name
 from . import storage
 
 FORMAT = "umx-shards"
-VERSION = 1
+VERSION = 2  # the newest manifest this umx reads
+# the version each storage format is written with: v2 gave zarr sets their own entry kind (track
+# groups of the store, no tar names or checksums); WebDataset sets have not changed since v1
+WRITTEN_VERSION = {"webdataset": 1, "zarr": 2}
 NAME = "manifest.json"
 MAX_BYTES = 256 * 2**20  # far above any real manifest (MUSDB18: well under 1 MiB); bounds what a hostile one costs
+
+Records = Literal["tracks", "source_files"]
+Input = Literal["sum", "mixture"]
+Valid = Literal["full_tracks", "crops"]
+Remix = Literal["independent", "joint", "never"]
+StorageFormat = Literal["webdataset", "zarr"]
 
 
 def stats_key(n_fft: int, n_hop: int) -> str:
@@ -30,13 +40,59 @@ def stats_key(n_fft: int, n_hop: int) -> str:
 
 
 @dataclass(frozen=True)
+class LayoutDefaults:
+    """The layout's training defaults (open-unmix's per-dataset defaults), written by prep; a
+    training option left unset takes these. The values here are what a manifest that does not
+    name one means: the one place these defaults are spelled."""
+
+    samples_per_track: int = 1
+    source_augmentations: tuple[str, ...] = ()
+    random_mix: bool = False
+    silence_missing_targets: bool = False
+    nb_train_samples: int = 1000
+    nb_valid_samples: int = 100
+
+
+@dataclass(frozen=True)
+class Complement:
+    """A target that is no stored source: the sum of every source but `of` (musdb's
+    `accompaniment` is everything but the vocals)."""
+
+    name: str
+    of: str
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the trainer samples a shard set, so that it never needs to know the layout."""
+
+    records: Records  # "tracks": aligned sources of one track | "source_files": one file of one source
+    train_input: Input  # "sum": mix the sources | "mixture": the stored input file is the model input
+    valid_input: Input  # "sum" | "mixture": the real mixture, stored for validation tracks
+    valid: Valid  # "full_tracks" | "crops": nb_valid_samples seeded crops
+    remix: Remix  # "independent": each interferer from its own random track | "joint": all from one | "never"
+    augment: bool  # whether source augmentations may be applied
+    defaults: LayoutDefaults
+    complement: Complement | None = None
+
+
+@dataclass(frozen=True)
+class Storage:
+    format: StorageFormat
+    objects: Mapping[str, str] = field(default_factory=dict)  # zarr: object key → sha256
+
+
+@dataclass(frozen=True)
 class ShardEntry:
+    """A WebDataset shard: a tar file of the set, with its checksum and the tracks it holds."""
+
+    split: str
     name: str
     sha256: str
     bytes: int
-    track_ids: list[str]
-    track_frames: list[int]
-    track_sources: list[list[str]]  # the sources each record holds
+    track_ids: tuple[str, ...]
+    track_frames: tuple[int, ...]
+    track_sources: tuple[tuple[str, ...], ...]  # the sources each record holds
 
     @property
     def frames(self) -> int:
@@ -44,69 +100,96 @@ class ShardEntry:
 
 
 @dataclass(frozen=True)
+class TrackGroup:
+    """A group of tracks of a zarr store (the same groups as WebDataset shards: the unit the
+    sampling plan assigns to consumers); its objects are checksummed in `Storage.objects`."""
+
+    split: str
+    name: str
+    track_ids: tuple[str, ...]
+    track_frames: tuple[int, ...]
+    track_sources: tuple[tuple[str, ...], ...]
+
+    @property
+    def frames(self) -> int:
+        return sum(self.track_frames)
+
+
+TrackEntry = Union[ShardEntry, TrackGroup]
+
+
+@dataclass(frozen=True)
+class Split:
+    name: str
+    entries: tuple[TrackEntry, ...]
+    max_sources: int  # the most sources one record of the split holds
+
+    @property
+    def tracks(self) -> int:
+        return sum(len(e.track_ids) for e in self.entries)
+
+
+@dataclass(frozen=True)
 class Manifest:
-    """A validated manifest; `raw` is the JSON object as stored."""
+    """A validated, parsed manifest; `raw` is the JSON object as stored (for writing it back)."""
 
     raw: dict
     location: str  # the shard set's base URL or folder
-
-    @property
-    def layout(self) -> str:
-        return self.raw["layout"]
-
-    @property
-    def sample_rate(self) -> int:
-        return self.raw["sample_rate"]
-
-    @property
-    def channels(self) -> int:
-        return self.raw["channels"]
-
-    @property
-    def sources(self) -> list[str]:
-        return list(self.raw["sources"])
-
-    @property
-    def target(self) -> str:
-        return self.raw["target"]
-
-    @property
-    def sampling(self) -> dict:
-        return self.raw["sampling"]
+    version: int
+    layout: str
+    sample_rate: int
+    channels: int
+    sources: list[str]
+    target: str
+    sampling: Sampling
+    storage: Storage
+    split_table: Mapping[str, Split]
+    statistics_table: Mapping[str, Mapping[str, list]]
 
     def splits(self) -> list[str]:
-        return list(self.raw["splits"])
+        return list(self.split_table)
 
-    def shards(self, split: str) -> list[ShardEntry]:
-        if split not in self.raw["splits"]:
-            raise ManifestError(self.location, f"splits.{split}",
-                                f"this shard set has no '{split}' split (it has {self.splits()})")
-        return [ShardEntry(**s) for s in self.raw["splits"][split]["shards"]]
+    def split(self, name: str) -> Split:
+        if name not in self.split_table:
+            raise ManifestError(self.location, f"splits.{name}",
+                                f"this shard set has no '{name}' split (it has {self.splits()})")
+        return self.split_table[name]
 
-    def shard_url(self, entry: ShardEntry) -> str:
-        return storage.join(self.location, entry.name)
+    def shards(self, split: str) -> list[TrackEntry]:
+        """The entries of a split: WebDataset shards, or a zarr store's track groups."""
+        return list(self.split(split).entries)
+
+    def shard_url(self, entry: TrackEntry) -> str:
+        """Where an entry's data is: its tar file, or for a zarr group the store."""
+        return storage.join(self.location, entry.name if isinstance(entry, ShardEntry) else ZARR_STORE)
 
     def statistics(self, n_fft: int, n_hop: int) -> dict | None:
-        return self.raw.get("statistics", {}).get(stats_key(n_fft, n_hop))
+        stats = self.statistics_table.get(stats_key(n_fft, n_hop))
+        return None if stats is None else dict(stats)
+
+    def content_digest(self, split: str) -> str:
+        """A digest of the split's stored bytes (its shards' or store objects' checksums)."""
+        if self.storage.format == "zarr":
+            parts = [f"{k}={v}" for k, v in sorted(self.storage.objects.items()) if k.startswith(f"{split}/")]
+        else:
+            parts = [e.sha256 for e in self.shards(split)]  # type: ignore[union-attr]
+        return hashlib.sha256("".join(parts).encode()).hexdigest()
+
+
+ZARR_STORE = "store.zarr"
 
 
 _TOP = {
     "format": str, "version": int, "layout": str, "sample_rate": int, "channels": int,
     "sources": list, "target": str, "sampling": dict, "storage": dict, "splits": dict,
 }
-# How the trainer samples a shard set, so it never needs to know the layout:
-#   records      "tracks" (aligned sources of one track) | "source_files" (one file of one source)
-#   train_input  "sum" (mix the sources) | "mixture" (the stored input file is the model input)
-#   valid_input  "sum" | "mixture" (the real mixture, stored for validation tracks)
-#   valid        "full_tracks" | "crops" (nb_valid_samples seeded crops)
-#   remix        "independent" (each interferer from its own random track) | "joint" (all
-#                interferers from one random track) | "never"
-#   augment      whether source augmentations may be applied
-#   defaults     the layout's training defaults (samples_per_track, source_augmentations, random_mix, …)
-_SAMPLING = {"records": ("tracks", "source_files"), "train_input": ("sum", "mixture"),
-             "valid_input": ("sum", "mixture"), "valid": ("full_tracks", "crops"),
-             "remix": ("independent", "joint", "never")}
-_SHARD = {"name": str, "sha256": str, "bytes": int, "track_ids": list, "track_frames": list, "track_sources": list}
+_SAMPLING = {"records": get_args(Records), "train_input": get_args(Input), "valid_input": get_args(Input),
+             "valid": get_args(Valid), "remix": get_args(Remix)}
+_TRACKS = {"track_ids": list, "track_frames": list, "track_sources": list}
+_SHARD = {"name": str, "sha256": str, "bytes": int, **_TRACKS}
+_GROUP = {"group": str, **_TRACKS}
+_DEFAULT_TYPES = {"samples_per_track": int, "source_augmentations": list, "random_mix": bool,
+                  "silence_missing_targets": bool, "nb_train_samples": int, "nb_valid_samples": int}
 
 
 def _require(obj: dict, spec: dict, where: str, prefix: str) -> None:
@@ -150,7 +233,7 @@ def validate(raw: Any, where: str = NAME) -> dict:
     _require(raw, _TOP, where, "")
     if raw["format"] != FORMAT:
         raise ManifestError(where, "format", f"must be '{FORMAT}', got '{raw['format']}'")
-    if raw["version"] > VERSION:
+    if isinstance(raw["version"], int) and raw["version"] > VERSION:
         raise ManifestError(where, "version", f"is {raw['version']}, newer than this umx reads "
                             f"({VERSION}); upgrade umx")
     if raw["version"] < 1:
@@ -172,41 +255,77 @@ def validate(raw: Any, where: str = NAME) -> dict:
                                 f"got {raw['sampling'].get(key)!r}")
     if not isinstance(raw["sampling"].get("augment"), bool):
         raise ManifestError(where, "sampling.augment", "must be true or false")
-    if not isinstance(raw["sampling"].get("defaults"), dict):
-        raise ManifestError(where, "sampling.defaults", "must be a JSON object")
+    _validate_defaults(raw["sampling"].get("defaults"), where)
+    _validate_complement(raw["sampling"].get("complement"), raw["sources"], where)
     if not raw["splits"]:
         raise ManifestError(where, "splits", "is empty")
     _validate_storage(raw["storage"], where)
+    zarr = raw["storage"].get("format") == "zarr"
     for split, body in raw["splits"].items():
         _name(split, where, f"splits.{split[:40]!r}", "split name")
         _require(body, {"shards": list}, where, f"splits.{split}.")
         for i, shard in enumerate(body["shards"]):
             prefix = f"splits.{split}.shards[{i}]."
-            _require(shard, _SHARD, where, prefix)
-            name = shard["name"]
-            _name(name, where, prefix + "name", "shard name")
-            if name.startswith(".") or not name.endswith(".tar"):
-                raise ManifestError(where, prefix + "name", f"'{name}' is not a plain .tar file name")
-            if len(shard["sha256"]) != 64 or any(c not in "0123456789abcdef" for c in shard["sha256"]):
-                raise ManifestError(where, prefix + "sha256", "must be 64 lower-case hex digits")
-            if shard["bytes"] < 0:
-                raise ManifestError(where, prefix + "bytes", "must be >= 0")
-            _list_of(shard["track_ids"], str, where, prefix + "track_ids")
-            for k, track_id in enumerate(shard["track_ids"]):  # ids name evaluation outputs and cache entries
-                _name(track_id, where, f"{prefix}track_ids[{k}]", "track id")
-            _list_of(shard["track_frames"], int, where, prefix + "track_frames", 0)
-            known = set(raw["sources"])
-            if not all(isinstance(v, list) and all(isinstance(n, str) and n in known for n in v)
-                       for v in shard["track_sources"]):
-                raise ManifestError(where, prefix + "track_sources", "must be a list of lists of names from "
-                                    "'sources'")
-            for key in ("track_frames", "track_sources"):
-                if len(shard["track_ids"]) != len(shard[key]):
-                    raise ManifestError(where, prefix + key, "length differs from track_ids")
-        if not isinstance(body.get("max_sources", 0), int):
+            if zarr and isinstance(shard, dict) and "group" in shard:  # v2: a track group of the store
+                _require(shard, _GROUP, where, prefix)
+                _name(shard["group"], where, prefix + "group", "track group name")
+            else:  # a tar shard (v1 zarr sets list their groups in this form too)
+                _validate_tar_entry(shard, where, prefix)
+            _validate_tracks(shard, raw["sources"], where, prefix)
+        if not isinstance(body.get("max_sources", 0), int) or isinstance(body.get("max_sources", 0), bool):
             raise ManifestError(where, f"splits.{split}.max_sources", "must be int")
     validate_statistics(raw.get("statistics", {}), where)
     return raw
+
+
+def _validate_tar_entry(shard: Any, where: str, prefix: str) -> None:
+    _require(shard, _SHARD, where, prefix)
+    name = shard["name"]
+    _name(name, where, prefix + "name", "shard name")
+    if name.startswith(".") or not name.endswith(".tar"):
+        raise ManifestError(where, prefix + "name", f"'{name}' is not a plain .tar file name")
+    if len(shard["sha256"]) != 64 or any(c not in "0123456789abcdef" for c in shard["sha256"]):
+        raise ManifestError(where, prefix + "sha256", "must be 64 lower-case hex digits")
+    if shard["bytes"] < 0:
+        raise ManifestError(where, prefix + "bytes", "must be >= 0")
+
+
+def _validate_tracks(shard: dict, sources: list[str], where: str, prefix: str) -> None:
+    _list_of(shard["track_ids"], str, where, prefix + "track_ids")
+    for k, track_id in enumerate(shard["track_ids"]):  # ids name evaluation outputs and cache entries
+        _name(track_id, where, f"{prefix}track_ids[{k}]", "track id")
+    _list_of(shard["track_frames"], int, where, prefix + "track_frames", 0)
+    known = set(sources)
+    if not all(isinstance(v, list) and all(isinstance(n, str) and n in known for n in v)
+               for v in shard["track_sources"]):
+        raise ManifestError(where, prefix + "track_sources", "must be a list of lists of names from 'sources'")
+    for key in ("track_frames", "track_sources"):
+        if len(shard["track_ids"]) != len(shard[key]):
+            raise ManifestError(where, prefix + key, "length differs from track_ids")
+
+
+def _validate_defaults(defaults: Any, where: str) -> None:
+    if not isinstance(defaults, dict):
+        raise ManifestError(where, "sampling.defaults", "must be a JSON object")
+    for key, typ in _DEFAULT_TYPES.items():
+        if key not in defaults:
+            continue
+        value = defaults[key]
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise ManifestError(where, f"sampling.defaults.{key}", f"must be {typ.__name__}")
+        if typ is int and value < 1:
+            raise ManifestError(where, f"sampling.defaults.{key}", "must be >= 1")
+    if not all(isinstance(a, str) for a in defaults.get("source_augmentations", [])):
+        raise ManifestError(where, "sampling.defaults.source_augmentations", "must be a list of names")
+
+
+def _validate_complement(complement: Any, sources: list[str], where: str) -> None:
+    if complement is None:
+        return
+    _require(complement, {"name": str, "of": str}, where, "sampling.complement.")
+    if complement["name"] in sources or complement["of"] not in sources:
+        raise ManifestError(where, "sampling.complement", "must name a target that is not a source ('name') and "
+                            "the source it leaves out ('of')")
 
 
 def validate_statistics(statistics: Any, where: str) -> None:
@@ -294,4 +413,42 @@ def load(location: str) -> Manifest:
         raise ManifestError(url, "(file)", f"is not valid JSON ({e})") from None
     except RecursionError:
         raise ManifestError(url, "(file)", "is nested too deeply to be a umx manifest") from None
-    return Manifest(validate(raw, url), base)
+    return parse(validate(raw, url), base)
+
+
+def _v1_complement(raw: dict) -> dict | None:
+    """What a v1 manifest left implicit: a track set with vocals may train `accompaniment`."""
+    if raw["sampling"]["records"] == "tracks" and "vocals" in raw["sources"]:
+        return {"name": "accompaniment", "of": "vocals"}
+    return None
+
+
+def parse(raw: dict, location: str) -> Manifest:
+    """A validated manifest object as typed sections (the only reader of the raw JSON)."""
+    smp, st = raw["sampling"], raw["storage"]
+    given = {k: v for k, v in smp["defaults"].items() if k in _DEFAULT_TYPES}
+    if "source_augmentations" in given:
+        given["source_augmentations"] = tuple(given["source_augmentations"])
+    complement = smp.get("complement", _v1_complement(raw) if raw["version"] == 1 else None)
+    sampling = Sampling(records=smp["records"], train_input=smp["train_input"], valid_input=smp["valid_input"],
+                        valid=smp["valid"], remix=smp["remix"], augment=smp["augment"],
+                        defaults=LayoutDefaults(**given),
+                        complement=Complement(**complement) if complement else None)
+    storage_format = st.get("format", "webdataset")
+    splits = {}
+    for name, body in raw["splits"].items():
+        entries = tuple(_entry(name, e, storage_format) for e in body["shards"])
+        widest = max((len(s) for e in entries for s in e.track_sources), default=0)
+        splits[name] = Split(name, entries, body.get("max_sources", widest) or widest)
+    return Manifest(raw=raw, location=location, version=raw["version"], layout=raw["layout"],
+                    sample_rate=raw["sample_rate"], channels=raw["channels"], sources=list(raw["sources"]),
+                    target=raw["target"], sampling=sampling,
+                    storage=Storage(storage_format, dict(st.get("objects", {}))),
+                    split_table=splits, statistics_table=raw.get("statistics", {}))
+
+
+def _entry(split: str, e: dict, storage_format: str) -> TrackEntry:
+    tracks = (tuple(e["track_ids"]), tuple(e["track_frames"]), tuple(tuple(s) for s in e["track_sources"]))
+    if storage_format == "zarr":  # v2: "group"; v1 listed the staged tar's name (and its checksum)
+        return TrackGroup(split, e["group"] if "group" in e else e["name"].removesuffix(".tar"), *tracks)
+    return ShardEntry(split, e["name"], e["sha256"], e["bytes"], *tracks)

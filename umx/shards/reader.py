@@ -18,8 +18,9 @@ from typing import Callable, Iterator
 from ..errors import ShardError, UmxError
 from . import storage
 from .cache import ShardCache, verify_once
-from .manifest import Manifest, ShardEntry
-from .webdataset import TrackRecord, read_shard
+from .manifest import Manifest, ShardEntry, TrackEntry
+from .records import TrackRecord
+from .webdataset import read_shard
 from .zarr_store import ZarrReader
 
 
@@ -30,9 +31,8 @@ class ShardReader:
         self.cache = ShardCache(cache_dir, cache_bytes)
         self.bad: list[str] = []
         self._taken = self.cache.stats.as_dict()
-        st = manifest.raw["storage"]
-        self.zarr = ZarrReader(manifest.location, st.get("objects", {}), self.cache) \
-            if st.get("format") == "zarr" else None
+        self.zarr = ZarrReader(manifest.location, dict(manifest.storage.objects), self.cache) \
+            if manifest.storage.format == "zarr" else None
 
     def _local_path(self, entry: ShardEntry) -> str:
         url = self.manifest.shard_url(entry)
@@ -48,7 +48,7 @@ class ShardReader:
     def _verify_once(self, path: Path, entry: ShardEntry) -> None:
         verify_once(path, entry.sha256, entry.bytes, f"{path}", self.cache.stats)
 
-    def records(self, entry: ShardEntry, select: Callable[[int], bool] | None = None,
+    def records(self, entry: TrackEntry, select: Callable[[int], bool] | None = None,
                 views: bool = False) -> Iterator[TrackRecord]:
         """The records of one shard (those `select` keeps), checked against the manifest
         (`views`: read-only arrays on a memory map of the local shard; see read_shard).
@@ -57,7 +57,7 @@ class ShardReader:
         keep = [i for i in range(len(entry.track_ids)) if select is None or select(i)]
         expected = [entry.track_ids[i] for i in keep]
         if self.zarr is not None:
-            records = self.zarr.records(entry.name.rsplit("-", 1)[0], expected)
+            records = self.zarr.records(entry.split, expected)
         else:
             records = read_shard(self._local_path(entry), select, views=views)
         got = 0
@@ -72,7 +72,7 @@ class ShardReader:
             raise ShardError(f"{self.manifest.shard_url(entry)}: holds {got} of the {len(expected)} records the "
                              "manifest lists")
 
-    def _check_record(self, entry: ShardEntry, index: int, record: TrackRecord) -> None:
+    def _check_record(self, entry: TrackEntry, index: int, record: TrackRecord) -> None:
         """A record holds what the manifest says: its sources, and every array `[channels, frames]`
         of the listed length (a disagreeing record would crop out of bounds or train on garbage)."""
         where = f"{self.manifest.shard_url(entry)}: record '{record.id}'"
@@ -86,14 +86,14 @@ class ShardReader:
                 raise ShardError(f"{where} array '{name}' has shape {list(pcm.shape)}; the manifest says "
                                  f"[{channels}, {frames}]")
 
-    def guarded(self, entry: ShardEntry, select=None, views: bool = False) -> Iterator[TrackRecord]:
+    def guarded(self, entry: TrackEntry, select=None, views: bool = False) -> Iterator[TrackRecord]:
         """`records`, but with skip_bad a bad shard is reported and skipped, not raised."""
         try:
             yield from self.records(entry, select, views)
         except (ShardError, storage.StorageError) as e:
             self.skip(entry, e)
 
-    def skip(self, entry: ShardEntry, error: Exception) -> None:
+    def skip(self, entry: TrackEntry, error: Exception) -> None:
         """Raise `error`, or with skip_bad report the entry as skipped and raise SkippedShard."""
         if not self.skip_bad:
             raise error

@@ -30,9 +30,10 @@ import numpy as np
 from ..errors import ShardError
 from ..names import inside
 from . import storage
-from .webdataset import TrackRecord
+from .manifest import ZARR_STORE
+from .records import TrackRecord
 
-STORE = "store.zarr"
+STORE = ZARR_STORE
 CHUNK_FRAMES = 262144  # 2 ch × 2 B × 262144 = 1 MiB, about one 6 s crop
 SHARD_CHUNKS = 32  # 32 MiB objects
 
@@ -82,7 +83,7 @@ class ZarrReader:
         self._checked: set[str] = set()
         self._crops: dict[str, SplitCrops] = {}
 
-    def _ensure(self, key: str, label: str) -> None:
+    def ensure(self, key: str, label: str) -> None:
         """Make object `key` present locally and checked (missing: an error, never zarr's zeros)."""
         from .cache import download_verified, verify_once
 
@@ -113,7 +114,7 @@ class ZarrReader:
 
             for key in self.objects:
                 if key.endswith("zarr.json"):
-                    self._ensure(key, "metadata")
+                    self.ensure(key, "metadata")
             self._root = zarr.open_group(LocalStore(str(self.root), read_only=True), mode="r")
         return self._root
 
@@ -122,7 +123,7 @@ class ZarrReader:
         _, chunk, per_object = self.crops(split).geometry(name)
         span = chunk * per_object
         for k in range(start // span, (max(stop, start + 1) - 1) // span + 1):
-            self._ensure(f"{split}/{name}/c/0/{k}", f"array '{split}/{name}' object {k}")
+            self.ensure(f"{split}/{name}/c/0/{k}", f"array '{split}/{name}' object {k}")
 
     def records(self, split: str, ids: list[str]) -> Iterator[TrackRecord]:
         """Full tracks `ids` of a split, in that order."""
@@ -178,7 +179,7 @@ class SplitCrops:
     def _array(self, name: str) -> tuple[int, int, int]:
         if name not in self._meta:
             key = f"{self.split}/{name}/zarr.json"
-            self.reader._ensure(key, f"array '{self.split}/{name}' metadata")
+            self.reader.ensure(key, f"array '{self.split}/{name}' metadata")
             where = f"{self.reader.url}: array '{self.split}/{name}'"
             try:
                 meta = json.loads((self.reader.root / key).read_text())
@@ -212,7 +213,7 @@ class SplitCrops:
         are whole numbers and the tracks do not overlap."""
         if self._tracks is None:
             key = f"{self.split}/zarr.json"
-            self.reader._ensure(key, "metadata")
+            self.reader.ensure(key, "metadata")
             where = f"{self.reader.url}: the '{self.split}' track index"
             try:
                 tracks = json.loads((self.reader.root / key).read_text())["attributes"]["tracks"]
@@ -243,7 +244,7 @@ class SplitCrops:
         """(memory map, index [chunks, 2] of offset and length) of object k of an array."""
         if (name, k) not in self._objects:
             key = f"{self.split}/{name}/c/0/{k}"
-            self.reader._ensure(key, f"array '{self.split}/{name}' object {k}")
+            self.reader.ensure(key, f"array '{self.split}/{name}' object {k}")
             per_object = self._array(name)[2]
             path = self.reader.root / key
             if path.stat().st_size < 16 * per_object + 4:

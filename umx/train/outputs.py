@@ -11,12 +11,15 @@ from __future__ import annotations
 import io
 import json
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import UmxError
 from ..shards.storage import atomic_writer, write_json
+from .state import RunState
+from .step import optimizer_state
 
 MAX_JSON_BYTES = 64 * 2**20  # histories of very long runs stay far below
 
@@ -53,19 +56,45 @@ def read_json(path: Path, hint: str) -> dict:
     return value
 
 
-def read_results(folder: Path, target: str) -> tuple[dict, dict]:
-    """The `<target>.json` and `<target>.chkpnt` of a run to resume."""
-    folder = Path(folder).expanduser()
-    results = read_json(folder / f"{target}.json", f"is {folder} the output folder of a '{target}' run?")
-    return results, load_checkpoint(folder, target)
+@dataclass
+class Checkpoint:
+    """A `<target>.chkpnt` as read back: open-unmix's keys and the run state."""
+
+    state_dict: dict
+    optimizer: dict
+    scheduler: dict
+    state: RunState
 
 
-def load_checkpoint(folder: Path, target: str) -> dict:
-    """The `<target>.chkpnt` of a run to resume."""
+def save_checkpoint(folder: Path, target: str, model, optimizer, scheduler, state: RunState) -> None:
+    """`<target>.chkpnt`: open-unmix's keys (epoch, state_dict, best_loss, optimizer, scheduler) and the
+    whole run state under "umx", so a kill between two output files cannot desynchronise them."""
+    save_torch({"epoch": state.progress.epoch, "state_dict": model.state_dict(), "best_loss": state.best_loss,
+                "optimizer": optimizer_state(optimizer), "scheduler": scheduler.state_dict(),
+                "umx": state.to_dict()}, Path(folder) / f"{target}.chkpnt")
+
+
+def load_checkpoint(folder: Path, target: str) -> Checkpoint:
+    """The `<target>.chkpnt` of a run to resume (an open-unmix one: its state from `<target>.json`)."""
     path = Path(folder).expanduser() / f"{target}.chkpnt"
     if not path.is_file():
         raise UmxError(f"{path}: not found (is {Path(folder)} the output folder of a '{target}' run?)")
-    return load_plain(path, "checkpoint")
+    ckpt = load_plain(path, "checkpoint")
+    missing = [k for k in ("state_dict", "optimizer", "scheduler") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UmxError(f"{path}: not a training checkpoint (no {', '.join(missing)})")
+    try:
+        if "umx" in ckpt:
+            state = RunState.from_dict(ckpt["umx"])
+        else:
+            state = RunState.from_results(read_json(path.with_suffix(".json"), "the results of the run to resume"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise UmxError(f"{path}: its run state is incomplete ({type(e).__name__}: {e})") from None
+    return Checkpoint(ckpt["state_dict"], ckpt["optimizer"], ckpt["scheduler"], state)
+
+
+def write_results(folder: Path, target: str, args: dict, state: RunState) -> None:
+    write_json(Path(folder) / f"{target}.json", state.results(args))
 
 
 def load_plain(path: Path, what: str, map_location="cpu"):

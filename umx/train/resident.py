@@ -25,7 +25,8 @@ import torch
 from ..errors import UmxError
 from ..shards.manifest import Manifest
 from ..shards.reader import ShardReader, SkippedShard
-from .loader import Slots, source_files
+from .crops import source_files
+from .slots import Slots
 
 MODES = ("auto", "on", "off")
 AUTO_FRACTION = 0.5  # auto: only when the split takes at most this share of the free device memory
@@ -34,7 +35,7 @@ AUTO_FRACTION = 0.5  # auto: only when the split takes at most this share of the
 def split_bytes(manifest: Manifest, slots: Slots, split: str = "train") -> int:
     """Device bytes of the split: usable tracks as `[slots, channels, frames]` int16, or for
     unaligned source files every file of a slot's source."""
-    if manifest.sampling["records"] == "source_files":
+    if manifest.sampling.records == "source_files":
         frames = sum(f for e in manifest.shards(split) for f, names in zip(e.track_frames, e.track_sources)
                      for n in names if n in slots.order)
         return 2 * manifest.channels * frames
@@ -114,6 +115,11 @@ class ResidentTracks:
     def nbytes(self) -> int:
         return self.audio.numel() * 2
 
+    @property
+    def positions(self) -> dict[str, int]:
+        """What loader workers need to send crop positions (crops.ResidentCrops): track id → column."""
+        return self.starts
+
     def gather(self, starts: torch.Tensor, seq_len: int) -> torch.Tensor:
         """int16 `[batch, slots, channels, seq_len]` crops starting at the given columns."""
         idx = starts.to(self.device, non_blocking=True)[:, None] + torch.arange(seq_len, device=self.device)
@@ -123,7 +129,7 @@ class ResidentTracks:
 class ResidentSources:
     """Every file of every source of an unaligned split (sourcefolder), one device tensor
     `[channels, frames]` per source with its files end to end; `files` maps a source to its
-    (file id, frames, column) in the order the stream draws from (loader.source_files)."""
+    (file id, frames, column) in the order the stream draws from (crops.source_files)."""
 
     def __init__(self, manifest: Manifest, slots: Slots, reader: ShardReader, device: torch.device,
                  seq_len: int, split: str = "train", quiet: bool = False):
@@ -151,6 +157,11 @@ class ResidentSources:
     @property
     def nbytes(self) -> int:
         return sum(a.numel() * 2 for a in self.audio.values())
+
+    @property
+    def positions(self) -> dict[str, list[tuple[str, int, int]]]:
+        """What loader workers need (crops.ResidentFiles): source → (file id, frames, column)."""
+        return self.files
 
     def gather(self, starts: torch.Tensor, seq_len: int) -> torch.Tensor:
         """int16 `[batch, slots, channels, seq_len]`: slot j's crop starts at column `starts[:, j]` of its source."""

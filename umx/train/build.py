@@ -1,0 +1,216 @@
+"""Building a training run from its config: process set-up, data, model, optimisation, state.
+
+`setup_process` does what belongs to the process, once, before anything is built
+(storage options, distributed group, threads, seeds, precision flags); `build_trainer`
+then assembles a `Trainer` from parts that each have one job: the data side
+(`TrainData`: shard reader, slots, the device-resident split, the train stream, the
+validation set) and the model side (model, DDP wrapper, optimizer, scheduler, step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UmxError
+from ..model import OpenUnmix, Spectrogram, bandwidth_to_max_bin, load_target
+from ..prep import stats as stats_mod
+from ..shards import manifest as mf
+from ..shards import storage
+from ..shards.cache import cache_root
+from ..shards.reader import ShardReader, add_metrics
+from . import distributed, resident
+from .augment import Augment
+from .config import TrainConfig
+from .outputs import load_checkpoint
+from .slots import Slots, make_slots
+from .state import RunState
+from .step import EagerStep, GraphStep, make_optimizer, settle_lr
+from .streams import SourceFileStream, TrainStream
+from .trainer import Optimisation, Trainer, TrainData
+from .validation import ValidItem, load_validation
+
+
+def setup_process(config: TrainConfig) -> tuple[distributed.Context, torch.device]:
+    """Process-wide set-up: storage options, the process group and device, CPU threads (loader
+    workers and other ranks share the cores: oversubscribed OpenMP threads crawl), the seeds
+    (model initialisation, as open-unmix seeds it) and the precision flags."""
+    storage.configure(_json_option(config.storage_options, "--storage-options"), config.anon)
+    dist, device = distributed.setup(not config.no_cuda and torch.cuda.is_available())
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local - config.nb_workers))
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    tf32 = config.precision == "tf32"  # fp32 is strict fp32 (no TF32 anywhere)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    return dist, device
+
+
+def build_trainer(config: TrainConfig, dist: distributed.Context | None = None,
+                  device: torch.device | None = None) -> Trainer:
+    """A ready `Trainer` for `config` (set up the process first, unless `dist` and `device` are given)."""
+    config.check()  # before any set-up
+    if dist is None or device is None:
+        dist, device = setup_process(config)
+    manifest = mf.load(config.shards)
+    cfg = config.resolved(manifest)
+    data = build_data(cfg, manifest, dist, device)
+    encoder = Spectrogram(cfg.nfft, cfg.nhop, mono=cfg.nb_channels == 1).to(device)
+    remix = manifest.sampling.remix if cfg.random_track_mix and manifest.sampling.remix != "never" else None
+    augment = Augment(cfg.source_augmentations, remix).to(device)
+    model = build_model(cfg, manifest, data.reader, device, quiet=cfg.quiet or not dist.is_main)
+    add_metrics(data.valid_io, data.reader.take_metrics())  # (a statistics pass, if any) not an epoch's
+    parts, state = build_optimisation(cfg, model, encoder, dist, device, data.seq_len)
+    return Trainer(cfg, manifest, dist, device, data, encoder, augment, parts, state)
+
+
+def build_data(cfg: TrainConfig, manifest: mf.Manifest, dist: distributed.Context, device: torch.device) -> TrainData:
+    reader = ShardReader(manifest, cfg.cache_dir, int(cfg.cache_size * 2**30), cfg.skip_bad_shards)
+    seq_len = cfg.seq_len(manifest.sample_rate)
+    slots = make_slots(manifest, cfg.target, cfg.silence_missing_targets)
+    split = resident_split(cfg, manifest, slots, reader, device, seq_len, quiet=cfg.quiet or not dist.is_main)
+    positions = None if split is None else split.positions
+    common = dict(rank=dist.rank, world_size=dist.world_size, reader=reader, resident=positions)
+    if manifest.sampling.records == "source_files":
+        stream = SourceFileStream(manifest, cfg.target, seq_len, cfg.batch_size, cfg.nb_train_samples, cfg.seed,
+                                  **common)
+    else:
+        stream = TrainStream(manifest, cfg.target, seq_len, cfg.batch_size if seq_len else 1, cfg.samples_per_track,
+                             cfg.pool_size, cfg.seed, silence_missing_targets=cfg.silence_missing_targets, **common)
+    stream.check(cfg.nb_workers)
+    valid: list[ValidItem] = load_validation(manifest, cfg.target, "valid", cfg.silence_missing_targets,
+                                             cfg.nb_valid_samples, seq_len, reader)
+    return TrainData(reader, slots, seq_len, stream, split, valid[dist.rank::dist.world_size], len(valid),
+                     reader.take_metrics())
+
+
+def resident_split(cfg: TrainConfig, manifest: mf.Manifest, slots: Slots, reader: ShardReader,
+                   device: torch.device, seq_len: int | None, quiet: bool):
+    """--device-cache auto: the train split on the GPU where it fits (half the free memory);
+    on: wherever crops have a fixed length (on CPU: in host memory, the same code); off: streamed."""
+    if cfg.device_cache == "off":
+        return None
+    if seq_len is None:
+        if cfg.device_cache == "on":
+            raise UmxError("--device-cache on: not available with whole-track batches (--seq-dur 0); "
+                           "use auto or off")
+        return None
+    if cfg.device_cache == "auto" and not resident.fits(manifest, slots, device):
+        return None
+    if manifest.sampling.records == "source_files":
+        return resident.ResidentSources(manifest, slots, reader, device, seq_len, quiet=quiet)
+    return resident.ResidentTracks(manifest, slots, reader, device, quiet=quiet)
+
+
+def input_statistics(manifest: mf.Manifest, nfft: int, nhop: int, quiet: bool, reader=None) -> dict:
+    """The manifest's statistics for this STFT, else computed once and cached."""
+    stats = manifest.statistics(nfft, nhop)
+    if stats is not None:
+        return stats
+    digest = manifest.content_digest("train")[:16]
+    cache = cache_root() / "stats"
+    path = cache / f"{digest}-{mf.stats_key(nfft, nhop)}.json"
+    if path.is_file():
+        try:  # our own cache, but a file on disk all the same: checked like a manifest's
+            cached = json.loads(path.read_text())
+            mf.validate_statistics({mf.stats_key(nfft, nhop): cached}, str(path))
+            return cached
+        except (json.JSONDecodeError, UmxError) as e:
+            print(f"warning: {path}: recomputing the input statistics ({e})", file=sys.stderr)
+    stats = stats_mod.from_shard_set(manifest, nfft, nhop, progress=not quiet, reader=reader)
+    cache.mkdir(parents=True, exist_ok=True)
+    storage.write_json(path, stats)
+    return stats
+
+
+def build_model(cfg: TrainConfig, manifest: mf.Manifest, reader: ShardReader, device: torch.device,
+                quiet: bool) -> OpenUnmix:
+    """A fresh OpenUnmix with the input statistics, or `--model`'s weights to fine-tune."""
+    if cfg.model:
+        model = load_target(cfg.model, cfg.target, device)
+        channels = model.fc3.out_features // model.nb_output_bins
+        if (model.nb_output_bins, channels) != (cfg.nfft // 2 + 1, cfg.nb_channels):
+            raise UmxError(f"--model {cfg.model}: its '{cfg.target}' model has {model.nb_output_bins} frequency "
+                           f"bins and {channels} channel(s), but this run has --nfft {cfg.nfft} "
+                           f"({cfg.nfft // 2 + 1} bins) and --nb-channels {cfg.nb_channels}")
+        model.train()
+        return model
+    if cfg.checkpoint or cfg.debug:  # weights come from the checkpoint / --debug skips statistics
+        mean = std = None
+    else:
+        s = input_statistics(manifest, cfg.nfft, cfg.nhop, quiet, reader)
+        mean, std = np.asarray(s["mean"]), np.asarray(s["std"])
+    return OpenUnmix(
+        nb_bins=cfg.nfft // 2 + 1, nb_channels=cfg.nb_channels, hidden_size=cfg.hidden_size,
+        unidirectional=cfg.unidirectional, input_mean=mean, input_scale=std,
+        max_bin=bandwidth_to_max_bin(manifest.sample_rate, cfg.nfft, cfg.bandwidth),
+    ).to(device)
+
+
+def build_optimisation(cfg: TrainConfig, model: OpenUnmix, encoder, dist: distributed.Context, device: torch.device,
+                       seq_len: int | None) -> tuple[Optimisation, RunState]:
+    """Model wrapper, optimizer, scheduler and step — and the run state, resumed from --checkpoint."""
+    net = model
+    if dist.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    graph = graph_step_wanted(cfg, dist, device, seq_len)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, graph, device)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=cfg.lr_decay_gamma, patience=cfg.lr_decay_patience, cooldown=10)
+    state = RunState()
+    if cfg.checkpoint:
+        state = resume(cfg, model, optimizer, scheduler)
+    step = GraphStep(net, encoder, optimizer, bf16=cfg.precision == "bf16", capture=device.type == "cuda") \
+        if graph else EagerStep(net, encoder, optimizer, bf16=cfg.precision == "bf16")
+    return Optimisation(model, net, optimizer, scheduler, step), state
+
+
+def resume(cfg: TrainConfig, model, optimizer, scheduler) -> RunState:
+    """Model, optimizer and scheduler from `--checkpoint`, and the run state to continue."""
+    ckpt = load_checkpoint(Path(cfg.checkpoint), cfg.target)
+    try:
+        model.load_state_dict(ckpt.state_dict)
+        optimizer.load_state_dict(ckpt.optimizer)
+        scheduler.load_state_dict(ckpt.scheduler)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        path = Path(cfg.checkpoint).expanduser() / f"{cfg.target}.chkpnt"
+        raise UmxError(f"{path}: does not fit this run's model (--hidden-size, --nfft, --nb-channels, "
+                       f"--unidirectional, --bandwidth must be those of the run; {lines[-1][:200] if lines else e})"
+                       ) from None
+    settle_lr(optimizer)
+    return ckpt.state
+
+
+def graph_step_wanted(cfg: TrainConfig, dist: distributed.Context, device: torch.device, seq_len: int | None) -> bool:
+    """--cuda-graph auto: the captured step wherever it can run (one CUDA process, fixed
+    shapes); on: the graph step everywhere (on CPU uncaptured, the same code); off: eager."""
+    if cfg.cuda_graph == "off":
+        return False
+    reason = ("under torchrun/DDP" if dist.active else
+              "with whole-track batches (--seq-dur 0: every batch has another shape)" if seq_len is None else None)
+    if cfg.cuda_graph == "on" and reason:
+        raise UmxError(f"--cuda-graph on: the training step cannot be captured {reason}; use auto or off")
+    return reason is None and (cfg.cuda_graph == "on" or device.type == "cuda")
+
+
+def _json_option(text: str | None, flag: str) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UmxError(f"{flag}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise UmxError(f"{flag}: must be a JSON object, e.g. '{{\"endpoint_url\": \"http://…\"}}'")
+    return value

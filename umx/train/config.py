@@ -1,0 +1,171 @@
+"""The training options: one table, from which the command line is generated.
+
+Every option of open-unmix's train.py (same names and defaults) plus umx's own is a
+`TrainConfig` field whose metadata (`Option`) holds its help, group, choices and range.
+The CLI (`umx-train`, `umx-bench`) is built from these fields; nothing repeats a default.
+Options left None take the shard set's defaults (`manifest.LayoutDefaults`, written by
+prep from the layout): the target, samples per track, augmentations, random mixing,
+sample counts. `0` is never taken for "unset".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UmxError
+from ..shards import manifest as mf
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+MODES = ("auto", "on", "off")  # --cuda-graph, --device-cache
+AUGMENTATIONS = ("gain", "channelswap")
+GROUPS = ("run", "training", "model", "data", "buckets", "layout")
+
+
+@dataclass(frozen=True)
+class Option:
+    """What a command line needs to know of one field."""
+
+    help: str
+    group: str
+    choices: tuple | None = None
+    low: float | None = None  # the smallest value allowed (None: any)
+    high: float | None = None
+    low_open: bool = False  # the smallest value itself is excluded
+    nargs: str | None = None  # "*" for lists
+    layout: bool = False  # one of open-unmix's dataset options, shared with umx-prep (layouts/options.py)
+
+
+def option(default: Any, help: str, group: str, **kw) -> Any:
+    return field(default=default, metadata={"option": Option(help, group, **kw)})
+
+
+@dataclass
+class TrainConfig:
+    shards: str = option("", "shard set written by umx-prep: folder, manifest.json, or URL (s3://, gs://, https://)",
+                         "run")
+    target: str | None = option(None, "source to separate (default: the shard set's target, e.g. vocals)", "run")
+    output: str = option("open-unmix", "model directory to write", "run")
+    checkpoint: str | None = option(None, "model directory of a run to resume", "run")
+    model: str | None = option(None, "model directory of a trained target to fine-tune", "run")
+    no_cuda: bool = option(False, "train on the CPU even if CUDA is available", "run")
+    quiet: bool = option(False, "no progress bars", "run")
+
+    epochs: int = option(1000, "train until this epoch (counting resumed ones)", "training", low=1)
+    batch_size: int = option(16, "per process (torchrun: × nproc)", "training", low=1)
+    patience: int = option(140, "early stopping patience (epochs)", "training", low=0)
+    lr: float = option(0.001, "learning rate", "training", low=0, low_open=True)
+    lr_decay_patience: int = option(80, "epochs without improvement before the lr drops", "training", low=0)
+    lr_decay_gamma: float = option(0.3, "factor of each lr drop", "training", low=0, high=1, low_open=True)
+    weight_decay: float = option(0.00001, "Adam weight decay", "training", low=0)
+    seed: int = option(42, "seed of every random draw (model, crops, augmentation, dropout)", "training")
+    debug: bool = option(False, "skip the input statistics (faster start)", "training")
+    save_every: int = option(0, "also write the checkpoint every N steps inside an epoch (exact mid-epoch resume)",
+                             "training", low=0)
+    precision: str = option("fp32", "fp32 (exact), tf32 matmuls on GPUs, or bf16 autocast", "training",
+                            choices=PRECISIONS)
+    cuda_graph: str = option("auto", "capture the training step as one CUDA graph: auto (on one GPU with fixed "
+                             "shapes), on (also runs that step, uncaptured, on CPU), off (open-unmix's eager step)",
+                             "training", choices=MODES)
+    device_cache: str = option("auto", "hold the train split in device memory, so workers send crop positions, "
+                               "not audio: auto (on a GPU where it takes at most half the free memory), on, off",
+                               "training", choices=MODES)
+    trace: bool = option(False, "log the track ids of every step per rank to OUTPUT/trace-rank<r>.jsonl", "training")
+
+    seq_dur: float = option(6.0, "crop length in s; <= 0: full tracks", "model", low=-math.inf)
+    unidirectional: bool = option(False, "unidirectional LSTM (real time)", "model")
+    hidden_size: int = option(512, "LSTM hidden size", "model", low=1, high=2**14)
+    nfft: int = option(4096, "STFT window length", "model", low=16, high=2**16)
+    nhop: int = option(1024, "STFT hop length", "model", low=1)
+    bandwidth: int = option(16000, "max bandwidth (Hz) seen by the LSTM", "model", low=0)
+    nb_channels: int = option(2, "1: mono model (downmixed input), 2: stereo", "model", choices=(1, 2))
+
+    nb_workers: int = option(0, "DataLoader worker processes", "data", low=0, high=1024)
+    source_augmentations: list[str] | None = option(
+        None, "per-source augmentations (musdb: gain channelswap, else none)", "data", choices=AUGMENTATIONS,
+        nargs="*")
+    random_track_mix: bool | None = option(None, "draw interferers from other tracks (musdb: on, else off)", "data")
+    random_interferer_mix: bool | None = option(None, "trackfolder_var: all interferers from one random track "
+                                                "(the same switch as --random-track-mix)", "data")
+    pool_size: int = option(8, "tracks each worker holds for random crops", "data", low=1)
+
+    cache_dir: str | None = option(None, "local cache of remote shards (default $UMX_CACHE/shards)", "buckets")
+    cache_size: float = option(100.0, "cache size limit in GiB (LRU)", "buckets", low=0, low_open=True)
+    skip_bad_shards: bool = option(False, "skip (and count) shards whose checksum or structure is wrong instead "
+                                   "of stopping", "buckets")
+    storage_options: str | None = option(None, "JSON options for the bucket filesystem (endpoint, credentials, …)",
+                                         "buckets")
+    anon: bool = option(False, "read a public bucket without credentials", "buckets")
+
+    samples_per_track: int | None = option(None, "crops per track per epoch", "layout", low=1, layout=True)
+    silence_missing_targets: bool | None = option(None, "trackfolder_var: tracks without the target get a silent "
+                                                  "one", "layout", layout=True)
+    nb_train_samples: int | None = option(None, "sourcefolder: samples per epoch", "layout", low=1, layout=True)
+    nb_valid_samples: int | None = option(None, "sourcefolder: validation samples", "layout", low=1, layout=True)
+
+    def check(self) -> None:
+        """Refuse values no run can use, each as one line naming the option (before any work)."""
+        for f, opt in options():
+            value = getattr(self, f.name)
+            flag = "--" + f.name.replace("_", "-")
+            if value is None:
+                continue
+            if opt.choices is not None and not isinstance(value, list) and value not in opt.choices:
+                raise UmxError(f"{flag} must be one of {', '.join(map(str, opt.choices))}, not '{value}'")
+            if opt.low is None:
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UmxError(f"{flag} must be a finite number, got {value}")
+            if (value <= opt.low if opt.low_open else value < opt.low) or (opt.high is not None and value > opt.high):
+                bound = f"> {opt.low:g}" if opt.low_open else f">= {opt.low:g}"
+                raise UmxError(f"{flag} must be {bound}{'' if opt.high is None else f' and <= {opt.high:g}'}, "
+                               f"got {value}")
+        if self.nhop > self.nfft:
+            raise UmxError(f"--nhop {self.nhop} is larger than --nfft {self.nfft}: frames would leave gaps")
+        out = Path(self.output).expanduser()
+        if self.output and out.exists() and not out.is_dir():
+            raise UmxError(f"--output {self.output}: is a file, not a folder")
+
+    def resolved(self, manifest: mf.Manifest) -> "TrainConfig":
+        """Fill every None from the manifest; refuse what the shard set cannot do."""
+        self.check()
+        smp, d = manifest.sampling, manifest.sampling.defaults
+        mix = self.random_track_mix if self.random_track_mix is not None else self.random_interferer_mix
+        values = dict(
+            target=self.target or manifest.target,
+            samples_per_track=_given(self.samples_per_track, d.samples_per_track),
+            source_augmentations=_given(self.source_augmentations, list(d.source_augmentations)),
+            random_track_mix=_given(mix, d.random_mix),
+            silence_missing_targets=_given(self.silence_missing_targets, d.silence_missing_targets),
+            nb_train_samples=_given(self.nb_train_samples, d.nb_train_samples),
+            nb_valid_samples=_given(self.nb_valid_samples, d.nb_valid_samples),
+        )
+        values["random_interferer_mix"] = values["random_track_mix"]  # two spellings of one switch
+        if not smp.augment:
+            if self.source_augmentations or mix:
+                raise UmxError(f"--source-augmentations / --random-track-mix: a '{manifest.layout}' shard set "
+                               "is never remixed or augmented (its input file is the model input)")
+            values.update(source_augmentations=[], random_track_mix=False, random_interferer_mix=False)
+        return dataclasses.replace(self, **values)
+
+    def seq_len(self, sample_rate: int) -> int | None:
+        """Crop length in samples, or None for whole tracks (--seq-dur <= 0)."""
+        if self.seq_dur <= 0:
+            return None
+        seq_len = int(self.seq_dur * sample_rate)
+        if seq_len < self.nfft:
+            raise UmxError(f"--seq-dur {self.seq_dur} s is shorter than one STFT window (--nfft {self.nfft})")
+        return seq_len
+
+
+def options() -> list[tuple[dataclasses.Field, Option]]:
+    """Every field of TrainConfig with its command-line metadata, in declaration order."""
+    return [(f, f.metadata["option"]) for f in dataclasses.fields(TrainConfig)]
+
+
+def _given(value, default):
+    """An option's value, or the shard set's default where it was not given (None, never 0)."""
+    return default if value is None else value
