@@ -157,11 +157,20 @@ def run_two_ranks(sets: dict[str, Path], out: Path) -> dict:
 
 
 def run_all(base: Path) -> dict:
+    """Every golden run, on one torch thread (the caller's thread setting is restored)."""
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    sets = datasets(base / "data")
-    record = {name: run_one(name, sets, base / name) for name in RUNS}
-    record["two-ranks-gloo"] = run_two_ranks(sets, base / "ddp")
+    os.environ["OMP_NUM_THREADS"] = "1"  # the trainer then keeps one thread
+    try:
+        sets = datasets(base / "data")
+        record = {name: run_one(name, sets, base / name) for name in RUNS}
+        record["two-ranks-gloo"] = run_two_ranks(sets, base / "ddp")
+    finally:
+        torch.set_num_threads(threads)
+        if omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = omp
     return record
 
 

@@ -11,16 +11,8 @@ RECORD = json.loads(golden_runs.RECORD.read_text())
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, monkeypatch_module):
-    monkeypatch_module.setenv("OMP_NUM_THREADS", "1")
+def runs(tmp_path_factory):
     return golden_runs.run_all(tmp_path_factory.mktemp("golden"))
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
 
 
 @pytest.mark.parametrize("name", list(RECORD))
