@@ -5,15 +5,11 @@ import functools
 import http.server
 import json
 import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 
 import pytest
 
-from conftest import FIX_OPTS
+from conftest import FIX_OPTS, moto_bucket, start_moto
 from umx.errors import ShardError, UmxError
 from umx.prep import prepare
 from umx.shards import manifest as mf
@@ -28,56 +24,11 @@ BUCKET = "umx-test"
 TINY = dict(hidden_size=8, seq_dur=1.0, batch_size=4, nfft=2048, nhop=512, quiet=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_moto(auth: bool):
-    """A moto S3 server on 127.0.0.1; with `auth`, requests need a real IAM key (made here)."""
-    port = _free_port()
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3" if auth else "inf")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    key = {"AccessKeyId": "testing", "SecretAccessKey": "testing"}
-    if auth:
-        iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x",
-                           aws_secret_access_key="x")
-        iam.create_user(UserName="umx")
-        iam.put_user_policy(UserName="umx", PolicyName="s3", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-        key = iam.create_access_key(UserName="umx")["AccessKey"]
-    return proc, url, key
-
-
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server with one bucket; credentials and endpoint from the AWS environment variables."""
-    proc, url, key = _start_moto(auth=False)
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
-                                            "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID=key["AccessKeyId"], AWS_SECRET_ACCESS_KEY=key["SecretAccessKey"],
-                      AWS_ENDPOINT_URL=url, AWS_DEFAULT_REGION="us-east-1")
-    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
-    client.create_bucket(Bucket=BUCKET)
-    storage.configure({"endpoint_url": url})  # what --storage-options would give
-    yield client
-    storage.configure()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    proc.terminate()
-    proc.wait(10)
+    with moto_bucket(BUCKET) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +102,7 @@ def test_corrupted_object_is_detected(s3, s3_set, tmp_path):
 
 
 def test_wrong_credentials_and_missing_bucket_are_clear(s3, s3_set):
-    proc, url, key = _start_moto(auth=True)  # a store that checks keys
+    proc, url, key = start_moto(auth=True)  # a store that checks keys
     try:
         client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=key["AccessKeyId"],
                               aws_secret_access_key=key["SecretAccessKey"])

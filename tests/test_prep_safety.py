@@ -10,19 +10,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import FIX_OPTS
+from conftest import FIX_OPTS, moto_bucket
 from umx import audio, synth
 from umx.errors import AudioError, UmxError
 from umx.prep import prepare
@@ -326,40 +322,11 @@ BUCKET = "umx-safety"
 @pytest.fixture(scope="module")
 def s3():
     """moto's S3 server on 127.0.0.1, one bucket; endpoint and keys via the AWS environment."""
-    boto3 = pytest.importorskip("boto3")
+    pytest.importorskip("boto3")
     pytest.importorskip("s3fs")
     pytest.importorskip("moto")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="inf"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_ENDPOINT_URL=url,
-                      AWS_DEFAULT_REGION="us-east-1")
-    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
-    client.create_bucket(Bucket=BUCKET)
-    storage.configure({"endpoint_url": url})
-    try:
+    with moto_bucket(BUCKET) as client:
         yield client
-    finally:
-        storage.configure()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        proc.terminate()
-        proc.wait(10)
 
 
 def _objects(client, prefix):
