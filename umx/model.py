@@ -162,7 +162,6 @@ def load_target(model_dir: str, target: str, device: str | torch.device = "cpu")
     `args`, the bandwidth from the stored input_mean; `unidirectional` is read
     too (open-unmix forgets it).
     """
-    import json
     from pathlib import Path
 
     from .errors import UmxError

@@ -30,7 +30,7 @@ from ..shards.manifest import Manifest, TrackEntry
 from ..shards.reader import ShardReader, SkippedShard
 from . import batches
 from .batches import Batch, BatchRing
-from .slots import Slots, fill_arrays, shape_of
+from .slots import Slots, fill_arrays
 
 Select = Callable[[int], bool] | None
 
