@@ -23,6 +23,7 @@ setup(
         "pyyaml",
         "museval",
         "matplotlib",
+        "click>=8.2",  # the command lines (Choice.normalize_choice is 8.2's)
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist", "hypothesis", "moto[server]"],
@@ -30,6 +31,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
+            "umx=umx.cli:main",
             "umx-synth=umx.synth:main",
             "umx-prep=umx.prep.cli:main",
             "umx-train=umx.train.cli:main",

@@ -1,11 +1,12 @@
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import openunmix_compat
 from umx.model import Spectrogram, load_target
-from umx.train.cli import build_parser, main as train_main
+from umx.train.cli import cli as train_cli, main as train_main
 from umx.train import TrainConfig, train
 
 SMALL = dict(hidden_size=16, seq_dur=1.0, batch_size=4, nfft=2048, nhop=512, quiet=True)
@@ -116,14 +117,15 @@ def test_fine_tune_starts_from_model(shard_set, trained, tmp_path):
 
 
 def test_cli_defaults_match_the_spec():
-    a = build_parser().parse_args(["--shards", "s"])
+    a = SimpleNamespace(**train_cli.make_context("umx-train", ["--shards", "s"]).params)
     expected = dict(target=None, output="open-unmix", checkpoint=None, model=None, no_cuda=False, epochs=1000,
                     batch_size=16, patience=140, seq_dur=6.0, unidirectional=False, hidden_size=512, nfft=4096,
                     nhop=1024, lr=0.001, lr_decay_patience=80, lr_decay_gamma=0.3, weight_decay=0.00001,
                     bandwidth=16000, nb_channels=2, nb_workers=0, quiet=False, seed=42)
     assert {k: getattr(a, k) for k in expected} == expected
-    b = build_parser().parse_args(["--shards", "s", "--no_cuda", "--batch_size", "3",
-                                   "--source-augmentations", "gain", "channelswap", "--random-track-mix"])
+    b = SimpleNamespace(**train_cli.make_context("umx-train", [
+        "--shards", "s", "--no_cuda", "--batch_size", "3", "--source-augmentations", "gain", "channelswap",
+        "--random-track-mix"]).params)
     assert b.no_cuda and b.batch_size == 3 and b.source_augmentations == ["gain", "channelswap"]
     assert b.random_track_mix is True
 

@@ -11,7 +11,7 @@ On the user's own shard set and options it measures, side by side in one process
               device steps alone would take (step time × steps / wall time);
 
 and bench_advice.py then says whether the run is data-bound and what to change. Everything
-is a library function (tests call them); bench_cli.py is the thin argparse layer that takes
+is a library function (tests call them); bench_cli.py is the thin click layer that takes
 umx-train's own options. The input scaler is left at its default (as with
 `--debug`): it does not change the step time, and a shard set without
 statistics for this STFT would otherwise need a statistics pass first.

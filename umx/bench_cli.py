@@ -1,50 +1,48 @@
 """`umx-bench --shards URL [umx-train options]`: the command line of bench.py (measuring) and
-bench_advice.py (the verdict and the report); it takes umx-train's own options."""
+bench_advice.py (the verdict and the report); it takes umx-train's own options (the same
+generated decorator, `train.options.train_options`)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
+import click
+
 from . import bench, bench_advice
-from .cli_util import run_cli
-from .errors import UmxError
+from .cli_util import command, option, run_command
 from .layouts.options import layout_options
+from .train.options import SECTIONS, train_config, train_options
+
+EPILOG = """\b
+Examples:
+  umx-bench --shards /data/umxhq-shards --batch-size 16 --nb-workers 8
+  umx-bench --root path/to/musdb18 --target vocals --json"""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .train.cli import build_parser as train_parser
-
-    p = argparse.ArgumentParser(
-        prog="umx-bench", parents=[train_parser()], conflict_handler="resolve",
-        description="Measure a training run (loader samples/s, device step time, end-to-end samples/s) on your "
-                    "shard set and umx-train options, and say whether it is data-bound.")
-    b = p.add_argument_group("benchmark")
-    b.add_argument("--steps", type=int, default=10, help="timed device steps, with and without the loader")
-    b.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, worker start)")
-    b.add_argument("--loader-batches", type=int, default=20, help="timed batches of the loader alone")
-    b.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
-    return p
-
-
-def _main(argv: list[str] | None) -> int:
+@command("umx-bench", sections=SECTIONS + (("bench", "Benchmark options"),), epilog=EPILOG,
+         help="Measure a training run (loader samples/s, device step time, end-to-end samples/s) on your "
+              "shard set and umx-train options, and say whether it is data-bound.")
+@train_options
+@option("--steps", type=click.IntRange(min=1), default=10, group="bench",
+        help="timed device steps, with and without the loader")
+@option("--warmup", type=click.IntRange(min=0), default=2, group="bench",
+        help="untimed steps first (compilation, worker start)")
+@option("--loader-batches", type=click.IntRange(min=1), default=20, group="bench",
+        help="timed batches of the loader alone")
+@option("--json", "as_json", is_flag=True, group="bench", help="print one JSON object instead of the summary")
+def cli(steps: int, warmup: int, loader_batches: int, as_json: bool, **params) -> int:
     from .prep.cache import resolve_shards
-    from .train.cli import TRAIN_FIELDS
-    from .train.config import TrainConfig
 
-    args = build_parser().parse_args(argv)
-    if args.steps < 1 or args.loader_batches < 1 or args.warmup < 0:
-        raise UmxError("--steps and --loader-batches must be ≥ 1, --warmup ≥ 0")
-    args.shards = resolve_shards(args.shards, args.dataset, args.root, layout_options(args), args.quiet)
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in TRAIN_FIELDS})
-    r = bench.bench(config, args.steps, args.warmup, args.loader_batches)
-    print(json.dumps(r, indent=2, default=str) if args.json else bench_advice.report(r))
+    shards = resolve_shards(params["shards"], params["dataset"], params["root"], layout_options(params),
+                            params["quiet"])
+    r = bench.bench(train_config(params, shards), steps, warmup, loader_batches)
+    print(json.dumps(r, indent=2, default=str) if as_json else bench_advice.report(r))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(_main, argv)
+    return run_command(cli, argv, "umx-bench")
 
 
 if __name__ == "__main__":

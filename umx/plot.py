@@ -12,13 +12,14 @@ switch, safe in a training process without a display.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from .cli_util import run_cli
+import click
+
+from .cli_util import command, option, run_command
 from .errors import UmxError
 
 
@@ -105,14 +106,15 @@ def plot_history(model_dir: str | Path, target: str) -> Path:
     return out
 
 
-def _main(argv: list[str] | None) -> int:
-    p = argparse.ArgumentParser(prog="umx-plot", description="Draw the loss curves of a training run as PNG.")
-    p.add_argument("output", metavar="OUTPUT_DIR", help="model directory written by umx-train (or open-unmix)")
-    p.add_argument("--target", help="target to draw (default: every <target>.json with a loss history)")
-    args = p.parse_args(argv)
-    folder = Path(args.output).expanduser()
-    if args.target:
-        targets = [args.target]
+@command("umx-plot", epilog="\b\nExample:\n  umx-plot open-unmix --target vocals",
+         help="Draw the loss curves of a training run as PNG: OUTPUT_DIR/<target>_loss.png, for a model "
+              "directory written by umx-train (or open-unmix).")
+@click.argument("output", metavar="OUTPUT_DIR")
+@option("--target", help="target to draw (default: every <target>.json with a loss history)")
+def cli(output: str, target: str | None) -> int:
+    folder = Path(output).expanduser()
+    if target:
+        targets = [target]
     else:
         if not folder.is_dir():
             raise UmxError(f"{folder}: directory not found")
@@ -131,7 +133,7 @@ def _main(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(_main, argv)
+    return run_command(cli, argv, "umx-plot")
 
 
 if __name__ == "__main__":

@@ -14,18 +14,20 @@ writes `stems/song/vocals.wav`, … at the model's sample rate (as open-unmix do
 
 from __future__ import annotations
 
-import argparse
+import inspect
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Mapping, Optional, Sequence
 
+import click
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from . import audio as audio_io
-from .cli_util import run_cli, underscore_aliases
+from .cli_util import apply, argument, command, option, run_command
 from .errors import UmxError
 from .filtering import wiener
 from .names import inside, safe_name
@@ -309,34 +311,44 @@ def separate_file(separator: Separator, path: str | Path, outdir: str | Path, ex
 
 # --- CLI ---------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="umx-separate",
-                                description="Separate audio files with the target models of a model directory.")
-    p.add_argument("model", metavar="MODEL_DIR", help="model directory (umx-train's or open-unmix's)")
-    p.add_argument("input", metavar="FILE", nargs="+", help="audio files (anything soundfile reads)")
-    p.add_argument("--outdir", required=True, help="write DIR/<file stem>/<target><ext>")
-    p.add_argument("--targets", nargs="+", help="targets to separate (default: every <target>.pth in MODEL_DIR)")
-    p.add_argument("--ext", default=".wav", help="output format by extension: .wav (float), .flac, .ogg, …")
-    p.add_argument("--niter", type=int, default=1, help="EM iterations of the Wiener filter (0: none)")
-    p.add_argument("--residual", action="store_true", help="also write the mixture minus the targets")
-    p.add_argument("--residual-name", default="residual", metavar="NAME", help="name of that source")
-    p.add_argument("--wiener-win-len", type=int, default=300,
-                   help="frames filtered together; 0: the whole track (more memory)")
-    p.add_argument("--softmask", action="store_true", help="initial estimates from ratio masks")
-    p.add_argument("--no-cuda", action="store_true", help="run on the CPU even if CUDA is available")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    underscore_aliases(p)
-    return p
-
-
 def device_for(no_cuda: bool) -> torch.device:
     return torch.device("cuda" if not no_cuda and torch.cuda.is_available() else "cpu")
 
 
-def _main(argv: list[str] | None) -> int:
+def filter_options(f):
+    """`--niter` and `--wiener-win-len` (umx-separate, umx-eval), defaults from Separator.from_dir."""
+    defaults = inspect.signature(Separator.from_dir).parameters
+    return apply(
+        option("--niter", type=click.IntRange(min=0), default=defaults["niter"].default,
+               help="EM iterations of the Wiener filter (0: none)"),
+        option("--wiener-win-len", type=click.IntRange(min=0), default=defaults["wiener_win_len"].default,
+               help="frames filtered together; 0: the whole track (more memory)"),
+    )(f)
+
+
+EPILOG = """\b
+Example:
+  umx-separate open-unmix song.wav other.flac --outdir separated --targets vocals"""
+
+
+@command("umx-separate", epilog=EPILOG,
+         help="Separate audio files (FILE …: anything soundfile reads) with the target models of MODEL_DIR "
+              "(umx-train's or open-unmix's).")
+@click.argument("model", metavar="MODEL_DIR")
+@argument("input", metavar="FILE ...", nargs=-1, required=True)
+@option("--outdir", required=True, help="write DIR/<file stem>/<target><ext>")
+@option("--targets", nargs="+", help="targets to separate (default: every <target>.pth in MODEL_DIR)")
+@option("--ext", default=".wav", help="output format by extension: .wav (float), .flac, .ogg, …")
+@filter_options
+@option("--residual", is_flag=True, help="also write the mixture minus the targets")
+@option("--residual-name", default="residual", metavar="NAME", help="name of that source")
+@option("--softmask", is_flag=True, help="initial estimates from ratio masks")
+@option("--no-cuda", is_flag=True, help="run on the CPU even if CUDA is available")
+@option("--quiet", is_flag=True, help="no progress bar")
+def cli(**params) -> int:
     from tqdm import tqdm
 
-    args = build_parser().parse_args(argv)
+    args = SimpleNamespace(**params)
     ext = args.ext if args.ext.startswith(".") else "." + args.ext
     if ext.lower().lstrip(".") not in OUTPUT_FORMATS:
         raise UmxError(f"--ext {ext}: unknown audio format (use one of {', '.join(OUTPUT_FORMATS)})")
@@ -360,7 +372,7 @@ def _main(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(_main, argv)
+    return run_command(cli, argv, "umx-separate")
 
 
 if __name__ == "__main__":

@@ -9,19 +9,20 @@ note), and everything is seeded: the same seed gives bit-identical arrays.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import numpy as np
 
 from .audio import to_float32, to_int16, write, write_stems
+from .cli_util import Choice, command, option, run_command
 from .errors import UmxError
+from .layouts.options import LAYOUTS
 
 SOURCES = ("vocals", "bass", "drums", "other")
 EXTRA_SOURCES = ("piano", "accordion")
-LAYOUTS = ("trackfolder_fix", "musdb", "aligned", "sourcefolder", "trackfolder_var")
 
 _SCALES = ((0, 2, 4, 5, 7, 9, 11), (0, 2, 3, 5, 7, 8, 10), (0, 2, 3, 5, 7, 9, 10), (0, 2, 4, 5, 7, 9, 10))
 _PROGRESSIONS = ((0, 5, 3, 4), (0, 3, 4, 3), (5, 3, 0, 4), (0, 4, 5, 3), (0, 6, 5, 4), (0, 3, 0, 4))
@@ -366,29 +367,34 @@ def write_layout(layout: str, root: str | Path, n_train: int = 6, n_valid: int =
     return root
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`umx-synth LAYOUT OUT`: write a synthetic dataset (thin wrapper over write_layout)."""
-    parser = argparse.ArgumentParser(prog="umx-synth", description="Write a deterministic synthetic music dataset.")
-    parser.add_argument("layout", choices=LAYOUTS, help="dataset folder layout")
-    parser.add_argument("out", help="output folder (created)")
-    parser.add_argument("--train", type=int, default=6, help="training tracks (default 6)")
-    parser.add_argument("--valid", type=int, default=2, help="validation tracks, 'test' for musdb (default 2)")
-    parser.add_argument("--duration", type=float, default=12.0, help="mean track length in seconds (default 12)")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
-    parser.add_argument("--sample-rate", type=int, default=44100, help="Hz (default 44100)")
-    parser.add_argument("--ext", default=".wav", help="audio file extension (default .wav; musdb is always .wav)")
-    parser.add_argument("--stems", action="store_true", help="musdb: write MUSDB18 .stem.mp4 files (needs ffmpeg)")
-    args = parser.parse_args(argv)
+@command("umx-synth", epilog="\b\nExample:\n  umx-synth trackfolder_fix /tmp/data --train 4 --valid 2 --duration 6",
+         help="Write a deterministic synthetic music dataset: LAYOUT (a dataset folder layout) into the "
+              "folder OUT (created).")
+@click.argument("layout", type=Choice(LAYOUTS), metavar="LAYOUT")
+@click.argument("out", metavar="OUT")
+@option("--train", type=click.IntRange(min=0), default=6, help="training tracks")
+@option("--valid", type=click.IntRange(min=0), default=2, help="validation tracks, 'test' for musdb")
+@option("--duration", type=float, default=12.0, help="mean track length in seconds")
+@option("--seed", type=int, default=0, help="dataset seed")
+@option("--sample-rate", type=int, default=44100, help="Hz")
+@option("--ext", default=".wav", help="audio file extension (musdb is always .wav)")
+@option("--stems", is_flag=True, help="musdb: write MUSDB18 .stem.mp4 files (needs ffmpeg)")
+def cli(layout: str, out: str, train: int, valid: int, duration: float, seed: int, sample_rate: int, ext: str,
+        stems: bool) -> int:
     try:
-        root = write_layout(args.layout, args.out, args.train, args.valid, args.duration, args.seed,
-                            args.sample_rate, args.ext, as_stems=args.stems)
+        root = write_layout(layout, out, train, valid, duration, seed, sample_rate, ext, as_stems=stems)
     except (UmxError, ValueError) as e:
         print(f"umx-synth: error: {e}", file=sys.stderr)
         return 1
-    per = " (+0..3 files per source folder)" if args.layout == "sourcefolder" else ""
-    valid = "test" if args.layout == "musdb" else "valid"
-    print(f"umx-synth: wrote {args.train} train + {args.valid} {valid} tracks{per} ({args.layout}) to {root}")
+    per = " (+0..3 files per source folder)" if layout == "sourcefolder" else ""
+    split = "test" if layout == "musdb" else "valid"
+    print(f"umx-synth: wrote {train} train + {valid} {split} tracks{per} ({layout}) to {root}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`umx-synth LAYOUT OUT`: write a synthetic dataset (thin wrapper over write_layout)."""
+    return run_command(cli, argv, "umx-synth")
 
 
 if __name__ == "__main__":

@@ -1,49 +1,62 @@
 """open-unmix's dataset layout options on a command line: the `--dataset` choices and the
-per-layout arguments (`--target-file`, `--is-wav`, …), shared by umx-prep, umx-train,
-umx-eval and umx-bench, and reading them back from the parsed arguments."""
+per-layout options (`--target-file`, `--is-wav`, …) as one click decorator, shared by
+umx-prep, umx-train, umx-eval and umx-bench, and reading them back from the parsed values."""
 
 from __future__ import annotations
 
-import argparse
+from typing import Callable
 
+import click
+
+from ..cli_util import apply, option
 from ..shards.manifest import LayoutDefaults
 from . import STRUCTURE, TRAINING
 
 LAYOUTS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var")
 LAYOUT_ARGS = sorted({k for v in STRUCTURE.values() for k in v} | {k for v in TRAINING.values() for k in v})
+GROUP = "layout"
+HEADING = "Dataset layout options (open-unmix's)"
+POSITIVE = click.IntRange(min=1)
 
 
-def add_layout_arguments(p: argparse.ArgumentParser, training: bool = True) -> None:
-    """open-unmix's per-dataset arguments (defaults None: the layout's own apply)."""
-    g = p.add_argument_group("dataset layout options (open-unmix's)")
-    g.add_argument("--is-wav", action=argparse.BooleanOptionalAction, default=None,
-                   help="musdb: MUSDB18-HQ wav folders (default); --no-is-wav reads .stem.mp4")
-    g.add_argument("--subsets", nargs="+", help="musdb: subsets to prepare (default: train test)")
-    g.add_argument("--input-file", help="aligned: input file name (glob), e.g. mixture.wav")
-    g.add_argument("--output-file", help="aligned: output file name (glob), e.g. vocals.wav")
-    g.add_argument("--target-dir", help="sourcefolder: folder of the target source")
-    g.add_argument("--interferer-dirs", nargs="+", help="sourcefolder: folders of interfering sources")
-    g.add_argument("--ext", help="sourcefolder / trackfolder_var: audio file extension (default .wav)")
-    g.add_argument("--target-file", help="trackfolder_fix / _var: target file name, e.g. vocals.wav")
-    g.add_argument("--interferer-files", nargs="+", help="trackfolder_fix: interferer file names")
-    g.add_argument("--silence-missing-targets", "--silence-missing", action="store_true", default=None,
-                   help="trackfolder_var: tracks without the target get a silent one")
-    g.add_argument("--nb-train-samples", type=int,
-                   help=f"sourcefolder: samples per epoch (default {LayoutDefaults.nb_train_samples})")
-    g.add_argument("--nb-valid-samples", type=int,
-                   help=f"sourcefolder: validation samples (default {LayoutDefaults.nb_valid_samples})")
-    g.add_argument("--samples-per-track", type=int, help="crops per track per epoch (musdb 64, else 1)")
-    if not training:  # umx-train defines these with its other training options
-        g.add_argument("--random-track-mix", action="store_true", default=None,
-                       help="trackfolder_fix: make random track mixing the set's default")
-        g.add_argument("--random-interferer-mix", action="store_true", default=None,
-                       help="trackfolder_var: make random interferer mixing the set's default")
+def layout_click_options(training: bool = True) -> Callable:
+    """open-unmix's per-dataset options (defaults None: the layout's own apply). With
+    `training`, umx-train defines the random-mix switches with its other data options."""
+    g = dict(group=GROUP)
+    decorators = [
+        option("--is-wav/--no-is-wav", default=None, **g,
+               help="musdb: MUSDB18-HQ wav folders (default); --no-is-wav reads .stem.mp4"),
+        option("--subsets", nargs="+", **g, help="musdb: subsets to prepare (default: train test)"),
+        option("--input-file", **g, help="aligned: input file name (glob), e.g. mixture.wav"),
+        option("--output-file", **g, help="aligned: output file name (glob), e.g. vocals.wav"),
+        option("--target-dir", **g, help="sourcefolder: folder of the target source"),
+        option("--interferer-dirs", nargs="+", **g, help="sourcefolder: folders of interfering sources"),
+        option("--ext", **g, help="sourcefolder / trackfolder_var: audio file extension (default .wav)"),
+        option("--target-file", **g, help="trackfolder_fix / _var: target file name, e.g. vocals.wav"),
+        option("--interferer-files", nargs="+", **g, help="trackfolder_fix: interferer file names"),
+        option("--silence-missing-targets", "--silence-missing", is_flag=True, default=None, **g,
+               help="trackfolder_var: tracks without the target get a silent one"),
+        option("--nb-train-samples", type=POSITIVE, **g,
+               help=f"sourcefolder: samples per epoch (default {LayoutDefaults.nb_train_samples})"),
+        option("--nb-valid-samples", type=POSITIVE, **g,
+               help=f"sourcefolder: validation samples (default {LayoutDefaults.nb_valid_samples})"),
+        option("--samples-per-track", type=POSITIVE, **g, help="crops per track per epoch (musdb 64, else 1)"),
+    ]
+    if not training:
+        decorators += [
+            option("--random-track-mix", is_flag=True, default=None, **g,
+                   help="trackfolder_fix: make random track mixing the set's default"),
+            option("--random-interferer-mix", is_flag=True, default=None, **g,
+                   help="trackfolder_var: make random interferer mixing the set's default"),
+        ]
+    return apply(*decorators)
 
 
-def layout_options(args: argparse.Namespace) -> dict:
-    return {k: getattr(args, k, None) for k in LAYOUT_ARGS}
+def layout_options(params: dict) -> dict:
+    """The dataset options of a command's parsed values (None: not given)."""
+    return {k: params.get(k) for k in LAYOUT_ARGS}
 
 
-def given_layout_options(args: argparse.Namespace) -> dict:
+def given_layout_options(params: dict) -> dict:
     """The dataset options the command line gave (the others are left to the layout)."""
-    return {k: v for k, v in layout_options(args).items() if v is not None}
+    return {k: v for k, v in layout_options(params).items() if v is not None}

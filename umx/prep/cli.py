@@ -6,43 +6,68 @@ The layout options are open-unmix's dataset arguments, spelled as there
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import sys
 
-from ..cli_util import run_cli, underscore_aliases
+import click
+
+from ..cli_util import Choice, command, option, run_command
 from ..errors import UmxError
 from ..layouts import check_options
-from ..layouts.options import LAYOUTS, add_layout_arguments, given_layout_options
+from ..layouts.options import GROUP, HEADING, LAYOUTS, given_layout_options, layout_click_options
 from ..shards import storage
 from ..shards.webdataset import DEFAULT_SHARD_BYTES
-from .pipeline import prepare, print_summary
+from ..train.options import config_option
+from .pipeline import FORMATS, prepare, print_summary
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="umx-prep", description="Turn a dataset folder into a umx shard set.")
-    p.add_argument("layout", choices=LAYOUTS, help="dataset layout of ROOT (open-unmix's --dataset)")
-    p.add_argument("root", help="dataset folder (open-unmix's --root)")
-    p.add_argument("--out", required=True, help="shard set to write: a folder or a bucket URL (s3://, gs://)")
-    p.add_argument("--format", choices=("webdataset", "zarr"), default="webdataset",
-                   help="WebDataset tar shards (default: faster for the umxhq recipe, 64 crops per track) or a zarr "
-                        "v3 store (random-access crops: faster with 1 crop per track; see docs/benchmarks.md)")
-    p.add_argument("--storage-options", help="JSON options for the bucket filesystem (endpoint, credentials, …)")
-    p.add_argument("--sample-rate", type=int, default=44100, help="rate of the shard set; other rates are resampled")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel track readers")
-    p.add_argument("--shard-size", type=float, default=DEFAULT_SHARD_BYTES / 2**20, help="shard size in MiB")
-    p.add_argument("--max-length-diff", type=float, default=1.0,
-                   help="sources of a track differing by up to this many seconds are cut to the shortest")
-    p.add_argument("--skip-silent-targets", action="store_true",
-                   help="skip tracks whose target source is all silent (default: keep and report them)")
-    p.add_argument("--strict", action="store_true", help="fail instead of repairing or skipping any file")
-    p.add_argument("--overwrite", action="store_true", help="replace a shard set already at --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_layout_arguments(p, training=False)
-    underscore_aliases(p)
-    return p
+EPILOG = """\b
+Examples:
+  umx-prep musdb path/to/musdb18 --out /data/umxhq-shards
+  umx-prep trackfolder_fix /data --out s3://bucket/set --target-file vocals.flac \\
+           --interferer-files bass.flac drums.flac other.flac"""
+
+
+@command("umx-prep", sections=(("", "Options"), (GROUP, HEADING), ("buckets", "Buckets")), epilog=EPILOG,
+         help="Turn a dataset folder into a umx shard set. LAYOUT is open-unmix's --dataset "
+              f"({', '.join(LAYOUTS)}), ROOT its --root.")
+@click.argument("layout", type=Choice(LAYOUTS), metavar="LAYOUT")
+@click.argument("root", metavar="ROOT")
+@option("--out", required=True, help="shard set to write: a folder or a bucket URL (s3://, gs://)")
+@option("--format", type=Choice(FORMATS), default=FORMATS[0],
+        help="WebDataset tar shards (faster for the umxhq recipe, 64 crops per track) or a zarr v3 store "
+             "(random-access crops: faster with 1 crop per track; see docs/benchmarks.md)")
+@option("--sample-rate", type=int, default=44100,
+        help="rate of the shard set; other rates are resampled")
+@option("--workers", type=int, default=os.cpu_count() or 1, show_default="the CPU count",
+        help="parallel track readers")
+@option("--shard-size", type=float, default=DEFAULT_SHARD_BYTES / 2**20, help="shard size in MiB")
+@option("--max-length-diff", type=float, default=1.0,
+        help="sources of a track differing by up to this many seconds are cut to the shortest")
+@option("--skip-silent-targets", is_flag=True,
+        help="skip tracks whose target source is all silent (default: keep and report them)")
+@option("--strict", is_flag=True, help="fail instead of repairing or skipping any file")
+@option("--overwrite", is_flag=True, help="replace a shard set already at --out")
+@option("--quiet", is_flag=True, help="no progress bar")
+@layout_click_options(training=False)
+@config_option("storage_options")
+def cli(**params) -> int:
+    options = given_layout_options(params)
+    check_options(params["layout"], options)
+    storage.configure(_storage_options(params["storage_options"]))
+    out = params["out"]
+    manifest = prepare(  # checks the other settings (rate, workers, --out, …) before any work
+        params["layout"], params["root"], out, workers=params["workers"], sample_rate=params["sample_rate"],
+        shard_bytes=_shard_bytes(params["shard_size"]), max_length_diff=params["max_length_diff"],
+        strict=params["strict"], skip_silent_targets=params["skip_silent_targets"], format=params["format"],
+        overwrite=params["overwrite"], progress=not params["quiet"], **options,
+    )
+    report = storage.join(out, "report.json")
+    print_problems(report)
+    print_summary(manifest, out, report)
+    return 0
 
 
 def _storage_options(text: str | None) -> dict | None:
@@ -63,23 +88,6 @@ def _shard_bytes(mib: float) -> int:
     return max(1, int(mib * 2**20))
 
 
-def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    options = given_layout_options(args)
-    check_options(args.layout, options)
-    storage.configure(_storage_options(args.storage_options))
-    manifest = prepare(  # checks the other settings (rate, workers, --out, …) before any work
-        args.layout, args.root, args.out, workers=args.workers, sample_rate=args.sample_rate,
-        shard_bytes=_shard_bytes(args.shard_size), max_length_diff=args.max_length_diff, strict=args.strict,
-        skip_silent_targets=args.skip_silent_targets, format=args.format,
-        overwrite=args.overwrite, progress=not args.quiet, **options,
-    )
-    report = storage.join(args.out, "report.json")
-    print_problems(report)
-    print_summary(manifest, args.out, report)
-    return 0
-
-
 def print_problems(report_url: str) -> None:
     for e in json.loads(storage.read_bytes(str(report_url)))["files"]:
         if e["status"] != "ok":  # one line per repaired, reported or skipped file
@@ -87,7 +95,7 @@ def print_problems(report_url: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(_main, argv)
+    return run_command(cli, argv, "umx-prep")
 
 
 if __name__ == "__main__":
