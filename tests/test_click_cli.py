@@ -162,3 +162,11 @@ def test_no_argparse_left():
     for path in root.rglob("*.py"):
         assert "import argparse" not in path.read_text(), path
     assert os.path.basename(str(root)) == "umx"
+
+
+def test_a_mistyped_option_suggests_the_right_one(capsys):
+    from umx.train.cli import main as train_main
+
+    assert train_main(["--hiden-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "No such option '--hiden-size'" in err and "'--hidden-size'" in err and "Did you mean" in err
