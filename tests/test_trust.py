@@ -406,3 +406,22 @@ def test_separate_refuses_an_absurd_sample_rate_before_decoding(model, tmp_path,
     path.write_bytes(bytes(blob))
     assert separate_main([str(model), str(path), "--outdir", str(tmp_path / "s"), "--niter", "0"]) == 2
     _one_line(capsys, "one_hz.wav", "sample rate")
+
+
+def test_statistics_without_skipped_shards_are_not_cached(shard_set, tmp_path, monkeypatch, capsys):
+    """--skip-bad-shards leaves shards out of the statistics too: such statistics are not the set's,
+    so they must not be cached under its checksums (a later run on the intact set would use them)."""
+    from umx.train.build import input_statistics
+
+    monkeypatch.setenv("UMX_CACHE", str(tmp_path / "cache"))
+    damaged = _copy(shard_set, tmp_path)
+    victim = sorted(damaged.glob("train-*.tar"))[0]
+    blob = bytearray(victim.read_bytes())
+    blob[len(blob) // 2] ^= 0x55
+    victim.write_bytes(bytes(blob))
+    m = mf.load(damaged)
+    partial = input_statistics(m, 1024, 512, True, ShardReader(m, skip_bad=True))
+    assert "not cached" in capsys.readouterr().err
+    assert not list((tmp_path / "cache").glob("stats/*"))
+    whole = input_statistics(mf.load(shard_set), 1024, 512, True)  # the intact set: its own statistics
+    assert whole["mean"] != partial["mean"] and list((tmp_path / "cache").glob("stats/*"))

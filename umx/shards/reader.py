@@ -75,16 +75,19 @@ class ShardReader:
     def _check_record(self, entry: TrackEntry, index: int, record: TrackRecord) -> None:
         """A record holds what the manifest says: its sources, and every array `[channels, frames]`
         of the listed length (a disagreeing record would crop out of bounds or train on garbage)."""
-        where = f"{self.manifest.shard_url(entry)}: record '{record.id}'"
-        names = list(record.sources)
-        if sorted(names) != sorted(entry.track_sources[index]):
-            raise ShardError(f"{where} holds sources {names}; the manifest lists {entry.track_sources[index]}")
-        frames, channels = entry.track_frames[index], self.manifest.channels
+        listed = entry.track_sources[index]
+        if len(record.sources) != len(listed) or sorted(record.sources) != sorted(listed):
+            raise ShardError(f"{self._where(entry, record)} holds sources {list(record.sources)}; the manifest "
+                             f"lists {list(listed)}")
+        shape = (self.manifest.channels, entry.track_frames[index])
         arrays = {**record.sources, **({"mixture": record.mixture} if record.mixture is not None else {})}
         for name, pcm in arrays.items():
-            if pcm.shape != (channels, frames):
-                raise ShardError(f"{where} array '{name}' has shape {list(pcm.shape)}; the manifest says "
-                                 f"[{channels}, {frames}]")
+            if pcm.shape != shape:
+                raise ShardError(f"{self._where(entry, record)} array '{name}' has shape {list(pcm.shape)}; the "
+                                 f"manifest says [{shape[0]}, {shape[1]}]")
+
+    def _where(self, entry: TrackEntry, record: TrackRecord) -> str:
+        return f"{self.manifest.shard_url(entry)}: record '{record.id}'"
 
     def guarded(self, entry: TrackEntry, select=None, views: bool = False) -> Iterator[TrackRecord]:
         """`records`, but with skip_bad a bad shard is reported and skipped, not raised."""

@@ -124,7 +124,13 @@ def input_statistics(manifest: mf.Manifest, nfft: int, nhop: int, quiet: bool, r
             return cached
         except (json.JSONDecodeError, UmxError) as e:
             print(f"warning: {path}: recomputing the input statistics ({e})", file=sys.stderr)
+    reader = reader or ShardReader(manifest)
+    skipped = len(reader.bad)
     stats = stats_mod.from_shard_set(manifest, nfft, nhop, progress=not quiet, reader=reader)
+    if len(reader.bad) > skipped:  # computed without the shards --skip-bad-shards left out: not the set's
+        print(f"warning: input statistics computed without {len(reader.bad) - skipped} bad shard(s); not cached",
+              file=sys.stderr)
+        return stats
     cache.mkdir(parents=True, exist_ok=True)
     storage.write_json(path, stats)
     return stats
