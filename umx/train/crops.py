@@ -87,6 +87,14 @@ def _audio_batch(crops: list, track_ids: list[str], ring: BatchRing, fill) -> Ba
     return batches.audio(buffer, ticket, track_ids)
 
 
+def _listed(entry: TrackEntry, select: Select, slots: Slots) -> Iterator[tuple[str, int, list | None]]:
+    """(id, frames, what each slot holds or None if training leaves it out) of the entry's tracks
+    this consumer reads, from the manifest alone (sources that need not read a record to know)."""
+    for i, (track_id, frames, names) in enumerate(zip(entry.track_ids, entry.track_frames, entry.track_sources)):
+        if select is None or select(i):
+            yield track_id, frames, slots.names(list(names))
+
+
 class RecordPool:
     """WebDataset records decoded as read-only views on the memory-mapped shard: a crop is a
     view, copied once, straight into the batch."""
@@ -151,13 +159,11 @@ class ZarrCrops:
 
     def tracks(self, entry: TrackEntry, select: Select) -> Iterator[SourceTrack]:
         store = self.reader.zarr.crops(self.split)
-        for i, (track_id, frames, names) in enumerate(zip(entry.track_ids, entry.track_frames, entry.track_sources)):
-            if select is not None and not select(i):
-                continue
-            if not self.slots.usable(list(names)):
+        for track_id, frames, slot_names in _listed(entry, select, self.slots):
+            if slot_names is None:
                 yield SourceTrack(track_id, frames, None)
                 continue
-            slot_names, column = self.slots.names(list(names)), store.column(track_id)
+            column = store.column(track_id)
             try:  # every chunk the track's crops may need: a damaged one fails (or is skipped) here
                 for name in filter(None, slot_names):
                     store.check(name, column, column + frames)
@@ -189,10 +195,8 @@ class ResidentCrops:
         self.columns, self.slots = columns, slots
 
     def tracks(self, entry: TrackEntry, select: Select) -> Iterator[SourceTrack]:
-        for i, (track_id, frames, names) in enumerate(zip(entry.track_ids, entry.track_frames, entry.track_sources)):
-            if select is not None and not select(i):
-                continue
-            if not self.slots.usable(list(names)):
+        for track_id, frames, slot_names in _listed(entry, select, self.slots):
+            if slot_names is None:
                 yield SourceTrack(track_id, frames, None)
             elif track_id not in self.columns:  # its shard was skipped as bad when the split was uploaded
                 raise SkippedShard(f"{track_id} is not resident")
