@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from umx.errors import UmxError
-from umx.model import OpenUnmix, Spectrogram, lstm_layer_by_layer
+from umx.model import Joint, OpenUnmix, Spectrogram, lstm_layer_by_layer
+from umx.train.losses import Independent
 from umx.train.step import EagerStep, GraphStep, LossLog, make_optimizer, optimizer_state, settle_lr
 from umx.train import TrainConfig, build_trainer, train
 
@@ -83,23 +84,23 @@ def test_cuda_graph_option_choices(shard_set, tmp_path):
     assert type(cpu.step) is EagerStep and not cpu.optimizer.defaults.get("fused")
     on = build_trainer(TrainConfig(cuda_graph="on", **base))
     assert type(on.step) is GraphStep and on.optimizer.defaults["fused"] and not on.step.captured
-    assert on.model.graph_safe_dropout
+    assert all(m.graph_safe_dropout for m in on.model.models.values())
 
 
 def test_graph_step_on_cpu_never_captures():
     model, encoder = OpenUnmix(nb_bins=129, hidden_size=8), Spectrogram(256, 64)
     opt = make_optimizer(model, 1e-3, 1e-5, graph=True, device=torch.device("cpu"))
-    step = GraphStep(model, encoder, opt, capture=True)
+    step = GraphStep(Joint({"vocals": model}), encoder, [opt], Independent(), capture=True)
     x = torch.randn(2, 2, 2048)
-    loss = step(x, x / 2, seed=1)
-    assert loss.shape == () and not step.captured and step.uncaptured_steps == 1
+    loss = step(x, (x / 2)[:, None], seed=1)
+    assert loss.shape == (2,) and not step.captured and step.uncaptured_steps == 1
 
 
 def test_loss_log_keeps_order_and_values():
-    log = LossLog(torch.device("cpu"), initial=[1.0])
-    log.append(torch.tensor(2.0))
-    log.append(3.0)
-    assert log.known() == [1.0, 2.0, 3.0] == log.values() and len(log) == 3
+    log = LossLog(torch.device("cpu"), initial=[[1.0, 1.0]])
+    log.append(torch.tensor([2.0, 2.5]))
+    log.append(torch.tensor([3.0, 3.5]))
+    assert log.known() == [[1.0, 1.0], [2.0, 2.5], [3.0, 3.5]] == log.values() and len(log) == 3
 
 
 def test_settle_lr_and_optimizer_state():
@@ -143,7 +144,7 @@ def test_cuda_graph_dropout_differs_per_step(shard_set, tmp_path):
     t = _cuda_trainer(shard_set, tmp_path, "on")
     t.stream.set_epoch(1)
     x = t.batch_audio(next(iter(t.stream))).float().sum(1) / 32768
-    t.step(x, x / 2, seed=0)
+    t.step(x, (x / 2)[:, None], seed=0)
     state = {k: v.detach().clone() for k, v in t.model.state_dict().items()}
     opt = {p: {k: v.clone() for k, v in s.items()} for p, s in t.optimizer.state.items()}
 
@@ -154,7 +155,7 @@ def test_cuda_graph_dropout_differs_per_step(shard_set, tmp_path):
             for p, s in t.optimizer.state.items():
                 for k, v in s.items():
                     v.copy_(opt[p][k])
-        return t.step(x, x / 2, seed=step).item()
+        return t.step(x, (x / 2)[:, None], seed=step)[-1].item()
 
     assert t.step.captured
     assert loss_at(5) == loss_at(5) != loss_at(6)
@@ -167,10 +168,10 @@ def test_cuda_graph_sees_learning_rate_changes(shard_set, tmp_path):
     t = _cuda_trainer(shard_set, tmp_path, "on")
     t.stream.set_epoch(1)
     x = t.batch_audio(next(iter(t.stream))).float().sum(1) / 32768
-    t.step(x, x / 2, seed=0)
+    t.step(x, (x / 2)[:, None], seed=0)
     assert t.step.captured
     for group in t.optimizer.param_groups:
         group["lr"].fill_(0.0)  # what ReduceLROnPlateau does to a tensor lr
     before = {k: v.detach().clone() for k, v in t.model.named_parameters()}
-    t.step(x, x / 2, seed=1)
+    t.step(x, (x / 2)[:, None], seed=1)
     assert all(torch.equal(before[k], v) for k, v in t.model.named_parameters())

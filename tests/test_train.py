@@ -70,9 +70,10 @@ def test_input_scaler_initialised_from_manifest(shard_set, tmp_path):
 
     t = build_trainer(_cfg(shard_set, tmp_path / "o", nfft=4096, nhop=1024, bandwidth=16000))
     stats = mf.load(shard_set).statistics(4096, 1024)
-    n = t.model.nb_bins
-    torch.testing.assert_close(t.model.input_mean, -torch.tensor(stats["mean"][:n], dtype=torch.float32))
-    torch.testing.assert_close(t.model.input_scale, 1 / torch.tensor(stats["std"][:n], dtype=torch.float32))
+    model = t.model.models[t.cfg.target]
+    n = model.nb_bins
+    torch.testing.assert_close(model.input_mean, -torch.tensor(stats["mean"][:n], dtype=torch.float32))
+    torch.testing.assert_close(model.input_scale, 1 / torch.tensor(stats["std"][:n], dtype=torch.float32))
 
 
 def test_statistics_for_other_stft_are_computed_once_and_cached(shard_set, tmp_path, monkeypatch):

@@ -109,26 +109,77 @@ class OpenUnmix(nn.Module):
         self.output_mean = nn.Parameter(torch.ones(self.nb_output_bins))
         self.graph_safe_dropout = False  # set by the CUDA-graph training step (umx.train.step)
 
-    def _lstm(self, x: Tensor) -> Tensor:
+    def recurrent(self, x: Tensor) -> Tensor:
         if self.training and self.graph_safe_dropout:
             return lstm_layer_by_layer(self.lstm, x)
         return self.lstm(x)[0]
 
     def forward(self, x: Tensor) -> Tensor:
+        mix, encoded = self.encode(x)
+        return self.decode(torch.cat([encoded, self.recurrent(encoded)], -1), mix)  # skip connection around the LSTM
+
+    # the three stages, apart, for X-UMX's bridges between several targets' networks (`Joint`)
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`[batch, channels, bins, frames]` → (the input frames first, its encoding `[frames, batch, hidden]`)."""
         x = x.permute(3, 0, 1, 2)  # frames first for the LSTM
         nb_frames, nb_samples, nb_channels, _ = x.shape
         mix = x.detach().clone()
-
         x = (x[..., : self.nb_bins] + self.input_mean) * self.input_scale
         x = self.fc1(x.reshape(-1, nb_channels * self.nb_bins))
-        x = torch.tanh(self.bn1(x).reshape(nb_frames, nb_samples, self.hidden_size))
+        return mix, torch.tanh(self.bn1(x).reshape(nb_frames, nb_samples, self.hidden_size))
 
-        x = torch.cat([x, self._lstm(x)], -1)  # skip connection around the LSTM
+    def decode(self, x: Tensor, mix: Tensor) -> Tensor:
+        """The LSTM's output with its skip connection `[frames, batch, 2 hidden]` → the target's magnitudes."""
+        nb_frames, nb_samples, nb_channels, _ = mix.shape
         x = F.relu(self.bn2(self.fc2(x.reshape(-1, x.shape[-1]))))
         x = self.bn3(self.fc3(x))
         x = x.reshape(nb_frames, nb_samples, nb_channels, self.nb_output_bins)
         x = x * self.output_scale + self.output_mean
         return (F.relu(x) * mix).permute(1, 2, 3, 0)
+
+
+class Joint(nn.Module):
+    """Several targets' OpenUnmix networks on one mixture spectrogram: a tuple of estimates.
+
+    Plain, each network runs on its own, so every one stays an OpenUnmix (its state dict
+    loads into `openunmix` strictly). With `bridge`, X-UMX's averaging bridges couple them
+    (Sawata et al., "All for One and One for All", ICASSP 2021): every LSTM reads the mean
+    of the targets' encodings, and every decoder the mean of the targets' LSTM outputs with
+    their skip connections. The parameters are still each network's, but the result is no
+    plain OpenUnmix any more: such a model only separates with all its targets together.
+
+    `seed`: reseed torch's generator before each network, so that each draws the dropout
+    masks a run of that target alone would (None inside a captured CUDA graph).
+    """
+
+    def __init__(self, models: "dict[str, OpenUnmix]", bridge: bool = False):
+        super().__init__()
+        self.models = nn.ModuleDict(models)
+        self.bridge = bridge
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.models)
+
+    def subset(self, names: list[str]) -> "Joint":
+        """The same networks (shared, not copied) for some targets only."""
+        return Joint({n: self.models[n] for n in names}, self.bridge)
+
+    def forward(self, x: Tensor, seed: int | None = None) -> tuple[Tensor, ...]:
+        models = list(self.models.values())
+        if not self.bridge:
+            out = []
+            for model in models:
+                if seed is not None:
+                    torch.manual_seed(seed)
+                out.append(model(x))
+            return tuple(out)
+        if seed is not None:
+            torch.manual_seed(seed)
+        encoded = [m.encode(x) for m in models]
+        cross = sum(e for _, e in encoded) / len(models)  # first bridge
+        joined = sum(torch.cat([e, m.recurrent(cross)], -1) for m, (_, e) in zip(models, encoded)) / len(models)
+        return tuple(m.decode(joined, mix) for m, (mix, _) in zip(models, encoded))  # second bridge
 
 
 def lstm_layer_by_layer(lstm: nn.LSTM, x: Tensor) -> Tensor:

@@ -94,6 +94,58 @@ def draw_history(results: dict, target: str):
     return fig
 
 
+def draw_targets(histories: dict[str, dict]):
+    """One figure of a joint run: every target's train (dashed) and validation curve, and the
+    joint objective's where the run had one."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    values = []
+    for k, (target, results) in enumerate(histories.items()):
+        color = f"C{k}"
+        for key, style, label in (("train_loss_history", "--", "train"), ("valid_loss_history", "-", "validation")):
+            curve = [float(x) for x in results.get(key, [])]
+            values += curve
+            if curve:
+                ax.plot(range(1, len(curve) + 1), curve, linestyle=style, color=color, label=f"{target} {label}")
+        best = results.get("best_epoch")
+        valid = results.get("valid_loss_history", [])
+        if isinstance(best, int) and 1 <= best <= len(valid):
+            ax.plot([best], [valid[best - 1]], marker="*", markersize=10, color=color, linestyle="none")
+    objective = next((r.get("objective_valid_history") for r in histories.values()
+                      if r.get("objective_valid_history")), None)
+    if objective:
+        ax2 = ax.twinx()
+        ax2.plot(range(1, len(objective) + 1), objective, color="black", linewidth=1, label="joint objective (valid)")
+        ax2.set_ylabel("joint objective")
+        ax2.legend(loc="upper center", fontsize=8)
+    values = [v for v in values if v == v]
+    if values and min(values) > 0 and max(values) / min(values) > 20:
+        ax.set_yscale("log")
+    ax.set_title(f"{', '.join(histories)}: joint training")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (MSE of magnitude spectrograms)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_targets(model_dir: str | Path, targets: Sequence[str]) -> Path:
+    """Draw `<model_dir>/targets_loss.png`: one curve per target of a joint run."""
+    from .shards.storage import atomic_writer
+
+    folder = Path(model_dir).expanduser()
+    fig = draw_targets({t: read_history(folder, t) for t in targets})
+    out = folder / "targets_loss.png"
+    with atomic_writer(out) as f:
+        fig.savefig(f, format="png")
+    return out
+
+
 def plot_history(model_dir: str | Path, target: str) -> Path:
     """Draw `<model_dir>/<target>_loss.png` from `<target>.json`; returns its path."""
     from .shards.storage import atomic_writer

@@ -9,7 +9,11 @@ seeds per (seed, epoch): a resumed run repeats the same draws.
 from __future__ import annotations
 
 import torch
+from typing import Sequence
+
 from torch import Tensor, nn
+
+from .slots import TargetSlot
 
 INT16_SCALE = 32768.0
 
@@ -45,27 +49,29 @@ class ChannelSwap(nn.Module):
 
 
 class Remix(nn.Module):
-    """Random track mixing with the batch as the pool of tracks; the target
-    (slot 0) stays with its own track.
+    """Random track mixing with the batch as the pool of tracks; the first `keep` slots (the
+    target of a single-target run) stay with their own track.
 
-    independent: each interferer slot comes from another random item (its own
-    permutation per slot, Demucs' Remix idea) — open-unmix's `random_track_mix`.
-    joint: all interferer slots move together, so a sample's interferers are
-    one other track's — open-unmix's `random_interferer_mix` (trackfolder_var).
+    independent: each other slot comes from another random item (its own permutation per
+    slot, Demucs' Remix) — open-unmix's `random_track_mix`; in a joint run (`keep=0`) every
+    source slot, targets included, is drawn independently.
+    joint: all interferer slots move together, so a sample's interferers are one other
+    track's — open-unmix's `random_interferer_mix` (trackfolder_var).
     """
 
-    def __init__(self, joint: bool = False):
+    def __init__(self, joint: bool = False, keep: int = 1):
         super().__init__()
-        self.joint = joint
+        self.joint, self.keep = joint, keep
 
     def forward(self, wav: Tensor, generator: torch.Generator | None = None) -> Tensor:
         b, s = wav.shape[:2]
-        if b < 2 or s < 2:
+        k = self.keep
+        if b < 2 or s <= max(k, 1):
             return wav
-        n = 1 if self.joint else s - 1
+        n = 1 if self.joint else s - k
         perms = torch.argsort(torch.rand(n, b, device=wav.device, generator=generator), dim=1)
-        interferers = [wav[perms[0 if self.joint else i], i + 1] for i in range(s - 1)]
-        return torch.stack([wav[:, 0], *interferers], dim=1)
+        moved = [wav[perms[0 if self.joint else i], k + i] for i in range(s - k)]
+        return torch.stack([*wav[:, :k].unbind(1), *moved], dim=1)
 
 
 AUGMENTATIONS = {"gain": Gain, "channelswap": ChannelSwap}
@@ -78,12 +84,12 @@ class Augment(nn.Module):
     (aligned data, `input_slot=True`) is never augmented: such sets never are.
     """
 
-    def __init__(self, source_augmentations: list[str] = (), remix: str | None = None):
+    def __init__(self, source_augmentations: list[str] = (), remix: str | None = None, keep: int = 1):
         super().__init__()
         unknown = [a for a in source_augmentations if a not in AUGMENTATIONS]
         if unknown:
             raise ValueError(f"unknown source augmentation(s) {unknown}; available: {sorted(AUGMENTATIONS)}")
-        steps = ([Remix(joint=remix == "joint")] if remix else []) + [AUGMENTATIONS[a]() for a in source_augmentations]
+        steps = ([Remix(joint=remix == "joint", keep=keep)] if remix else []) + [AUGMENTATIONS[a]() for a in source_augmentations]
         self.steps = nn.ModuleList(steps)
 
     def forward(self, pcm: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -93,13 +99,15 @@ class Augment(nn.Module):
         return wav
 
 
-def mix_and_target(wav: Tensor, input_slot: bool = False, complement: bool = False) -> tuple[Tensor, Tensor]:
+def mix_and_target(wav: Tensor, input_slot: bool = False, complement: bool = False,
+                   targets: Sequence[TargetSlot] | None = None) -> tuple[Tensor, Tensor]:
     """`[batch, slots, channels, time]` → (model input x, target y).
 
     x is the sum of the sources, or the last slot where it is a stored input;
     y is slot 0, or with `complement` everything but slot 0 (musdb's accompaniment).
+    With `targets`, y is every target's `[batch, targets, channels, time]`.
     """
-    if input_slot:
-        return wav[:, -1], wav[:, 0]
-    x = wav.sum(1)
-    return x, (x - wav[:, 0]) if complement else wav[:, 0]
+    x = wav[:, -1] if input_slot else wav.sum(1)
+    if targets is None:
+        return x, (x - wav[:, 0]) if complement else wav[:, 0]
+    return x, torch.stack([x - wav[:, t.slot] if t.complement else wav[:, t.slot] for t in targets], dim=1)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import UmxError
-from ..model import OpenUnmix, Spectrogram, bandwidth_to_max_bin, load_target
+from ..model import Joint, OpenUnmix, Spectrogram, bandwidth_to_max_bin, load_target
 from ..prep import stats as stats_mod
 from ..shards import manifest as mf
 from ..shards import storage
@@ -27,9 +27,10 @@ from ..shards.reader import ShardReader, add_metrics
 from . import distributed, resident
 from .augment import Augment
 from .config import TrainConfig
-from .outputs import load_checkpoint
+from .losses import make_objective
+from .outputs import load_checkpoints
 from .slots import Slots, make_slots
-from .state import RunState
+from .state import RunState, TargetState
 from .step import EagerStep, GraphStep, make_optimizer, settle_lr
 from .streams import SourceFileStream, TrainStream
 from .trainer import Optimisation, Trainer, TrainData
@@ -64,7 +65,8 @@ def build_trainer(config: TrainConfig, dist: distributed.Context | None = None,
     data = build_data(cfg, manifest, dist, device)
     encoder = Spectrogram(cfg.nfft, cfg.nhop, mono=cfg.nb_channels == 1).to(device)
     remix = manifest.sampling.remix if cfg.random_track_mix and manifest.sampling.remix != "never" else None
-    augment = Augment(cfg.source_augmentations, remix).to(device)
+    keep = 1 if len(cfg.targets) == 1 else 0 if remix == "independent" else data.slots.required
+    augment = Augment(cfg.source_augmentations, remix, keep).to(device)
     model = build_model(cfg, manifest, data.reader, device, quiet=cfg.quiet or not dist.is_main)
     add_metrics(data.valid_io, data.reader.take_metrics())  # (a statistics pass, if any) not an epoch's
     parts, state = build_optimisation(cfg, model, encoder, dist, device, data.seq_len)
@@ -74,18 +76,18 @@ def build_trainer(config: TrainConfig, dist: distributed.Context | None = None,
 def build_data(cfg: TrainConfig, manifest: mf.Manifest, dist: distributed.Context, device: torch.device) -> TrainData:
     reader = ShardReader(manifest, cfg.cache_dir, int(cfg.cache_size * 2**30), cfg.skip_bad_shards)
     seq_len = cfg.seq_len(manifest.sample_rate)
-    slots = make_slots(manifest, cfg.target, cfg.silence_missing_targets)
+    slots = make_slots(manifest, cfg.targets, cfg.silence_missing_targets)
     split = resident_split(cfg, manifest, slots, reader, device, seq_len, quiet=cfg.quiet or not dist.is_main)
     positions = None if split is None else split.positions
     common = dict(rank=dist.rank, world_size=dist.world_size, reader=reader, resident=positions)
     if manifest.sampling.records == "source_files":
-        stream = SourceFileStream(manifest, cfg.target, seq_len, cfg.batch_size, cfg.nb_train_samples, cfg.seed,
+        stream = SourceFileStream(manifest, cfg.targets, seq_len, cfg.batch_size, cfg.nb_train_samples, cfg.seed,
                                   **common)
     else:
-        stream = TrainStream(manifest, cfg.target, seq_len, cfg.batch_size if seq_len else 1, cfg.samples_per_track,
+        stream = TrainStream(manifest, cfg.targets, seq_len, cfg.batch_size if seq_len else 1, cfg.samples_per_track,
                              cfg.pool_size, cfg.seed, silence_missing_targets=cfg.silence_missing_targets, **common)
     stream.check(cfg.nb_workers)
-    valid: list[ValidItem] = load_validation(manifest, cfg.target, "valid", cfg.silence_missing_targets,
+    valid: list[ValidItem] = load_validation(manifest, cfg.targets, "valid", cfg.silence_missing_targets,
                                              cfg.nb_valid_samples, seq_len, reader)
     return TrainData(reader, slots, seq_len, stream, split, valid[dist.rank::dist.world_size], len(valid),
                      reader.take_metrics())
@@ -137,64 +139,89 @@ def input_statistics(manifest: mf.Manifest, nfft: int, nhop: int, quiet: bool, r
 
 
 def build_model(cfg: TrainConfig, manifest: mf.Manifest, reader: ShardReader, device: torch.device,
-                quiet: bool) -> OpenUnmix:
-    """A fresh OpenUnmix with the input statistics, or `--model`'s weights to fine-tune."""
+                quiet: bool) -> Joint:
+    """One OpenUnmix per target (fresh, with the input statistics, or `--model`'s weights to
+    fine-tune), joined; each fresh network starts from the generator state the first one
+    saw, so it is the network a run of that target alone would start from."""
     if cfg.model:
-        model = load_target(cfg.model, cfg.target, device)
-        channels = model.fc3.out_features // model.nb_output_bins
-        if (model.nb_output_bins, channels) != (cfg.nfft // 2 + 1, cfg.nb_channels):
-            raise UmxError(f"--model {cfg.model}: its '{cfg.target}' model has {model.nb_output_bins} frequency "
-                           f"bins and {channels} channel(s), but this run has --nfft {cfg.nfft} "
-                           f"({cfg.nfft // 2 + 1} bins) and --nb-channels {cfg.nb_channels}")
-        model.train()
-        return model
+        return Joint({t: _fine_tune(cfg, t, device) for t in cfg.targets}, cfg.bridge)
     if cfg.checkpoint or cfg.debug:  # weights come from the checkpoint / --debug skips statistics
         mean = std = None
     else:
         s = input_statistics(manifest, cfg.nfft, cfg.nhop, quiet, reader)
         mean, std = np.asarray(s["mean"]), np.asarray(s["std"])
-    return OpenUnmix(
-        nb_bins=cfg.nfft // 2 + 1, nb_channels=cfg.nb_channels, hidden_size=cfg.hidden_size,
-        unidirectional=cfg.unidirectional, input_mean=mean, input_scale=std,
-        max_bin=bandwidth_to_max_bin(manifest.sample_rate, cfg.nfft, cfg.bandwidth),
-    ).to(device)
+    rng = torch.random.get_rng_state()
+    models = {}
+    for target in cfg.targets:
+        torch.random.set_rng_state(rng)
+        models[target] = OpenUnmix(
+            nb_bins=cfg.nfft // 2 + 1, nb_channels=cfg.nb_channels, hidden_size=cfg.hidden_size,
+            unidirectional=cfg.unidirectional, input_mean=mean, input_scale=std,
+            max_bin=bandwidth_to_max_bin(manifest.sample_rate, cfg.nfft, cfg.bandwidth),
+        ).to(device)
+    return Joint(models, cfg.bridge)
 
 
-def build_optimisation(cfg: TrainConfig, model: OpenUnmix, encoder, dist: distributed.Context, device: torch.device,
+def _fine_tune(cfg: TrainConfig, target: str, device: torch.device) -> OpenUnmix:
+    model = load_target(cfg.model, target, device)
+    channels = model.fc3.out_features // model.nb_output_bins
+    if (model.nb_output_bins, channels) != (cfg.nfft // 2 + 1, cfg.nb_channels):
+        raise UmxError(f"--model {cfg.model}: its '{target}' model has {model.nb_output_bins} frequency "
+                       f"bins and {channels} channel(s), but this run has --nfft {cfg.nfft} "
+                       f"({cfg.nfft // 2 + 1} bins) and --nb-channels {cfg.nb_channels}")
+    model.train()
+    return model
+
+
+def build_optimisation(cfg: TrainConfig, model: Joint, encoder, dist: distributed.Context, device: torch.device,
                        seq_len: int | None) -> tuple[Optimisation, RunState]:
-    """Model wrapper, optimizer, scheduler and step — and the run state, resumed from --checkpoint."""
-    net = model
+    """Per target an optimizer and a plateau scheduler; the model wrapper and the step — and the
+    run state, resumed from --checkpoint."""
+    graph = graph_step_wanted(cfg, dist, device, seq_len)
+    optimizers = {t: make_optimizer(m, cfg.lr, cfg.weight_decay, graph, device) for t, m in model.models.items()}
+    schedulers = {t: torch.optim.lr_scheduler.ReduceLROnPlateau(
+        o, factor=cfg.lr_decay_gamma, patience=cfg.lr_decay_patience, cooldown=10) for t, o in optimizers.items()}
+    state = RunState(targets={t: TargetState() for t in cfg.targets})
+    if cfg.checkpoint:
+        state = resume(cfg, model, optimizers, schedulers)
+    objective = make_objective(cfg.loss, cfg.nfft, cfg.nhop, cfg.mix_coef, cfg.combination)
+    parts = Optimisation(model, model, optimizers, schedulers, None, objective, graph)
+    make_step(parts, cfg, encoder, dist, device, state.active(cfg.targets))
+    return parts, state
+
+
+def make_step(parts: Optimisation, cfg: TrainConfig, encoder, dist: distributed.Context, device: torch.device,
+              active: list[str]) -> None:
+    """The step over the targets still training (all, until one stops early): their networks
+    (DDP-wrapped under torchrun) and optimizers. Rebuilt when that set changes."""
+    net = parts.model.subset(active)
     if dist.active:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    graph = graph_step_wanted(cfg, dist, device, seq_len)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, graph, device)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=cfg.lr_decay_gamma, patience=cfg.lr_decay_patience, cooldown=10)
-    state = RunState()
-    if cfg.checkpoint:
-        state = resume(cfg, model, optimizer, scheduler)
-    step = GraphStep(net, encoder, optimizer, bf16=cfg.precision == "bf16", capture=device.type == "cuda") \
-        if graph else EagerStep(net, encoder, optimizer, bf16=cfg.precision == "bf16")
-    return Optimisation(model, net, optimizer, scheduler, step), state
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizers = [parts.optimizers[t] for t in active]
+    bf16 = cfg.precision == "bf16"
+    parts.net = net
+    parts.step = GraphStep(net, encoder, optimizers, parts.objective, bf16=bf16, capture=device.type == "cuda") \
+        if parts.graph else EagerStep(net, encoder, optimizers, parts.objective, bf16=bf16)
 
 
-def resume(cfg: TrainConfig, model, optimizer, scheduler) -> RunState:
-    """Model, optimizer and scheduler from `--checkpoint`, and the run state to continue."""
-    ckpt = load_checkpoint(Path(cfg.checkpoint), cfg.target)
-    try:
-        model.load_state_dict(ckpt.state_dict)
-        optimizer.load_state_dict(ckpt.optimizer)
-        scheduler.load_state_dict(ckpt.scheduler)
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-        path = Path(cfg.checkpoint).expanduser() / f"{cfg.target}.chkpnt"
-        raise UmxError(f"{path}: does not fit this run's model (--hidden-size, --nfft, --nb-channels, "
-                       f"--unidirectional, --bandwidth must be those of the run; {lines[-1][:200] if lines else e})"
-                       ) from None
-    settle_lr(optimizer)
-    return ckpt.state
+def resume(cfg: TrainConfig, model: Joint, optimizers: dict, schedulers: dict) -> RunState:
+    """Every target's network, optimizer and scheduler from `--checkpoint`, and the run state to continue."""
+    ckpts, state = load_checkpoints(Path(cfg.checkpoint), cfg.targets)
+    for target, ckpt in ckpts.items():
+        try:
+            model.models[target].load_state_dict(ckpt.state_dict)
+            optimizers[target].load_state_dict(ckpt.optimizer)
+            schedulers[target].load_state_dict(ckpt.scheduler)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+            path = Path(cfg.checkpoint).expanduser() / f"{target}.chkpnt"
+            raise UmxError(f"{path}: does not fit this run's model (--hidden-size, --nfft, --nb-channels, "
+                           f"--unidirectional, --bandwidth must be those of the run; "
+                           f"{lines[-1][:200] if lines else e})") from None
+        settle_lr(optimizers[target])
+    return state
 
 
 def graph_step_wanted(cfg: TrainConfig, dist: distributed.Context, device: torch.device, seq_len: int | None) -> bool:

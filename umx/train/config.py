@@ -22,6 +22,7 @@ from ..shards import manifest as mf
 PRECISIONS = ("fp32", "tf32", "bf16")
 MODES = ("auto", "on", "off")  # --cuda-graph, --device-cache
 AUGMENTATIONS = ("gain", "channelswap")
+LOSSES = ("independent", "multidomain")  # --loss: see losses.py
 GROUPS = ("run", "training", "model", "data", "buckets", "layout")
 
 
@@ -48,6 +49,9 @@ class TrainConfig:
     shards: str = option("", "shard set written by umx-prep: folder, manifest.json, or URL (s3://, gs://, https://)",
                          "run")
     target: str | None = option(None, "source to separate (default: the shard set's target, e.g. vocals)", "run")
+    targets: list[str] | None = option(None, "train several targets in one run, on one data stream (e.g. vocals "
+                                       "drums bass other; musdb also accompaniment): one model each", "run",
+                                       nargs="*")
     output: str = option("open-unmix", "model directory to write", "run")
     checkpoint: str | None = option(None, "model directory of a run to resume", "run")
     model: str | None = option(None, "model directory of a trained target to fine-tune", "run")
@@ -63,6 +67,14 @@ class TrainConfig:
     weight_decay: float = option(0.00001, "Adam weight decay", "training", low=0)
     seed: int = option(42, "seed of every random draw (model, crops, augmentation, dropout)", "training")
     debug: bool = option(False, "skip the input statistics (faster start)", "training")
+    loss: str = option("independent", "independent: the sum of each target's spectrogram MSE (N single-target "
+                       "runs in one); multidomain: X-UMX's spectrogram MSE + --mix-coef × a time-domain weighted "
+                       "SDR loss, one objective for all targets", "training", choices=LOSSES)
+    mix_coef: float = option(10.0, "multidomain: weight of the time-domain loss (X-UMX: 10)", "training", low=0)
+    combination: bool = option(False, "multidomain: also score every sum of 2 … N-1 targets (X-UMX's combination "
+                               "loss)", "training")
+    bridge: bool = option(False, "X-UMX's averaging bridges between the targets' networks (not loadable by "
+                          "openunmix: umx-separate and umx-eval load it)", "training")
     save_every: int = option(0, "also write the checkpoint every N steps inside an epoch (exact mid-epoch resume)",
                              "training", low=0)
     precision: str = option("fp32", "fp32 (exact), tf32 matmuls on GPUs, or bf16 autocast", "training",
@@ -134,8 +146,9 @@ class TrainConfig:
         self.check()
         smp, d = manifest.sampling, manifest.sampling.defaults
         mix = self.random_track_mix if self.random_track_mix is not None else self.random_interferer_mix
+        targets = self._targets(manifest)
         values = dict(
-            target=self.target or manifest.target,
+            target=targets[0], targets=targets,
             samples_per_track=_given(self.samples_per_track, d.samples_per_track),
             source_augmentations=_given(self.source_augmentations, list(d.source_augmentations)),
             random_track_mix=_given(mix, d.random_mix),
@@ -150,6 +163,26 @@ class TrainConfig:
                                "is never remixed or augmented (its input file is the model input)")
             values.update(source_augmentations=[], random_track_mix=False, random_interferer_mix=False)
         return dataclasses.replace(self, **values)
+
+    def _targets(self, manifest: mf.Manifest) -> list[str]:
+        """--targets, or --target alone; refuse repeats and joint options a run cannot use."""
+        targets = list(self.targets or [self.target or manifest.target])
+        if self.target and self.targets and self.target not in self.targets:
+            raise UmxError(f"--target {self.target} is not one of --targets {' '.join(self.targets)}")
+        repeated = sorted({t for t in targets if targets.count(t) > 1})
+        if repeated:
+            raise UmxError(f"--targets: {', '.join(repeated)} given twice")
+        if self.bridge and len(targets) < 2:
+            raise UmxError("--bridge joins the networks of several targets: give two at least with --targets")
+        if self.combination and (self.loss != "multidomain" or len(targets) < 3):
+            raise UmxError("--combination scores sums of 2 … N-1 targets: it needs --loss multidomain and "
+                           "three targets at least")
+        return targets
+
+    @property
+    def joint(self) -> bool:
+        """Whether the targets share one objective (then one best epoch and one early stop for all)."""
+        return self.loss != "independent" or self.bridge
 
     def seq_len(self, sample_rate: int) -> int | None:
         """Crop length in samples, or None for whole tracks (--seq-dur <= 0)."""

@@ -47,7 +47,7 @@ def setup(use_cuda: bool) -> tuple[Context, torch.device]:
 def sum_all(values: list[float], ctx: Context, device: torch.device) -> list[float]:
     """Element-wise sum of `values` over all ranks (float64)."""
     if not ctx.active:
-        return list(values)
+        return [float(v) for v in values]
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()

@@ -2,15 +2,18 @@
 
 `<target>.pth` best weights · `<target>.chkpnt` model/optimizer/scheduler/epoch/
 best loss · `<target>.json` args and histories · `separator.json` STFT
-settings. Every file is written atomically, so a run killed mid-write leaves
-the previous complete version.
+settings, one set per target of the run. Every file is written atomically, so a
+run killed mid-write leaves the previous complete version. A bridged (X-UMX) run
+writes its best weights as one `xumx.pth` instead, which openunmix cannot load.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +37,16 @@ def save_torch(obj, path: Path) -> None:
         f.write(buf.getbuffer())
 
 
-def write_separator_json(folder: Path, nfft: int, nhop: int, sample_rate: int, nb_channels: int) -> None:
-    write_json(folder / "separator.json",
-               {"nb_channels": nb_channels, "nfft": nfft, "nhop": nhop, "sample_rate": sample_rate})
+BRIDGED_WEIGHTS = "xumx.pth"  # a bridged model's weights, every target's: not `<target>*.pth`, which openunmix globs
+
+
+def write_separator_json(folder: Path, nfft: int, nhop: int, sample_rate: int, nb_channels: int,
+                         bridged_targets: list[str] | None = None) -> None:
+    """open-unmix's `separator.json`; for a bridged model also its targets (openunmix ignores the key)."""
+    conf = {"nb_channels": nb_channels, "nfft": nfft, "nhop": nhop, "sample_rate": sample_rate}
+    if bridged_targets:
+        conf.update(bridged_targets=list(bridged_targets), weights=BRIDGED_WEIGHTS)
+    write_json(folder / "separator.json", conf)
 
 
 def read_json(path: Path, hint: str) -> dict:
@@ -58,43 +68,103 @@ def read_json(path: Path, hint: str) -> dict:
 
 @dataclass
 class Checkpoint:
-    """A `<target>.chkpnt` as read back: open-unmix's keys and the run state."""
+    """A `<target>.chkpnt` as read back: open-unmix's keys and umx's payload (None: open-unmix's own)."""
 
     state_dict: dict
     optimizer: dict
     scheduler: dict
-    state: RunState
+    payload: dict | None
 
 
-def save_checkpoint(folder: Path, target: str, model, optimizer, scheduler, state: RunState) -> None:
-    """`<target>.chkpnt`: open-unmix's keys (epoch, state_dict, best_loss, optimizer, scheduler) and the
-    whole run state under "umx", so a kill between two output files cannot desynchronise them."""
-    save_torch({"epoch": state.progress.epoch, "state_dict": model.state_dict(), "best_loss": state.best_loss,
-                "optimizer": optimizer_state(optimizer), "scheduler": scheduler.state_dict(),
-                "umx": state.to_dict()}, Path(folder) / f"{target}.chkpnt")
+@dataclass
+class TargetParts:
+    """What a target's checkpoint holds besides the run state."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
 
 
-def load_checkpoint(folder: Path, target: str) -> Checkpoint:
-    """The `<target>.chkpnt` of a run to resume (an open-unmix one: its state from `<target>.json`)."""
-    path = Path(folder).expanduser() / f"{target}.chkpnt"
+NEXT = ".next"  # a checkpoint written, not yet in place (see save_checkpoints)
+
+
+def save_checkpoints(folder: Path, parts: dict[str, TargetParts], state: RunState) -> None:
+    """Every target's `<target>.chkpnt`: open-unmix's keys (epoch, state_dict, best_loss, optimizer,
+    scheduler) and the run state under "umx", so a kill between two output files cannot
+    desynchronise them. Several targets' files are one generation: all are written complete
+    as `<target>.chkpnt.next` first, then renamed; `load_checkpoints` finishes or drops a
+    generation a kill interrupted."""
+    folder = Path(folder)
+    generation = uuid.uuid4().hex
+    for target, p in parts.items():
+        payload = {**state.payload(target), "generation": generation}
+        save_torch({"epoch": state.progress.epoch, "state_dict": p.model.state_dict(),
+                    "best_loss": payload["best_loss"], "optimizer": optimizer_state(p.optimizer),
+                    "scheduler": p.scheduler.state_dict(), "umx": payload}, folder / f"{target}.chkpnt{NEXT}")
+    for target in parts:
+        os.replace(folder / f"{target}.chkpnt{NEXT}", folder / f"{target}.chkpnt")
+
+
+def load_checkpoints(folder: Path, targets: list[str]) -> tuple[dict[str, Checkpoint], RunState]:
+    """The checkpoints of a run to resume, one per target, and its state (an open-unmix
+    checkpoint: the state from `<target>.json`). Refuses checkpoints of different steps."""
+    folder = Path(folder).expanduser()
+    _settle_generation(folder, targets)
+    ckpts = {t: _load_one(folder / f"{t}.chkpnt", t) for t in targets}
+    payloads = {t: c.payload for t, c in ckpts.items() if c.payload is not None}
+    try:
+        if not payloads:
+            if len(targets) > 1:
+                raise UmxError(f"{folder}: open-unmix checkpoints resume one target at a time")
+            t = targets[0]
+            return ckpts, RunState.from_results(t, read_json(folder / f"{t}.json", "the results of the run to resume"))
+        if len(payloads) < len(targets) or len({p.get("generation") for p in payloads.values()}) > 1:
+            raise UmxError(f"{folder}: the checkpoints of {', '.join(targets)} are not of the same step "
+                           "(written by different runs?)")
+        return ckpts, RunState.from_payloads(payloads)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UmxError(f"{folder}: the run state in its checkpoints is incomplete ({type(e).__name__}: {e})") from None
+
+
+def _settle_generation(folder: Path, targets: list[str]) -> None:
+    """A save interrupted while renaming: finish it if every target's file of that generation is
+    complete, else drop the new files (the previous generation is still all in place)."""
+    pending = {t: folder / f"{t}.chkpnt{NEXT}" for t in targets if (folder / f"{t}.chkpnt{NEXT}").is_file()}
+    if not pending:
+        return
+    generation = {_generation(p) for p in pending.values()}
+    if len(generation) == 1 and all(t in pending or _generation(folder / f"{t}.chkpnt") in generation
+                                    for t in targets):
+        for t, path in pending.items():
+            os.replace(path, folder / f"{t}.chkpnt")
+    else:
+        for path in pending.values():
+            path.unlink()
+
+
+def _generation(path: Path) -> str | None:
     if not path.is_file():
-        raise UmxError(f"{path}: not found (is {Path(folder)} the output folder of a '{target}' run?)")
+        return None
+    ckpt = load_plain(path, "checkpoint")
+    umx = ckpt.get("umx") if isinstance(ckpt, dict) else None
+    return umx.get("generation") if isinstance(umx, dict) else None
+
+
+def _load_one(path: Path, target: str) -> Checkpoint:
+    if not path.is_file():
+        raise UmxError(f"{path}: not found (is {path.parent} the output folder of a '{target}' run?)")
     ckpt = load_plain(path, "checkpoint")
     missing = [k for k in ("state_dict", "optimizer", "scheduler") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise UmxError(f"{path}: not a training checkpoint (no {', '.join(missing)})")
-    try:
-        if "umx" in ckpt:
-            state = RunState.from_dict(ckpt["umx"])
-        else:
-            state = RunState.from_results(read_json(path.with_suffix(".json"), "the results of the run to resume"))
-    except (KeyError, TypeError, ValueError) as e:
-        raise UmxError(f"{path}: its run state is incomplete ({type(e).__name__}: {e})") from None
-    return Checkpoint(ckpt["state_dict"], ckpt["optimizer"], ckpt["scheduler"], state)
+    payload = ckpt.get("umx")
+    if payload is not None and not isinstance(payload, dict):
+        raise UmxError(f"{path}: its run state is not a mapping")
+    return Checkpoint(ckpt["state_dict"], ckpt["optimizer"], ckpt["scheduler"], payload)
 
 
 def write_results(folder: Path, target: str, args: dict, state: RunState) -> None:
-    write_json(Path(folder) / f"{target}.json", state.results(args))
+    write_json(Path(folder) / f"{target}.json", state.target(target).results(args))
 
 
 def load_plain(path: Path, what: str, map_location="cpu"):

@@ -21,7 +21,7 @@ class Progress:
 
     epoch: int = 1
     step: int = 0  # > 0: resume inside `epoch`, after this many steps
-    losses: list[float] = field(default_factory=list)  # the epoch's step losses so far
+    losses: list[list[float]] = field(default_factory=list)  # the epoch's step losses so far (rows: LossLog)
     seconds: float = 0.0  # the epoch's training time so far
     io: dict = field(default_factory=dict)  # the epoch's loader counters so far
 
@@ -29,16 +29,26 @@ class Progress:
         """What is known of `epoch` already (nothing unless the run stopped inside it)."""
         return self if self.epoch == epoch else Progress(epoch)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Progress":
+        known = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        # a single-target checkpoint of before joint training: one loss per step, the objective itself
+        known["losses"] = [r if isinstance(r, list) else [r, r] for r in known.get("losses", [])]
+        return cls(**known)
+
 
 @dataclass
 class History:
-    """The per-epoch histories of `<target>.json` (open-unmix's keys)."""
+    """The per-epoch histories of `<target>.json` (open-unmix's keys, then umx's)."""
 
     train_loss_history: list[float] = field(default_factory=list)
     valid_loss_history: list[float] = field(default_factory=list)
     train_time_history: list[float] = field(default_factory=list)
     lr_history: list[float] = field(default_factory=list)
     loader_history: list[dict] = field(default_factory=list)
+    # a joint objective (--loss multidomain, --bridge): what best epoch and early stopping follow
+    objective_train_history: list[float] = field(default_factory=list)
+    objective_valid_history: list[float] = field(default_factory=list)
     best_epoch: int = 0
     epochs_trained: int = 0
 
@@ -49,11 +59,26 @@ class History:
 
 
 @dataclass
-class RunState:
-    progress: Progress = field(default_factory=Progress)
+class Epoch:
+    """One finished epoch of one target, as its history records it."""
+
+    train_loss: float
+    valid_loss: float
+    seconds: float
+    lr: float
+    io: dict
+    objective: tuple[float, float] | None = None  # (train, valid) of a joint objective
+
+
+@dataclass
+class TargetState:
+    """One target's early stopping and histories. `best_loss` is the validation value that
+    "best" and early stopping follow: the target's own loss, or a joint objective's."""
+
     history: History = field(default_factory=History)
-    best_loss: float | None = None  # early stopping: the lowest validation loss so far
+    best_loss: float | None = None  # early stopping: the lowest validation value so far
     num_bad_epochs: int = 0
+    stopped: bool = False  # stopped early: its network no longer updates
 
     def stop_early(self, loss: float, patience: int) -> bool:
         """open-unmix's early stopping: stop after `patience` epochs without a lower loss."""
@@ -61,46 +86,75 @@ class RunState:
             self.best_loss = loss
             return False
         if math.isnan(loss):
+            self.stopped = True
             return True
         if loss < self.best_loss or patience == 0:
             self.best_loss, self.num_bad_epochs = loss, 0
         else:
             self.num_bad_epochs += 1
-        return self.num_bad_epochs >= patience
+        self.stopped = self.num_bad_epochs >= patience
+        return self.stopped
 
-    def end_epoch(self, epoch: int, train_loss: float, valid_loss: float, seconds: float, lr: float,
-                  io: dict) -> bool:
+    def end_epoch(self, epoch: int, e: Epoch) -> bool:
         """Record a finished epoch; whether it is the best so far."""
         h = self.history
-        h.train_loss_history.append(train_loss)
-        h.valid_loss_history.append(valid_loss)
-        h.train_time_history.append(seconds)
-        h.lr_history.append(lr)
-        h.loader_history.append(io)
+        h.train_loss_history.append(e.train_loss)
+        h.valid_loss_history.append(e.valid_loss)
+        h.train_time_history.append(e.seconds)
+        h.lr_history.append(e.lr)
+        h.loader_history.append(e.io)
+        if e.objective is not None:
+            h.objective_train_history.append(e.objective[0])
+            h.objective_valid_history.append(e.objective[1])
         h.epochs_trained = epoch
-        is_best = valid_loss == self.best_loss
+        selected = e.valid_loss if e.objective is None else e.objective[1]
+        is_best = selected == self.best_loss
         if is_best:
             h.best_epoch = epoch
-        self.progress = Progress(epoch + 1)
         return is_best
 
     def to_dict(self) -> dict:
-        """The checkpoint's `"umx"` payload."""
         return {"history": dataclasses.asdict(self.history), "best_loss": self.best_loss,
-                "num_bad_epochs": self.num_bad_epochs, "position": dataclasses.asdict(self.progress)}
+                "num_bad_epochs": self.num_bad_epochs, "stopped": self.stopped}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunState":
-        position = {k: v for k, v in d["position"].items() if k in {f.name for f in dataclasses.fields(Progress)}}
-        return cls(Progress(**position), History.from_dict(d["history"]), d["best_loss"], d["num_bad_epochs"])
-
-    @classmethod
-    def from_results(cls, results: dict) -> "RunState":
-        """The state of an open-unmix run (its checkpoint has no `"umx"` payload): from `<target>.json`."""
-        return cls(Progress(results["epochs_trained"] + 1), History.from_dict(results), results["best_loss"],
-                   results["num_bad_epochs"])
+    def from_dict(cls, d: dict) -> "TargetState":
+        return cls(History.from_dict(d["history"]), d["best_loss"], d["num_bad_epochs"], bool(d.get("stopped", False)))
 
     def results(self, args: dict) -> dict:
         """`<target>.json`: the run's arguments, early stopping and histories."""
         return {"args": args, "best_loss": self.best_loss, "num_bad_epochs": self.num_bad_epochs,
-                **dataclasses.asdict(self.history)}
+                "stopped": self.stopped, **dataclasses.asdict(self.history)}
+
+
+@dataclass
+class RunState:
+    """Where the run stands, and every target's state."""
+
+    progress: Progress = field(default_factory=Progress)
+    targets: dict[str, TargetState] = field(default_factory=dict)
+
+    def target(self, name: str) -> TargetState:
+        return self.targets.setdefault(name, TargetState())
+
+    def active(self, names: list[str]) -> list[str]:
+        """The targets (of `names`, in that order) that have not stopped."""
+        return [n for n in names if not self.target(n).stopped]
+
+    def payload(self, name: str) -> dict:
+        """`<name>.chkpnt`'s `"umx"` payload: the run's position and that target's state."""
+        return {**self.target(name).to_dict(), "position": dataclasses.asdict(self.progress),
+                "targets": list(self.targets)}
+
+    @classmethod
+    def from_payloads(cls, payloads: dict[str, dict]) -> "RunState":
+        """The state of a run from each target's checkpoint payload."""
+        first = next(iter(payloads.values()))
+        return cls(Progress.from_dict(first["position"]),
+                   {name: TargetState.from_dict(p) for name, p in payloads.items()})
+
+    @classmethod
+    def from_results(cls, name: str, results: dict) -> "RunState":
+        """The state of an open-unmix run (its checkpoint has no `"umx"` payload): from `<target>.json`."""
+        return cls(Progress(results["epochs_trained"] + 1),
+                   {name: TargetState(History.from_dict(results), results["best_loss"], results["num_bad_epochs"])})

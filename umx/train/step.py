@@ -23,10 +23,12 @@ uncaptured, which is how its equivalence with the eager step is tested on CPU.
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from .losses import Objective
 
 MODES = ("auto", "on", "off")
 
@@ -62,25 +64,32 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
 
 
 class EagerStep:
-    """open-unmix's step as it is: zero_grad, forward, MSE on magnitudes, backward, Adam."""
+    """open-unmix's step as it is: zero_grad, forward, loss, backward, Adam — for every target
+    of the run at once: `net` returns one estimate per target (model.Joint), `objective`
+    (losses.py) scores them, each target's optimizer steps its own network."""
 
     captured = False
 
-    def __init__(self, net: nn.Module, encoder: nn.Module, optimizer: torch.optim.Optimizer, bf16: bool = False):
-        self.net, self.encoder, self.optimizer, self.bf16 = net, encoder, optimizer, bf16
+    def __init__(self, net: nn.Module, encoder: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
+                 objective: Objective, bf16: bool = False):
+        self.net, self.encoder, self.objective, self.bf16 = net, encoder, objective, bf16
+        self.optimizers = list(optimizers)
 
-    def loss(self, x: Tensor, y: Tensor) -> Tensor:
+    def terms(self, x: Tensor, y: Tensor, seed: int | None = None) -> Tensor:
+        """The objective's row: each target's spectrogram MSE, then the objective."""
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
-            return nn.functional.mse_loss(self.net(self.encoder(x)), self.encoder(y))
+            return self.objective(self.net(self.encoder(x), seed), y, x, self.encoder)
 
     def __call__(self, x: Tensor, y: Tensor, seed: int) -> Tensor:
-        """One update; returns the loss as a device scalar (no host synchronisation)."""
+        """One update; returns the loss terms as a device tensor (no host synchronisation)."""
         torch.manual_seed(seed)  # dropout
-        self.optimizer.zero_grad()
-        loss = self.loss(x, y)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
+        for opt in self.optimizers:
+            opt.zero_grad()
+        terms = self.terms(x, y, seed)
+        terms[-1].backward()
+        for opt in self.optimizers:
+            opt.step()
+        return terms.detach()
 
 
 class GraphStep(EagerStep):
@@ -91,9 +100,10 @@ class GraphStep(EagerStep):
     so the first real step starts from the same state an eager run would.
     """
 
-    def __init__(self, net: nn.Module, encoder: nn.Module, optimizer: torch.optim.Optimizer, bf16: bool = False,
-                 capture: bool = True, warmup: int = 3, warn: Callable[[str], None] | None = None):
-        super().__init__(net, encoder, optimizer, bf16)
+    def __init__(self, net: nn.Module, encoder: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
+                 objective: Objective, bf16: bool = False, capture: bool = True, warmup: int = 3,
+                 warn: Callable[[str], None] | None = None):
+        super().__init__(net, encoder, optimizers, objective, bf16)
         self.capture, self.warmup = capture, warmup
         self.warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -113,12 +123,12 @@ class GraphStep(EagerStep):
         if self.graph is None or x.shape != self.static[0].shape or y.shape != self.static[1].shape:
             self.uncaptured_steps += 1
             return super().__call__(x, y, seed)
-        sx, sy, loss = self.static
+        sx, sy, terms = self.static
         sx.copy_(x)
         sy.copy_(y)
         torch.manual_seed(seed)  # the graph's philox draws take the generator's seed at replay
         self.graph.replay()
-        return loss.clone()
+        return terms.clone()
 
     def _try_capture(self, x: Tensor, y: Tensor) -> None:
         try:
@@ -129,82 +139,91 @@ class GraphStep(EagerStep):
                       "training continues with the uncaptured step")
 
     def _capture(self, x: Tensor, y: Tensor) -> None:
-        model, opt = self.net, self.optimizer
+        model, opts = self.net, self.optimizers
         saved_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        had_state = {p: {k: v.detach().clone() for k, v in s.items()} for p, s in opt.state.items()}
+        had_state = [{p: {k: v.detach().clone() for k, v in s.items()} for p, s in o.state.items()} for o in opts]
         sx, sy = x.detach().clone(), y.detach().clone()
+
+        def step() -> Tensor:
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            terms = self.terms(sx, sy)
+            terms[-1].backward()
+            for o in opts:
+                o.step()
+            return terms
+
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):  # warm-up: plans, workspaces and the optimizer's state
             for _ in range(self.warmup):
-                opt.zero_grad(set_to_none=True)
-                self.loss(sx, sy).backward()
-                opt.step()
+                step()
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        opt.zero_grad(set_to_none=True)
+        for o in opts:
+            o.zero_grad(set_to_none=True)
         # thread_local: the DataLoader's pin-memory thread may allocate pinned memory meanwhile
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            loss = self.loss(sx, sy)
-            loss.backward()
-            opt.step()
+            terms = step()
         # capture only recorded; put back what the warm-up changed
         with torch.no_grad():
             for k, v in model.state_dict().items():
                 v.copy_(saved_model[k])
-            for p, s in opt.state.items():
-                before = had_state.get(p)
-                for k, v in s.items():
-                    if torch.is_tensor(v):
-                        v.copy_(before[k]) if before is not None else v.zero_()
-        self.graph, self.static = graph, (sx, sy, loss.detach())
+            for o, before_all in zip(opts, had_state):
+                for p, s in o.state.items():
+                    before = before_all.get(p)
+                    for k, v in s.items():
+                        if torch.is_tensor(v):
+                            v.copy_(before[k]) if before is not None else v.zero_()
+        self.graph, self.static = graph, (sx, sy, terms.detach())
 
 
 class LossLog:
     """Step losses kept on the device, read back without stalling the GPU.
 
-    Every `chunk` steps the pending losses go to pinned host memory with a
-    non-blocking copy and an event; `known()` returns the ones whose copy has
-    finished, `values()` waits for all. On CPU every loss is known at once.
+    A step's loss is a row (each target's loss, then the objective: losses.py). Every
+    `chunk` steps the pending rows go to pinned host memory with a non-blocking copy and
+    an event; `known()` returns the ones whose copy has finished, `values()` waits for
+    all. On CPU every loss is known at once.
     """
 
     def __init__(self, device: torch.device, initial: list[float] | None = None, chunk: int = 8):
         self.device, self.chunk = device, chunk
-        self.done: list[float] = list(initial or [])
+        self.done: list[list[float]] = [list(r) for r in initial or []]
         self.pending: list[Tensor] = []
         self.in_flight: list[tuple[torch.cuda.Event, Tensor]] = []
 
     def __len__(self) -> int:
         return len(self.done) + len(self.pending) + sum(len(h) for _, h in self.in_flight)
 
-    def append(self, loss: Tensor | float) -> None:
+    def append(self, loss: Tensor) -> None:
         if self.device.type != "cuda" or not torch.is_tensor(loss):
             if self.pending or self.in_flight:
                 self.values()  # keep step order
-            self.done.append(float(loss))
+            self.done.append([float(v) for v in torch.as_tensor(loss).reshape(-1)])
             return
-        self.pending.append(loss.reshape(()))
+        self.pending.append(loss.reshape(-1))
         if len(self.pending) >= self.chunk:
             self._send()
 
     def _send(self) -> None:
         if not self.pending:
             return
-        host = torch.empty(len(self.pending), dtype=torch.float32, pin_memory=True)
+        host = torch.empty((len(self.pending), self.pending[0].numel()), dtype=torch.float32, pin_memory=True)
         host.copy_(torch.stack(self.pending).float(), non_blocking=True)
         event = torch.cuda.Event()
         event.record()
         self.in_flight.append((event, host))
         self.pending = []
 
-    def known(self) -> list[float]:
+    def known(self) -> list[list[float]]:
         """Every loss whose value has reached the host (in step order)."""
         while self.in_flight and self.in_flight[0][0].query():
             _, host = self.in_flight.pop(0)
             self.done.extend(host.tolist())
         return self.done
 
-    def values(self) -> list[float]:
+    def values(self) -> list[list[float]]:
         """Every loss (waits for the device)."""
         self._send()
         for event, _ in self.in_flight:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
@@ -106,7 +106,7 @@ class _Pooled:
 class TrainStream(_Stream):
     """Iterable over the crop batches of one epoch of aligned tracks; `set_epoch` first."""
 
-    def __init__(self, manifest: Manifest, target: str, seq_len: int | None, batch_size: int,
+    def __init__(self, manifest: Manifest, target: str | Sequence[str], seq_len: int | None, batch_size: int,
                  samples_per_track: int = 1, pool_size: int = 8, seed: int = 42, split: str = "train",
                  rank: int = 0, world_size: int = 1, silence_missing_targets: bool = False,
                  reader: ShardReader | None = None, resident: Mapping[str, int] | None = None):
@@ -124,7 +124,7 @@ class TrainStream(_Stream):
         if self.eligible == 0:
             frames = [f for s in self.shards for f in s.track_frames]
             why = f"at least {seq_len} samples long (longest: {max(frames, default=0)}); lower --seq-dur" \
-                if seq_len and max(frames, default=0) < seq_len else f"with target '{self.slots.order[0]}'"
+                if seq_len and max(frames, default=0) < seq_len else "with target '" + "', '".join(self.slots.order[:self.slots.required]) + "'"
             raise UmxError(f"{manifest.location}: no '{split}' track is {why}")
 
     def _eligible(self, entry: TrackEntry, select: Callable[[int], bool] | None = None) -> int:
@@ -227,7 +227,7 @@ class SourceFileStream(_Stream):
     `--nb-train-samples`). Sampling is with replacement, so every worker holds the
     whole split and draws its share of the samples from its own stream."""
 
-    def __init__(self, manifest: Manifest, target: str, seq_len: int, batch_size: int, nb_samples: int,
+    def __init__(self, manifest: Manifest, target: str | Sequence[str], seq_len: int, batch_size: int, nb_samples: int,
                  seed: int = 42, split: str = "train", rank: int = 0, world_size: int = 1,
                  reader: ShardReader | None = None, resident: Mapping[str, list] | None = None):
         if seq_len is None:

@@ -1,8 +1,13 @@
-"""The open-unmix training recipe on a streamed shard set, on one process or many.
+"""The open-unmix training recipe on a streamed shard set, on one process or many, for one
+target or several at once.
 
 Adam(lr, weight_decay) · ReduceLROnPlateau(gamma, patience, cooldown=10) ·
 early stopping on the validation loss · MSE between magnitude spectrograms ·
-validation on the full tracks of the valid split, one per batch. Under
+validation on the full tracks of the valid split, one per batch. Several targets
+(`--targets`) share one data stream, one augmentation pass and one step; each keeps
+its own network, optimizer, scheduler, best weights and early stopping, unless the
+objective is joint (losses.py, `--bridge`): then the validation objective decides
+for all. Under
 torchrun the model is wrapped in DistributedDataParallel, validation is split
 over the ranks and reduced, and only rank 0 writes. The data stream, the
 device augmentation and dropout are seeded per (seed, epoch, step), so
@@ -27,14 +32,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import UmxError
+from ..model import Joint
 from ..shards import manifest as mf
 from ..shards.reader import ShardReader, add_metrics
 from . import distributed, sampling
 from .augment import Augment, mix_and_target
 from .config import TrainConfig
-from .outputs import save_checkpoint, save_torch, write_results, write_separator_json
-from .slots import Slots
-from .state import Progress, RunState
+from .losses import Objective
+from .outputs import BRIDGED_WEIGHTS, TargetParts, save_checkpoints, save_torch, write_results, write_separator_json
+from .state import Epoch, Progress, RunState
 from .step import LossLog
 from .validation import ValidItem
 
@@ -55,11 +61,21 @@ class TrainData:
 
 @dataclass
 class Optimisation:
-    model: torch.nn.Module
-    net: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
-    step: object  # step.EagerStep | step.GraphStep
+    model: Joint  # every target's network
+    net: torch.nn.Module  # what the step runs: the networks still training, or their DDP wrapper
+    optimizers: dict[str, torch.optim.Optimizer]  # per target
+    schedulers: dict[str, torch.optim.lr_scheduler.ReduceLROnPlateau]
+    step: object  # step.EagerStep | step.GraphStep (build.make_step)
+    objective: Objective
+    graph: bool  # the step is the CUDA-graph step
+
+
+@dataclass
+class Scores:
+    """An epoch's losses: each target's (spectrogram MSE) and the objective's."""
+
+    targets: dict[str, float]
+    objective: float
 
 
 class Trainer:
@@ -73,11 +89,19 @@ class Trainer:
 
     # short names for the parts most used
     model = property(lambda self: self.parts.model)
-    optimizer = property(lambda self: self.parts.optimizer)
+    optimizer = property(lambda self: self.parts.optimizers[self.cfg.target])  # the first target's
     step = property(lambda self: self.parts.step)
     stream = property(lambda self: self.data.stream)
     reader = property(lambda self: self.data.reader)
     resident = property(lambda self: self.data.resident)
+
+    @property
+    def active(self) -> list[str]:
+        """The targets still training (in --targets order)."""
+        return self.state.active(self.cfg.targets)
+
+    def _slots(self, names: list[str]) -> tuple:
+        return tuple(t for t in self.data.slots.target_slots if t.name in names)
 
     def batch_audio(self, batch) -> torch.Tensor:
         """A loader batch as int16 `[batch, slots, channels, time]` on the device."""
@@ -87,10 +111,11 @@ class Trainer:
 
     def train_step(self, pcm: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
         """One optimisation step on an int16 batch; every draw seeded by (seed, epoch, step, rank).
-        Returns the loss as a device scalar: reading it is the caller's choice (a host sync)."""
+        Returns the loss row (each training target's loss, then the objective) on the device:
+        reading it is the caller's choice (a host sync)."""
         cfg, key, slots = self.cfg, (epoch, step, self.dist.rank), self.data.slots
         gen = sampling.torch_generator(cfg.seed, sampling.AUGMENT, *key, device=self.device)
-        x, y = mix_and_target(self.augment(pcm, gen), slots.input_slot, slots.complement)
+        x, y = mix_and_target(self.augment(pcm, gen), slots.input_slot, targets=self._slots(self.active))
         return self.parts.step(x, y, sampling.torch_seed(cfg.seed, sampling.DROPOUT, *key))
 
     # --- one epoch -------------------------------------------------------
@@ -98,8 +123,8 @@ class Trainer:
         return DataLoader(self.stream, batch_size=None, num_workers=self.cfg.nb_workers,
                           pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.cfg.nb_workers else None)
 
-    def train_epoch(self, epoch: int) -> tuple[float, dict]:
-        """Train one epoch (or its rest, after a mid-epoch resume): the mean step loss over all
+    def train_epoch(self, epoch: int) -> tuple[Scores, dict]:
+        """Train one epoch (or its rest, after a mid-epoch resume): the mean step losses over all
         ranks, and this rank's loader counters of the epoch."""
         cfg, known = self.cfg, self.state.progress.within(epoch)
         self.model.train()
@@ -128,22 +153,29 @@ class Trainer:
         if len(losses) != total:
             raise UmxError(f"rank {self.dist.rank} ran {len(losses)} steps in epoch {epoch}, expected {total}")
         distributed.broadcast_buffers(self.model, self.dist)
-        loss_sum, count = distributed.sum_all([float(np.sum(losses)), len(losses)], self.dist, self.device)
-        return loss_sum / count, meter.io
+        *sums, count = distributed.sum_all([*np.sum(np.asarray(losses, dtype=np.float64), axis=0), len(losses)],
+                                           self.dist, self.device)
+        return self._scores([v / count for v in sums]), meter.io
+
+    def _scores(self, row: list[float]) -> Scores:
+        return Scores(dict(zip(self.active, row[:-1])), row[-1])
 
     @torch.no_grad()
-    def validate(self) -> float:
-        """Mean loss over every validation item, whichever rank scored it."""
+    def validate(self) -> Scores:
+        """Mean losses over every validation item, whichever rank scored it."""
         self.model.eval()
-        total = 0.0
+        net, targets = self.model.subset(self.active), self._slots(self.active)
+        totals = [0.0] * (len(targets) + 1)
         for item in self.data.valid_items:
             wav = item.sources.to(self.device).float()[None] / 32768.0
-            x, y = mix_and_target(wav, complement=self.data.slots.complement)
+            x, y = mix_and_target(wav, targets=targets)
             if item.mixture is not None:  # the real mixture (musdb) or the stored input (aligned)
                 x = item.mixture.to(self.device).float()[None] / 32768.0
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
-                total += torch.nn.functional.mse_loss(self.model(self.encoder(x)), self.encoder(y)).item()
-        return distributed.sum_all([total], self.dist, self.device)[0] / self.data.n_valid
+                terms = self.parts.objective(net(self.encoder(x)), y, x, self.encoder)
+            totals = [a + b for a, b in zip(totals, terms.tolist())]
+        sums = distributed.sum_all(totals, self.dist, self.device)
+        return self._scores([v / self.data.n_valid for v in sums])
 
     # --- the run ---------------------------------------------------------
     def fit(self) -> Path:
@@ -155,19 +187,34 @@ class Trainer:
                       initial=first - 1, total=cfg.epochs)
         for epoch in epochs:
             start = time.time() - self.state.progress.within(epoch).seconds
-            train_loss, io = self.train_epoch(epoch)
-            valid_loss = self.validate()
-            self.parts.scheduler.step(valid_loss)
-            stop = self.state.stop_early(valid_loss, cfg.patience)  # the same reduced loss on every rank
-            lr = float(self.parts.optimizer.param_groups[0]["lr"])  # after the plateau step
-            is_best = self.state.end_epoch(epoch, train_loss, valid_loss, time.time() - start, lr,
-                                           self._loader_metrics(io))
-            self._save(is_best)
-            epochs.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{valid_loss:.4f}", lr=lr)
-            if stop:
-                if main and not cfg.quiet:
-                    print(f"early stopping after epoch {epoch} (no improvement for {cfg.patience} epochs)")
+            active = self.active
+            train, io = self.train_epoch(epoch)
+            valid = self.validate()
+            seconds, io = time.time() - start, self._loader_metrics(io)
+            best = {}
+            for target in active:  # every rank holds the same reduced losses
+                t = self.state.target(target)
+                selected = valid.objective if cfg.joint else valid.targets[target]
+                self.parts.schedulers[target].step(selected)
+                t.stop_early(selected, cfg.patience)
+                lr = float(self.parts.optimizers[target].param_groups[0]["lr"])  # after the plateau step
+                objective = (train.objective, valid.objective) if cfg.joint else None
+                best[target] = t.end_epoch(epoch, Epoch(train.targets[target], valid.targets[target], seconds, lr,
+                                                        io, objective))
+            self.state.progress = Progress(epoch + 1)
+            self._save(best)
+            post = {"train_loss": f"{train.objective:.4f}", "val_loss": f"{valid.objective:.4f}"}
+            epochs.set_postfix(**post, lr=float(self.parts.optimizers[active[0]].param_groups[0]["lr"]))
+            stopped = [t for t in active if self.state.target(t).stopped]
+            if stopped and main and not cfg.quiet:
+                print(f"early stopping {', '.join(stopped)} after epoch {epoch} (no improvement for "
+                      f"{cfg.patience} epochs)")
+            if not self.active:
                 break
+            if stopped:  # the others train on, without the stopped networks
+                from .build import make_step
+
+                make_step(self.parts, cfg, self.encoder, self.dist, self.device, self.active)
         if cfg.trace:
             digest = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes()
                                              for v in self.model.state_dict().values())).hexdigest()
@@ -179,14 +226,17 @@ class Trainer:
     def _announce(self) -> None:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        write_separator_json(self.out, cfg.nfft, cfg.nhop, self.manifest.sample_rate, cfg.nb_channels)
+        write_separator_json(self.out, cfg.nfft, cfg.nhop, self.manifest.sample_rate, cfg.nb_channels,
+                             cfg.targets if cfg.bridge else None)
         first = self.state.progress.epoch
         if first > cfg.epochs:
             print(f"nothing to train: {self.out} is trained to epoch {first - 1} already (--epochs {cfg.epochs})",
                   file=sys.stderr)
         if not cfg.quiet:
             per = f" per rank × {self.dist.world_size} ranks" if self.dist.active else ""
-            print(f"training '{cfg.target}' on {self.device} from {self.manifest.location}: "
+            what = f"'{cfg.target}'" if len(cfg.targets) == 1 else \
+                f"{', '.join(cfg.targets)} jointly ({cfg.loss} loss{', bridged' if cfg.bridge else ''})"
+            print(f"training {what} on {self.device} from {self.manifest.location}: "
                   f"{self.stream.samples_per_epoch()} samples/epoch, batch {self.stream.batch_size}{per} "
                   f"(effective batch {self.stream.batch_size * self.dist.world_size})")
 
@@ -206,24 +256,32 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         if self.dist.is_main:
-            save_checkpoint(self.out, self.cfg.target, self.model, self.parts.optimizer, self.parts.scheduler,
-                            self.state)
+            p = self.parts
+            save_checkpoints(self.out, {t: TargetParts(self.model.models[t], p.optimizers[t], p.schedulers[t])
+                                        for t in self.cfg.targets}, self.state)
 
-    def _save(self, is_best: bool) -> None:
-        """Epoch end: best weights, checkpoint, then the json (each atomic; rank 0 only)."""
+    def _save(self, best: dict[str, bool]) -> None:
+        """Epoch end: best weights, checkpoints, then the jsons (each atomic; rank 0 only)."""
         if not self.dist.is_main:
             return
-        cfg, target = self.cfg, self.cfg.target
-        if is_best:
-            save_torch(self.model.state_dict(), self.out / f"{target}.pth")
+        cfg = self.cfg
+        if cfg.bridge and any(best.values()):  # one network of all targets: one file, never a <target>.pth
+            save_torch({t: m.state_dict() for t, m in self.model.models.items()}, self.out / BRIDGED_WEIGHTS)
+        elif not cfg.bridge:
+            for target in (t for t, is_best in best.items() if is_best):
+                save_torch(self.model.models[target].state_dict(), self.out / f"{target}.pth")
         self._save_checkpoint()
         args = {**dataclasses.asdict(cfg), "dataset": self.manifest.layout, "sample_rate": self.manifest.sample_rate,
                 "world_size": self.dist.world_size}
-        write_results(self.out, target, args, self.state)
+        for target in best:
+            write_results(self.out, target, args, self.state)
         try:  # the loss curves a user looks at; never a reason to stop training
-            from ..plot import plot_history
+            from ..plot import plot_history, plot_targets
 
-            plot_history(self.out, target)
+            for target in best:
+                plot_history(self.out, target)
+            if len(cfg.targets) > 1:
+                plot_targets(self.out, cfg.targets)
         except Exception as e:  # noqa: BLE001 (matplotlib/back-end trouble)
             print(f"warning: could not draw the loss plot ({type(e).__name__}: {e})", file=sys.stderr)
 
@@ -236,19 +294,20 @@ class _Meter:
         self.start, self.before = time.time(), known.seconds
         self.io = dict(known.io)
         self.checked = self.first_known = len(known.losses)
-        self.losses: list[float] = list(known.losses)
+        self.losses: list[list[float]] = list(known.losses)
         self.seen, self.batch_size = 0, batch_size
 
-    def update(self, losses: list[float], samples: int, io: dict | None, epoch: int) -> None:
+    def update(self, losses: list[list[float]], samples: int, io: dict | None, epoch: int) -> None:
         self.check(losses, epoch)
         self.losses, self.seen = losses, self.seen + samples
         add_metrics(self.io, io)
 
-    def check(self, losses: list[float], epoch: int) -> None:
+    def check(self, losses: list[list[float]], epoch: int) -> None:
         """Stop on the first non-finite loss among those read back since the last check."""
         for i in range(self.checked, len(losses)):
-            if not math.isfinite(losses[i]):
-                raise UmxError(f"loss became {losses[i]} at epoch {epoch}, step {i + 1}; stopping")
+            bad = next((v for v in losses[i] if not math.isfinite(v)), None)
+            if bad is not None:
+                raise UmxError(f"loss became {bad} at epoch {epoch}, step {i + 1}; stopping")
         self.checked = len(losses)
 
     def seconds(self) -> float:
@@ -258,14 +317,14 @@ class _Meter:
         # steps whose loss has come back are done on the device: the honest rate on a GPU
         finished = min(self.seen, (len(self.losses) - self.first_known) * self.batch_size)
         io = self.io
-        return dict(loss=f"{np.mean(self.losses):.4f}" if self.losses else "…",
+        return dict(loss=f"{np.mean([r[-1] for r in self.losses]):.4f}" if self.losses else "…",
                     samples_per_s=f"{finished / (time.time() - self.start):.1f}",
                     **({"fetched_MB": f"{io['bytes_fetched'] / 2**20:.0f}", "hits": io["hits"]}
                        if io.get("misses") or io.get("hits") else {}))
 
 
 def train(config: TrainConfig) -> Path:
-    """Train one target model; returns the output directory."""
+    """Train the run's target model(s); returns the output directory."""
     from .build import build_trainer, setup_process
 
     config.check()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ from ..errors import UmxError
 from ..shards.manifest import Manifest
 from ..shards.reader import ShardReader, SkippedShard
 from .crops import source_files
-from .slots import Slots, make_slots
+from .slots import make_slots
 
 
 @dataclass
@@ -24,14 +25,14 @@ class ValidItem:
     mixture: torch.Tensor | None  # int16 [channels, frames]
 
 
-def load_validation(manifest: Manifest, target: str, split: str = "valid", silence_missing: bool = False,
+def load_validation(manifest: Manifest, target: str | Sequence[str], split: str = "valid", silence_missing: bool = False,
                     nb_samples: int = 100, seq_len: int | None = None,
                     reader: ShardReader | None = None) -> list[ValidItem]:
     """The validation set: full tracks, or for unaligned sources `nb_samples` crops that are
     the same every epoch (each seeded by its index, as open-unmix seeds them)."""
     slots = make_slots(manifest, target, silence_missing)
     use_mixture = manifest.sampling.valid_input == "mixture"
-    slots_no_input = Slots(slots.order, slots.n_interferers, False, slots.complement, slots.silence_missing)
+    slots_no_input = slots.without_input()
     if manifest.sampling.valid == "crops":
         files = source_files(manifest, split, slots.order, seq_len, reader)
         items = []
@@ -58,6 +59,7 @@ def load_validation(manifest: Manifest, target: str, split: str = "valid", silen
             mix = torch.from_numpy(record.mixture) if use_mixture and record.mixture is not None else None
             items.append(ValidItem(record.id, torch.from_numpy(stack), mix))
     if not items:
-        raise UmxError(f"{manifest.location}: the '{split}' split has no track with target '{target}'"
+        names = "', '".join([target] if isinstance(target, str) else target)
+        raise UmxError(f"{manifest.location}: the '{split}' split has no track with target '{names}'"
                        + ("" if silence_missing else " (--silence-missing-targets would keep them)"))
     return items
