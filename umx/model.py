@@ -166,20 +166,24 @@ class Joint(nn.Module):
         return Joint({n: self.models[n] for n in names}, self.bridge)
 
     def forward(self, x: Tensor, seed: int | None = None) -> tuple[Tensor, ...]:
-        models = list(self.models.values())
-        if not self.bridge:
-            out = []
-            for model in models:
-                if seed is not None:
-                    torch.manual_seed(seed)
-                out.append(model(x))
-            return tuple(out)
-        if seed is not None:
-            torch.manual_seed(seed)
-        encoded = [m.encode(x) for m in models]
-        cross = sum(e for _, e in encoded) / len(models)  # first bridge
-        joined = sum(torch.cat([e, m.recurrent(cross)], -1) for m, (_, e) in zip(models, encoded)) / len(models)
-        return tuple(m.decode(joined, mix) for m, (mix, _) in zip(models, encoded))  # second bridge
+        return estimate(list(self.models.values()), x, self.bridge, seed)
+
+
+def estimate(models: "list[OpenUnmix]", x: Tensor, bridge: bool = False, seed: int | None = None) -> tuple[Tensor, ...]:
+    """Every network's magnitude estimate of the spectrogram `x` (see `Joint`)."""
+    if not bridge:
+        out = []
+        for model in models:
+            if seed is not None:
+                torch.manual_seed(seed)
+            out.append(model(x))
+        return tuple(out)
+    if seed is not None:
+        torch.manual_seed(seed)
+    encoded = [m.encode(x) for m in models]
+    cross = sum(e for _, e in encoded) / len(models)  # first bridge
+    joined = sum(torch.cat([e, m.recurrent(cross)], -1) for m, (_, e) in zip(models, encoded)) / len(models)
+    return tuple(m.decode(joined, mix) for m, (mix, _) in zip(models, encoded))  # second bridge
 
 
 def lstm_layer_by_layer(lstm: nn.LSTM, x: Tensor) -> Tensor:
@@ -206,8 +210,10 @@ def lstm_layer_by_layer(lstm: nn.LSTM, x: Tensor) -> Tensor:
     return x
 
 
-def load_target(model_dir: str, target: str, device: str | torch.device = "cpu") -> OpenUnmix:
-    """Load `<target>.pth` + `<target>.json` from a model directory (ours or open-unmix's).
+def load_target(model_dir: str, target: str, device: str | torch.device = "cpu",
+                state: dict | None = None) -> OpenUnmix:
+    """Load `<target>.pth` + `<target>.json` from a model directory (ours or open-unmix's);
+    with `state`, those weights (a bridged model's, from its one weights file) instead of the pth.
 
     Mirrors `openunmix.utils.load_target_models`: sizes come from the json's
     `args`, the bandwidth from the stored input_mean; `unidirectional` is read
@@ -217,11 +223,11 @@ def load_target(model_dir: str, target: str, device: str | torch.device = "cpu")
 
     from .errors import UmxError
 
-    from .train.outputs import load_plain, read_json
+    from .train.outputs import BRIDGED_WEIGHTS, load_plain, read_json
 
     folder = Path(model_dir).expanduser()
-    json_path, pth_path = folder / f"{target}.json", folder / f"{target}.pth"
-    for p in (json_path, pth_path):
+    json_path, pth_path = folder / f"{target}.json", folder / (f"{target}.pth" if state is None else BRIDGED_WEIGHTS)
+    for p in (json_path, pth_path) if state is None else (json_path,):
         if not p.is_file():
             raise UmxError(f"{p}: not found (is {folder} a model directory with a '{target}' model?)")
     args = read_json(json_path, "a model's settings").get("args")
@@ -230,7 +236,8 @@ def load_target(model_dir: str, target: str, device: str | torch.device = "cpu")
     for key, (lo, hi) in bounds.items():
         if type(sizes[key]) is not int or not lo <= sizes[key] <= hi:
             raise UmxError(f"{json_path}: args.{key} must be a whole number in [{lo}, {hi}], got {sizes[key]!r}")
-    state = load_plain(pth_path, "model", map_location=device)
+    if state is None:
+        state = load_plain(pth_path, "model", map_location=device)
     mean = state.get("input_mean") if isinstance(state, dict) else None
     if not isinstance(mean, torch.Tensor) or mean.ndim != 1 or not 1 <= mean.shape[0] <= sizes["nfft"] // 2 + 1:
         raise UmxError(f"{pth_path}: not an Open-Unmix state dict for nfft {sizes['nfft']} (its input_mean is "

@@ -31,7 +31,7 @@ from .cli_util import apply, argument, command, option, run_command
 from .errors import UmxError
 from .filtering import wiener
 from .names import inside, safe_name
-from .model import STFT, load_target
+from .model import STFT, estimate, load_target
 
 SEPARATOR_JSON = "separator.json"
 SEPARATOR_BOUNDS = {"nb_channels": (1, 2), "nfft": (16, 2**16), "nhop": (1, 2**16), "sample_rate": (1000, 384000)}
@@ -39,10 +39,14 @@ OUTPUT_FORMATS = ("wav", "flac", "ogg", "aiff", "aif", "mp3")  # what umx.audio.
 
 
 def available_targets(model_dir: str | Path) -> list[str]:
-    """Targets of a model directory: every `<target>.pth`, sorted by name."""
+    """Targets of a model directory: every `<target>.pth`, sorted by name (a bridged model's: those
+    its `separator.json` names, in training order)."""
     folder = Path(model_dir).expanduser()
     if not folder.is_dir():
         raise UmxError(f"{folder}: model directory not found")
+    bridged = bridged_targets(folder)
+    if bridged:
+        return bridged
     targets = sorted(p.stem for p in folder.glob("*.pth"))
     if not targets:
         raise UmxError(f"{folder}: no <target>.pth model in this directory")
@@ -68,6 +72,38 @@ def read_separator_json(model_dir: str | Path) -> dict:
     if values["nhop"] > values["nfft"]:
         raise UmxError(f"{path}: nhop {values['nhop']} is larger than nfft {values['nfft']}")
     return values
+
+
+def bridged_targets(model_dir: str | Path) -> list[str] | None:
+    """The targets of a bridged (X-UMX) model directory, from `separator.json`; None for plain models."""
+    from .train.outputs import read_json
+
+    path = Path(model_dir).expanduser() / SEPARATOR_JSON
+    if not path.is_file():
+        return None
+    names = read_json(path, "a model directory's separator settings").get("bridged_targets")
+    if names is None:
+        return None
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names) \
+            or len(set(names)) != len(names):
+        raise UmxError(f"{path}: bridged_targets must list two different target names at least")
+    for name in names:
+        safe_name(name, "bridged target", str(path))
+    return names
+
+
+def _load_bridged(model_dir: str | Path, targets: list[str], device) -> dict[str, nn.Module]:
+    """Every network of a bridged model, from its one weights file."""
+    from .train.outputs import BRIDGED_WEIGHTS, load_plain
+
+    path = Path(model_dir).expanduser() / BRIDGED_WEIGHTS
+    if not path.is_file():
+        raise UmxError(f"{path}: not found (separator.json names a bridged model)")
+    states = load_plain(path, "model", map_location=device)
+    missing = [t for t in targets if not isinstance(states, dict) or not isinstance(states.get(t), dict)]
+    if missing:
+        raise UmxError(f"{path}: has no weights for {', '.join(missing)}")
+    return {t: load_target(str(model_dir), t, device, state=states[t]) for t in targets}
 
 
 def _load_target(model_dir: str | Path, target: str, device) -> nn.Module:
@@ -141,6 +177,7 @@ class Separator(nn.Module):
             (default name 'residual').
         wiener_win_len: frames filtered together (time-varying spatial model; bounds
             memory); None or 0: the whole track at once.
+        bridge: the target models are one X-UMX network (model.Joint): estimated together.
     """
 
     def __init__(
@@ -154,8 +191,10 @@ class Separator(nn.Module):
         n_hop: int = 1024,
         nb_channels: int = 2,
         wiener_win_len: Optional[int] = 300,
+        bridge: bool = False,
     ):
         super().__init__()
+        self.bridge = bridge
         if not target_models:
             raise UmxError("a Separator needs at least one target model")
         if niter < 0:
@@ -200,14 +239,19 @@ class Separator(nn.Module):
         `targets=None` loads every `<target>.pth` in the directory (sorted).
         The separator is frozen (eval mode, no gradients) and on `device`.
         """
+        bridged = bridged_targets(model_dir)
         targets = list(targets) if targets else available_targets(model_dir)
         if len(set(targets)) != len(targets):
             raise UmxError(f"targets are repeated: {targets}")
+        if bridged and sorted(targets) != sorted(bridged):
+            raise UmxError(f"{Path(model_dir).expanduser()}: a bridged (X-UMX) model separates all its targets "
+                           f"together ({', '.join(bridged)}), not {', '.join(targets)}")
         conf = read_separator_json(model_dir)
-        models = {t: _load_target(model_dir, t, device) for t in targets}
+        models = _load_bridged(model_dir, bridged, device) if bridged else \
+            {t: _load_target(model_dir, t, device) for t in targets}
         separator = cls(models, niter=niter, softmask=softmask, residual=residual, sample_rate=conf["sample_rate"],
                         n_fft=conf["nfft"], n_hop=conf["nhop"], nb_channels=conf["nb_channels"],
-                        wiener_win_len=wiener_win_len)
+                        wiener_win_len=wiener_win_len, bridge=bool(bridged))
         separator.freeze()
         return separator.to(device)
 
@@ -235,8 +279,12 @@ class Separator(nn.Module):
             mag = mag.mean(1, keepdim=True)
         # [B, C', F, N, J]: each model sees the whole track, as open-unmix runs it
         spectrograms = torch.empty(mag.shape + (len(self.target_models),), dtype=audio.dtype, device=mag.device)
-        for j, model in enumerate(self.target_models.values()):
-            spectrograms[..., j] = model(mag)
+        if self.bridge:  # the networks run together
+            for j, est in enumerate(estimate(list(self.target_models.values()), mag, bridge=True)):
+                spectrograms[..., j] = est
+        else:  # one at a time: only one target's output is alive besides `spectrograms`
+            for j, model in enumerate(self.target_models.values()):
+                spectrograms[..., j] = model(mag)
         del mag
         nb_frames = mix_stft.shape[-1]
         win = self.wiener_win_len or nb_frames
