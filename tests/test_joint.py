@@ -22,7 +22,8 @@ from umx.train.losses import Independent, MultiDomain, weighted_sdr
 from umx.train.state import Progress
 
 FOUR = ["vocals", "drums", "bass", "other"]
-TINY = dict(hidden_size=8, seq_dur=0.5, batch_size=3, nfft=1024, nhop=512, quiet=True, debug=True, epochs=2)
+TINY = dict(hidden_size=8, seq_dur=0.5, batch_size=3, nfft=1024, nhop=512, quiet=True, debug=True, epochs=2,
+            samples_per_track=2)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_networks_start_as_single_runs_would(musdb, tmp_path):
 @pytest.fixture(scope="module")
 def four(musdb, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("four")
-    train(_cfg(musdb, out, targets=FOUR, samples_per_track=2))
+    train(_cfg(musdb, out, targets=FOUR))
     return out
 
 
@@ -304,6 +305,7 @@ def test_cli_takes_targets(musdb, tmp_path):
 
     out = tmp_path / "cli"
     args = ["--shards", str(musdb), "--output", str(out), "--targets", "vocals", "bass", "--epochs", "1",
+            "--samples-per-track", "2",
             "--hidden-size", "8", "--seq-dur", "0.5", "--nfft", "1024", "--nhop", "512", "--debug", "--quiet"]
     assert main(args) == 0
     assert (out / "vocals.pth").is_file() and (out / "bass.pth").is_file()
@@ -318,7 +320,7 @@ def test_two_ranks_train_jointly(musdb, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "umx.train",
            "--shards", str(musdb), "--output", str(out), "--targets", "vocals", "drums", "--epochs", "1",
            "--hidden-size", "8", "--seq-dur", "0.5", "--nfft", "1024", "--nhop", "512", "--debug", "--quiet",
-           "--trace", "--batch-size", "2"]
+           "--trace", "--batch-size", "2", "--samples-per-track", "2"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     finals = [json.loads((out / f"trace-rank{k}.jsonl").read_text().splitlines()[-1]) for k in (0, 1)]
