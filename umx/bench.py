@@ -186,8 +186,10 @@ def measure_step(trainer, steps: int = 10, warmup: int = 2, pcm: torch.Tensor | 
         _sync(trainer.device)
         times.append(time.perf_counter() - t)
     step_s = float(np.median(times))
+    n_targets = len(trainer.active)
     return {"step_ms": 1000 * step_s, "step_ms_mean": 1000 * float(np.mean(times)), "step_batch": int(pcm.shape[0]),
-            "device_samples_per_s": pcm.shape[0] / step_s, "steps": steps}
+            "device_samples_per_s": pcm.shape[0] / step_s, "steps": steps,
+            "device_target_samples_per_s": n_targets * pcm.shape[0] / step_s}
 
 
 def measure_train(trainer, steps: int = 10, warmup: int = 2, step_ms: float | None = None) -> dict:
@@ -218,7 +220,9 @@ def measure_train(trainer, steps: int = 10, warmup: int = 2, step_ms: float | No
         raise UmxError(f"the loader gave only {n} batch(es): too few samples for a measurement")
     wall = end - start
     out = {"train_samples_per_s": samples / wall, "train_steps": n - warmup, "train_wall_s": wall,
-           "train_partial_batches": partial}
+           "train_partial_batches": partial,
+           # a joint run trains every target on each sample: the figure to compare with N single runs
+           "train_target_samples_per_s": len(trainer.active) * samples / wall}
     if step_ms is not None:  # a fraction; above 1 only by measurement noise (kept in gpu_busy_raw)
         out["gpu_busy_raw"] = step_ms / 1000 * (n - warmup) / wall
         out["gpu_busy"] = min(1.0, out["gpu_busy_raw"])
@@ -258,7 +262,8 @@ def bench(config, steps: int = 10, warmup: int = 2, loader_batches: int = 20) ->
             name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{_cpus()} CPU cores"
             r = {"device": f"{dev} ({name})", "device_kind": "GPU" if dev.type == "cuda" else "cpu",
                  "cpus": _cpus(), "ram_bytes": _ram(), "torch_threads": torch.get_num_threads(),
-                 "shards": cfg.shards, "target": trainer.cfg.target, "batch_size": cfg.batch_size,
+                 "shards": cfg.shards, "target": trainer.cfg.target, "targets": trainer.cfg.targets,
+                 "loss": cfg.loss, "bridge": cfg.bridge, "batch_size": cfg.batch_size,
                  "seq_dur": cfg.seq_dur, "nb_workers": cfg.nb_workers, "pool_size": cfg.pool_size,
                  "samples_per_track": trainer.cfg.samples_per_track, "hidden_size": cfg.hidden_size,
                  "nfft": cfg.nfft, "precision": cfg.precision, "cuda_graph": cfg.cuda_graph, "setup_s": setup_s,

@@ -90,15 +90,22 @@ def report(r: dict) -> str:
     """The human-readable summary of a `bench` result."""
     wm = r["worker_memory"]
     who = f"{r['nb_workers']} worker(s)" if r["nb_workers"] else "in-process (--nb-workers 0)"
+    targets = r.get("targets") or [r["target"]]
+    what = f"target '{r['target']}'" if len(targets) == 1 else \
+        f"targets {', '.join(targets)} ({r.get('loss', 'independent')} loss{', bridged' if r.get('bridge') else ''})"
+    joint = len(targets) > 1
     lines = [
-        f"umx-bench on {r['device']}: {r['shards']} target '{r['target']}', batch {r['batch_size']} × "
+        f"umx-bench on {r['device']}: {r['shards']} {what}, batch {r['batch_size']} × "
         f"{r['seq_dur']} s, hidden {r['hidden_size']}, nfft {r['nfft']}, {r['precision']}",
         f"  loader      {r['loader_samples_per_s']:8.1f} samples/s total, {r['loader_samples_per_s_per_worker']:.1f} "
         f"per worker ({who}; first batch after {r['loader_first_batch_s']:.2f} s)",
         f"  step        {r['step_ms']:8.1f} ms per batch of {r['step_batch']} on the device, without the loader "
-        f"(= {r['device_samples_per_s']:.1f} samples/s; {r.get('step_kind', 'eager')})",
-        f"  end to end  {r['train_samples_per_s']:8.1f} samples/s training with the loader; the device steps take "
-        f"{100 * r['gpu_busy']:.0f} % of the wall time",
+        f"(= {r['device_samples_per_s']:.1f} samples/s"
+        + (f", {r['device_target_samples_per_s']:.1f} target-samples/s" if joint else "")
+        + f"; {r.get('step_kind', 'eager')})",
+        f"  end to end  {r['train_samples_per_s']:8.1f} samples/s training with the loader"
+        + (f" ({r['train_target_samples_per_s']:.1f} target-samples/s)" if joint else "")
+        + f"; the device steps take {100 * r['gpu_busy']:.0f} % of the wall time",
         f"  memory      {memory_line(wm, r['pool'])}",
         ("DATA-BOUND" if r["data_bound"] else "not data-bound") + ":",
     ]
