@@ -14,7 +14,9 @@
 #   3. scripts/bench_train.py: umx (UMX_WORKERS workers) against open-unmix's own train loop with
 #      FixedSourcesTrackFolderDataset and REFERENCE_WORKERS workers, same GPU, same data
 #      (target: ≥ 3× end to end);
-#   4. umx-train for 3 short epochs with each step (loss curves, wall time), and its start to its first step.
+#   4. scripts/bench_joint.py --umxhq: 4 targets jointly against 4 single-target runs and open-unmix's loop
+#      for one target (goals: <= 1/2 the wall time of 4 runs, < open-unmix's loop for one);
+#   5. umx-train for 3 short epochs with each step (loss curves, wall time), and its start to its first step.
 # Needs: the umx package importable (pip install -e ., or PYTHONPATH=.), openunmix 1.3.0 (--no-deps).
 set -uo pipefail
 work=${1:-bench-gpu}
@@ -85,6 +87,12 @@ step "train loop: umx ($workers workers) against open-unmix's (FixedSources, $re
 --reference-workers $ref_workers --also-eager ${train[*]} --json > $work/bench-train-fixed.json && \
 $py -c 'import sys, json, bench_train; print(bench_train.table(json.load(open(sys.argv[1]))))' \
 $work/bench-train-fixed.json"
+
+if [[ "${QUICK:-0}" == 1 ]]; then joint=(--tracks 3 --duration 2.5 --samples-per-track 2 --steps 2 --warmup 1 \
+  --loader-batches 2); else joint=(--umxhq --tracks 8 --duration 20 --samples-per-track 16 --steps 20 --warmup 5); fi
+step "joint training of 4 targets against 4 single-target runs and open-unmix's loop for one, fp32 (#17)" \
+  $py "$here/bench_joint.py" --work "$work/joint-data" --nb-workers "$workers" --reference "${joint[@]}" \
+  --json "$work/bench-joint.json"
 
 for graph in auto off; do
   [[ "${SKIP_TRAIN:-0}" == 1 ]] && break

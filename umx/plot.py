@@ -4,7 +4,8 @@
 from `<target>.json` (umx's or open-unmix's), marks the best epoch and every
 learning-rate reduction (from umx's `lr_history`), and replaces the PNG
 atomically, so it can be called after every epoch while someone looks at it.
-`umx-plot OUTPUT_DIR [--target T]` redraws it.
+`plot_targets` draws every target of a joint run in one `targets_loss.png` (the joint
+objective on a second axis). `umx-plot OUTPUT_DIR [--target T]` redraws them.
 
 matplotlib's object API with the Agg canvas: no pyplot, no global backend
 switch, safe in a training process without a display.
@@ -181,6 +182,8 @@ def cli(output: str, target: str | None) -> int:
             raise UmxError(f"{folder}: no <target>.json with a loss history here")
     for target in targets:
         print(plot_history(folder, target))
+    if len(targets) > 1:  # a joint run, or targets trained apart: their curves side by side
+        print(plot_targets(folder, targets))
     return 0
 
 
