@@ -1,4 +1,4 @@
-"""umx-eval: museval BSSv4 on a split of a shard set, next to the mixture baseline."""
+"""umx-eval: BSSv4 (umx.bss or museval) and uSDR on a split of a shard set, next to the mixture baseline."""
 
 import json
 import math
@@ -43,15 +43,16 @@ def cli_run(vocals_model, shard_set, tmp_path_factory):
 
 def test_cli_prints_table_and_writes_json(cli_run):
     text, out = cli_run
-    assert "valid: 2 tracks, museval BSSv4" in text
-    assert "Aggregated scores (median over frames, median over tracks)" in text
-    assert "Mixture baseline" in text
+    assert "valid: 2 tracks" in text
+    assert "BSSv4 (umx.bss, museval's definition), 1 s frames: median over frames, median over tracks" in text
+    assert "mixture baseline" in text and "uSDR (global SDR per track, as MDX/SDX): mean over tracks" in text
     rows = [line for line in text.splitlines() if "==>" in line]
-    assert [r.split()[0] for r in rows] == ["vocals", "residual", "vocals", "residual"]
-    for row in rows:
+    assert [r.split()[0] for r in rows] == ["vocals", "residual"] * 4
+    for row in rows[:4]:
         for metric in ("SDR:", "SIR:", "ISR:", "SAR:"):
             assert metric in row
-    assert "SDR over the mixture: vocals +" in text
+    assert all("uSDR:" in row for row in rows[4:])
+    assert "SDR over the mixture: vocals +" in text and "uSDR over the mixture: vocals +" in text
     assert f"results written to {out / 'eval_valid.json'}" in text
 
     res = json.loads((out / "eval_valid.json").read_text())
@@ -64,8 +65,11 @@ def test_cli_prints_table_and_writes_json(cli_run):
     # the aggregate is the median over tracks of the per-track medians over frames
     sdrs = [t["scores"]["vocals"]["SDR"] for t in res["tracks"]]
     assert res["scores"]["vocals"]["SDR"] == pytest.approx(float(np.median(sdrs)), abs=1e-4)
-    # museval's own per-track files, frame by frame
-    files = sorted((out / "museval" / "valid").glob("*.json"))
+    assert res["metrics"] == ["bssv4", "usdr"] and set(res["usdr"]["scores"]) == {"vocals", "residual"}
+    usdrs = [t["usdr"]["vocals"] for t in res["tracks"]]
+    assert res["usdr"]["scores"]["vocals"] == pytest.approx(float(np.mean(usdrs)), abs=1e-4)
+    # per-track files in museval's own format, frame by frame
+    files = sorted((out / "bssv4" / "valid").glob("*.json"))
     assert len(files) == 2
     track = json.loads(files[0].read_text())
     assert [t["name"] for t in track["targets"]] == ["vocals", "residual"]
@@ -140,6 +144,33 @@ def test_aggregation_matches_museval_evalstore():
     for target in ("vocals", "accompaniment"):
         for metric in ("SDR", "SIR", "ISR", "SAR"):
             assert ours[target][metric] == pytest.approx(theirs[(target, metric)], abs=1e-4)
+
+
+def test_museval_metric_and_the_fast_one_agree(vocals_model, shard_set, tmp_path):
+    """`--metric museval` is the table umx-eval always gave (museval itself); the fast BSSv4 gives the
+    same per-track medians within 0.01 dB, and museval.EvalStore reads both sets of per-track files."""
+    museval = pytest.importorskip("museval")
+    res = evaluate(vocals_model, str(shard_set), "valid", workers=1, progress=False, niter=0,
+                   metrics=("museval", "bssv4"), outdir=tmp_path)
+    assert res["scores"] == res["by_metric"]["museval"]["scores"] and "usdr" not in res
+    for t in res["tracks"]:
+        for target, scores in t["by_metric"]["museval"]["scores"].items():
+            for metric, value in scores.items():
+                assert t["by_metric"]["bssv4"]["scores"][target][metric] == pytest.approx(value, abs=0.01)
+    for metric in ("museval", "bssv4"):
+        store = museval.EvalStore()
+        for path in sorted((tmp_path / metric / "valid").glob("*.json")):
+            store.add_track(museval.aggregate.json2df(json.loads(path.read_text()), path.stem))
+        agg = store.agg_frames_tracks_scores()
+        assert agg[("vocals", "SDR")] == pytest.approx(res["by_metric"][metric]["scores"]["vocals"]["SDR"], abs=1e-3)
+
+
+def test_unknown_metric_refused(vocals_model, shard_set, capsys):
+    from umx.errors import UmxError
+
+    with pytest.raises(UmxError, match="--metric must be among"):
+        evaluate(vocals_model, str(shard_set), "valid", metrics=("sisdr",), progress=False)
+    assert eval_main([str(vocals_model), "--shards", str(shard_set), "--metric", "sisdr"]) == 2
 
 
 def test_score_track_perfect_and_mixture():

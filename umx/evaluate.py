@@ -6,11 +6,18 @@ dataset folder (any layout; `umx-eval --root`), as open-unmix's evaluate.py does
 the files are read and checked as umx-prep reads them, with nothing written but
 the scores.
 
-Scores are museval's BSSEval v4 (SDR, SIR, ISR, SAR in dB, 1 s frames, the
-references being every scored source of the track at once, as SiSEC/MUSDB18
-evaluation does), aggregated the way the field reports them: median over the
-frames of a track, then median over tracks. The input mixture, used as the
-estimate of every target, is scored the same way as a baseline.
+Metrics (`--metric`, several allowed; docs/metrics.md has the definitions):
+
+- `bssv4` (default): BSSEval v4 (SDR, SIR, ISR, SAR in dB, 1 s frames, the references
+  being every scored source of the track at once, as SiSEC/MUSDB18 evaluation does),
+  computed by umx.bss: museval's numbers, many times faster;
+- `museval`: the same, computed by the museval package itself (the reference);
+- `usdr` (default): the MDX/SDX challenges' one global SDR per track and target.
+
+Frame metrics are aggregated the way the field reports them ("cSDR"): median over the
+frames of a track, then median over tracks; uSDR as the challenges do: mean over tracks
+(the median is given too). The input mixture, used as the estimate of every target, is
+scored the same way as a baseline.
 
 What is scored: the model's targets and, when they do not make up the whole
 mixture (other sources, or a stored mixture file), the residual (mixture minus
@@ -39,24 +46,45 @@ from .names import inside, safe_name
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
 WINDOW_S = 1.0  # museval's default frame (window = hop = 1 s)
+METRIC_CHOICES = ("bssv4", "usdr", "museval")  # --metric
+DEFAULT_METRICS = ("bssv4", "usdr")
+FRAME_METRICS = ("bssv4", "museval")  # BSSv4 frame by frame: ours, or museval's
+METRIC_NAMES = {"bssv4": "BSSv4 (umx.bss, museval's definition)", "museval": "museval BSSv4",
+                "usdr": "uSDR (global SDR per track, as MDX/SDX)"}
+
+
+def check_metrics(metrics) -> tuple[str, ...]:
+    """The metrics asked for, in order, each once; an error for an unknown one."""
+    metrics = tuple(dict.fromkeys(metrics or DEFAULT_METRICS))
+    unknown = [m for m in metrics if m not in METRIC_CHOICES]
+    if unknown:
+        raise UmxError(f"--metric must be among {', '.join(METRIC_CHOICES)}, not {', '.join(unknown)}")
+    return metrics
 
 
 # --- scoring (runs in worker processes: numpy/museval only) --------------------
 
-def score_track(references: dict[str, np.ndarray], estimates: dict[str, np.ndarray], rate: int) -> dict:
-    """BSSEval v4 of one track: name → `[frames, channels]` references and estimates (same names).
+def score_track(references: dict[str, np.ndarray], estimates: dict[str, np.ndarray], rate: int,
+                metric: str = "museval") -> dict:
+    """BSSEval v4 of one track: name → `[frames, channels]` references and estimates (same names),
+    computed by museval or (`metric="bssv4"`) by umx.bss.
 
     Returns name → metric → list of per-frame values (NaN for silent frames).
     """
-    import museval
-
     names = list(references)
     refs = np.stack([references[n] for n in names]).astype(np.float64)
     ests = np.stack([estimates[n] for n in names]).astype(np.float64)
     win = int(WINDOW_S * rate)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        sdr, isr, sir, sar = museval.evaluate(refs, ests, win=win, hop=win, mode="v4")
+        if metric == "museval":
+            import museval
+
+            sdr, isr, sir, sar = museval.evaluate(refs, ests, win=win, hop=win, mode="v4")
+        else:
+            from . import bss
+
+            sdr, isr, sir, sar = bss.evaluate(refs, ests, win=win, hop=win)
     out = {}
     for i, name in enumerate(names):
         values = {"SDR": sdr[i], "SIR": sir[i], "ISR": isr[i], "SAR": sar[i]}
@@ -65,11 +93,25 @@ def score_track(references: dict[str, np.ndarray], estimates: dict[str, np.ndarr
     return out
 
 
+def usdr_track(references: dict[str, np.ndarray], estimates: dict[str, np.ndarray]) -> dict[str, float]:
+    """name → the track's uSDR (umx.bss.usdr) of that source."""
+    from . import bss
+
+    names = list(references)
+    values = bss.usdr(np.stack([references[n] for n in names]), np.stack([estimates[n] for n in names]))
+    return {n: float(v) for n, v in zip(names, values)}
+
+
 def score_job(track: dict) -> dict:
-    """Score the separation and the mixture baseline of one track (a picklable dict in, dict out)."""
+    """Score the separation and the mixture baseline of one track with `track["metrics"]`
+    (a picklable dict in, dict out)."""
     refs, ests, mix, rate = track.pop("references"), track.pop("estimates"), track.pop("mixture"), track["rate"]
-    track["frames"] = score_track(refs, ests, rate)
-    track["mixture_frames"] = score_track(refs, {n: mix for n in refs}, rate)
+    baseline = {n: mix for n in refs}
+    metrics = track.get("metrics", ("museval",))
+    track["frames"] = {m: score_track(refs, ests, rate, m) for m in metrics if m in FRAME_METRICS}
+    track["mixture_frames"] = {m: score_track(refs, baseline, rate, m) for m in metrics if m in FRAME_METRICS}
+    if "usdr" in metrics:
+        track["usdr"], track["mixture_usdr"] = usdr_track(refs, ests), usdr_track(refs, baseline)
     return track
 
 
@@ -96,21 +138,51 @@ def median_over_tracks(per_track: list[dict]) -> dict:
 # --- table ---------------------------------------------------------------------
 
 def _line(name: str, scores: dict) -> str:
-    return name.ljust(16) + "==> " + "  ".join(f"{m}:{scores[m]:>8.3f}" for m in METRICS)
+    return name.ljust(16) + "==> " + "  ".join(f"{m}:{scores[m]:>8.3f}" for m in METRICS if m in scores)
+
+
+def _usdr_line(name: str, mean: float, median: float) -> str:
+    return name.ljust(16) + f"==> uSDR:{mean:>8.3f}  (median {median:.3f})"
 
 
 def format_table(results: dict) -> str:
-    """museval's report form, for the model and the mixture baseline, plus the SDR gain."""
-    lines = [f"{results['split']}: {results['n_tracks']} tracks, museval BSSv4 "
-             f"({WINDOW_S:g} s frames), model {results['model']}",
-             "Aggregated scores (median over frames, median over tracks)"]
-    lines += [_line(n, s) for n, s in results["scores"].items()]
-    lines.append("Mixture baseline (the mixture as every estimate; median over frames, median over tracks)")
-    lines += [_line(n, s) for n, s in results["mixture_baseline"].items()]
-    gains = [f"{n} {results['scores'][n]['SDR'] - results['mixture_baseline'][n]['SDR']:+.2f} dB"
-             for n in results["scores"]]
-    lines.append("SDR over the mixture: " + ", ".join(gains))
+    """museval's report form, per metric, for the model and the mixture baseline, plus the SDR gain."""
+    lines = [f"{results['split']}: {results['n_tracks']} tracks, model {results['model']}"]
+    by_metric = results.get("by_metric") or {"museval": results}
+    for metric, r in by_metric.items():
+        lines.append(f"{METRIC_NAMES[metric]}, {WINDOW_S:g} s frames: median over frames, median over tracks")
+        lines += [_line(n, v) for n, v in r["scores"].items()]
+        lines.append("  mixture baseline (the mixture as every estimate)")
+        lines += [_line(n, v) for n, v in r["mixture_baseline"].items()]
+    usdr = results.get("usdr")
+    if usdr:
+        lines.append(f"{METRIC_NAMES['usdr']}: mean over tracks")
+        lines += [_usdr_line(n, v, usdr["median"][n]) for n, v in usdr["scores"].items()]
+        lines.append("  mixture baseline")
+        lines += [_usdr_line(n, v, usdr["mixture_median"][n]) for n, v in usdr["mixture_baseline"].items()]
+    if results.get("scores"):
+        gains = [f"{n} {results['scores'][n]['SDR'] - results['mixture_baseline'][n]['SDR']:+.2f} dB"
+                 for n in results["scores"]]
+        lines.append("SDR over the mixture: " + ", ".join(gains))
+    if usdr:
+        lines.append("uSDR over the mixture: " + ", ".join(
+            f"{n} {v - usdr['mixture_baseline'][n]:+.2f} dB" for n, v in usdr["scores"].items()))
     return "\n".join(lines)
+
+
+def mean_over_tracks(per_track: list[dict[str, float]]) -> dict[str, float]:
+    """name → mean over tracks (the MDX/SDX challenges' aggregate of uSDR), NaN tracks ignored."""
+    names = list(dict.fromkeys(n for t in per_track for n in t))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {n: float(np.nanmean([t[n] for t in per_track if n in t] or [math.nan])) for n in names}
+
+
+def median_of_values(per_track: list[dict[str, float]]) -> dict[str, float]:
+    names = list(dict.fromkeys(n for t in per_track for n in t))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {n: float(np.nanmedian([t[n] for t in per_track if n in t] or [math.nan])) for n in names}
 
 
 def _json_safe(obj):
@@ -254,13 +326,17 @@ def evaluate(
     workers: int = 1,
     outdir: str | Path | None = None,
     progress: bool = True,
+    metrics: tuple[str, ...] | list[str] = DEFAULT_METRICS,
 ) -> dict:
-    """Separate every track of `split` and score it; returns (and writes, with `outdir`) the results.
-    `shards`: a shard set (folder or URL), or an EvalSet (`folder_split` for a dataset folder).
+    """Separate every track of `split` and score it with `metrics`; returns (and writes, with
+    `outdir`) the results. `shards`: a shard set (folder or URL), or an EvalSet (`folder_split`
+    for a dataset folder).
 
-    `outdir` gets `eval_<split>.json` (settings, aggregated scores, per-track
-    medians) and `museval/<split>/<track id>.json` (museval's frame-level files).
+    `outdir` gets `eval_<split>.json` (settings, aggregated scores, per-track medians) and,
+    per frame metric, `<metric>/<split>/<track id>.json` (frame-level files in museval's own
+    format, which museval.EvalStore reads). `results["scores"]` is the first frame metric's.
     """
+    metrics = check_metrics(metrics)
     import torch
     from tqdm import tqdm
 
@@ -309,7 +385,7 @@ def evaluate(
                 e = audio_io.resample(e, separator.sample_rate, rate)
             e = e[:, :n] if e.shape[-1] >= n else np.pad(e, ((0, 0), (0, n - e.shape[-1])))
             ests[name] = np.ascontiguousarray(e.T)
-        return {"id": rec.id, "name": rec.meta.get("name", rec.id), "rate": rate,
+        return {"id": rec.id, "name": rec.meta.get("name", rec.id), "rate": rate, "metrics": metrics,
                 "references": {k: np.ascontiguousarray(v.T) for k, v in refs.items()},
                 "estimates": ests, "mixture": np.ascontiguousarray(mixture.T)}
 
@@ -325,25 +401,46 @@ def evaluate(
     bar.close()
     done.sort(key=lambda t: t["id"])
 
-    per_track = [{"id": t["id"], "name": t["name"], "scores": median_over_frames(t["frames"]),
-                  "mixture": median_over_frames(t["mixture_frames"])} for t in done]
+    frame_metrics = [m for m in metrics if m in FRAME_METRICS]
+    per_track = []
+    for t in done:
+        entry = {"id": t["id"], "name": t["name"],
+                 "by_metric": {m: {"scores": median_over_frames(t["frames"][m]),
+                                   "mixture": median_over_frames(t["mixture_frames"][m])} for m in frame_metrics}}
+        if frame_metrics:
+            entry.update(entry["by_metric"][frame_metrics[0]])
+        if "usdr" in metrics:
+            entry.update(usdr=t["usdr"], mixture_usdr=t["mixture_usdr"])
+        per_track.append(entry)
+    by_metric = {m: {"scores": median_over_tracks([t["by_metric"][m]["scores"] for t in per_track]),
+                     "mixture_baseline": median_over_tracks([t["by_metric"][m]["mixture"] for t in per_track])}
+                 for m in frame_metrics}
+    scored = list(done[0]["usdr"] if "usdr" in metrics else done[0]["frames"][frame_metrics[0]]) if done else []
     results = {
         "model": str(model_dir), "shards": manifest.location, "split": split, "n_tracks": len(done),
-        "targets": targets, "residual": rest_name, "scored": list(done[0]["frames"]) if done else [],
-        "niter": niter, "wiener_win_len": wiener_win_len, "device": str(device),
-        "metric": f"museval BSSv4, {WINDOW_S:g} s frames; median over frames, then median over tracks",
-        "scores": median_over_tracks([t["scores"] for t in per_track]),
-        "mixture_baseline": median_over_tracks([t["mixture"] for t in per_track]),
+        "targets": targets, "residual": rest_name, "scored": scored,
+        "niter": niter, "wiener_win_len": wiener_win_len, "device": str(device), "metrics": list(metrics),
+        "metric": "; ".join(f"{METRIC_NAMES[m]}" for m in metrics) + f" ({WINDOW_S:g} s frames: median over "
+                  "frames, then median over tracks; uSDR: mean over tracks)",
+        "scores": by_metric[frame_metrics[0]]["scores"] if frame_metrics else {},
+        "mixture_baseline": by_metric[frame_metrics[0]]["mixture_baseline"] if frame_metrics else {},
+        "by_metric": by_metric,
         "tracks": per_track,
     }
+    if "usdr" in metrics:
+        results["usdr"] = {"scores": mean_over_tracks([t["usdr"] for t in per_track]),
+                           "median": median_of_values([t["usdr"] for t in per_track]),
+                           "mixture_baseline": mean_over_tracks([t["mixture_usdr"] for t in per_track]),
+                           "mixture_median": median_of_values([t["mixture_usdr"] for t in per_track])}
     if outdir is not None:
         out = Path(outdir).expanduser()
-        folder = out / "museval" / safe_name(split, "split name", "--split")
-        folder.mkdir(parents=True, exist_ok=True)
-        for t in done:  # track ids come from the shard set: checked before they name a file
-            name = safe_name(t["id"], "track id", manifest.location)
-            _write_museval_json(inside(folder, f"{name}.json", "track id", manifest.location), t["name"],
-                                t["frames"])
+        for metric in frame_metrics:
+            folder = out / metric / safe_name(split, "split name", "--split")
+            folder.mkdir(parents=True, exist_ok=True)
+            for t in done:  # track ids come from the shard set: checked before they name a file
+                name = safe_name(t["id"], "track id", manifest.location)
+                _write_museval_json(inside(folder, f"{name}.json", "track id", manifest.location), t["name"],
+                                    t["frames"][metric])
         results["json"] = str(out / f"eval_{split}.json")
         write_json(results["json"], _json_safe(results))
     return results

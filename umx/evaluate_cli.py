@@ -23,19 +23,25 @@ from .separate import filter_options
 EPILOG = """\b
 Examples:
   umx-eval open-unmix --shards /data/umxhq-shards --split test
-  umx-eval open-unmix --root path/to/musdb18 --no-is-wav"""
+  umx-eval open-unmix --root path/to/musdb18 --no-is-wav
+  umx-eval open-unmix --shards /data/umxhq-shards --metric bssv4 --metric museval"""
 
 
 @command("umx-eval", sections=(("", "Options"), (GROUP, HEADING)), epilog=EPILOG,
-         help="Separate a split of a shard set and score it with museval (BSSv4), next to the input-mixture "
-              "baseline. MODEL_DIR: a model directory (umx-train's or open-unmix's).")
+         help="Separate a split of a shard set and score it (BSSv4 cSDR and uSDR by default), next to the "
+              "input-mixture baseline. MODEL_DIR: a model directory (umx-train's or open-unmix's).")
 @click.argument("model", metavar="MODEL_DIR")
 @option("--shards", help="shard set folder or URL (or its manifest.json)")
 @option("--root", help="or a dataset folder, read directly (open-unmix's evaluate.py --root)")
 @option("--dataset", type=Choice(LAYOUTS), help="layout of --root (default: musdb)")
 @option("--split", default="test", help="split to evaluate: valid or test")
 @option("--targets", nargs="+", help="targets to score (default: every <target>.pth in MODEL_DIR)")
-@option("--outdir", help="where eval_<split>.json and museval's per-track files go (default: MODEL_DIR)")
+@option("--metric", "metrics", multiple=True, type=Choice(evaluate.METRIC_CHOICES),
+        help="bssv4 (museval's BSSv4, computed fast by umx), usdr (global SDR per track, as the MDX/SDX "
+             "challenges), museval (the museval package itself, slow: the reference); repeat for several "
+             f"[default: {' '.join(evaluate.DEFAULT_METRICS)}]")
+@option("--outdir", help="where eval_<split>.json and the per-track files (museval's format) go "
+        "(default: MODEL_DIR)")
 @filter_options
 @option("--residual", is_flag=True, help="separate a residual source (mixture minus the targets) even where "
         "the targets make up the mixture (it is then not scored)")
@@ -63,7 +69,7 @@ def cli(**args) -> int:
                                 residual=args["residual"], residual_name=args["residual_name"],
                                 wiener_win_len=args["wiener_win_len"], device=str(device_for(args["no_cuda"])),
                                 workers=args["workers"], outdir=args["outdir"] or args["model"],
-                                progress=not args["quiet"])
+                                progress=not args["quiet"], metrics=args["metrics"] or evaluate.DEFAULT_METRICS)
     print(evaluate.format_table(results))
     print(f"results written to {results['json']}")
     return 0

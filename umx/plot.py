@@ -1,7 +1,8 @@
 """Loss curves of a training run: `<model_dir>/<target>_loss.png`.
 
 `plot_history(model_dir, target)` draws the train and validation loss per epoch
-from `<target>.json` (umx's or open-unmix's), marks the best epoch and every
+from `<target>.json` (umx's or open-unmix's), the validation SDR of `--eval-every`
+on a second axis, marks the best epoch and every
 learning-rate reduction (from umx's `lr_history`), and replaces the PNG
 atomically, so it can be called after every epoch while someone looks at it.
 `plot_targets` draws every target of a joint run in one `targets_loss.png` (the joint
@@ -84,6 +85,15 @@ def draw_history(results: dict, target: str):
         ax.axvline(best, color="tab:green", linestyle="--", linewidth=1)
         ax.plot([best], [valid[best - 1]], marker="*", markersize=14, color="tab:green", linestyle="none",
                 label=f"best epoch {best} ({valid[best - 1]:.4g})")
+    sdr = [(i + 1, float(v)) for i, v in enumerate(results.get("valid_sdr_history") or []) if v is not None]
+    usdr = [(i + 1, float(v)) for i, v in enumerate(results.get("valid_usdr_history") or []) if v is not None]
+    if sdr or usdr:  # --eval-every: separation quality on a second axis
+        ax2 = ax.twinx()
+        for points, color, label in ((sdr, "tab:purple", "validation cSDR"), (usdr, "tab:brown", "validation uSDR")):
+            if points:
+                ax2.plot(*zip(*points), color=color, marker="o", markersize=3, linewidth=1, label=label)
+        ax2.set_ylabel("SDR (dB)")
+        ax2.legend(loc="center right", fontsize=8)
     args = results.get("args") or {}
     ax.set_title(f"{target}: {len(train)} epochs" + (f", {args['dataset']}" if args.get("dataset") else ""))
     ax.set_xlabel("epoch")

@@ -135,11 +135,20 @@ class OverlapAdd:
         self.envelope = torch.zeros(total, dtype=window.dtype, device=window.device)
 
     def _fold(self, frames: Tensor) -> Tensor:
-        """Overlap-add `[M, n_fft, n]` frames → `[M, n_fft + hop (n - 1)]`."""
-        n = frames.shape[-1]
-        out = torch.nn.functional.fold(frames, output_size=(1, self.n_fft + self.n_hop * (n - 1)),
-                                       kernel_size=(1, self.n_fft), stride=(1, self.n_hop))
-        return out.reshape(frames.shape[0], -1)
+        """Overlap-add `[M, n_fft, n]` frames → `[M, n_fft + hop (n - 1)]`. Where the hop divides the
+        window (every STFT here), as n_fft / hop shifted slice additions: several times faster
+        than `fold`'s general col2im, the same sums."""
+        m, _, n = frames.shape
+        if self.n_fft % self.n_hop:
+            out = torch.nn.functional.fold(frames, output_size=(1, self.n_fft + self.n_hop * (n - 1)),
+                                           kernel_size=(1, self.n_fft), stride=(1, self.n_hop))
+            return out.reshape(m, -1)
+        k = self.n_fft // self.n_hop
+        parts = frames.reshape(m, k, self.n_hop, n).transpose(2, 3)  # [M, k, n, hop]
+        out = frames.new_zeros(m, n + k - 1, self.n_hop)
+        for j in range(k):
+            out[:, j:j + n] += parts[:, j]
+        return out.reshape(m, -1)
 
     def add(self, spec: Tensor, first_frame: int) -> None:
         """Add frames `first_frame, first_frame + 1, …` given as `[*lead, bins, n]` complex."""

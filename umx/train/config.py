@@ -23,6 +23,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 MODES = ("auto", "on", "off")  # --cuda-graph, --device-cache
 AUGMENTATIONS = ("gain", "channelswap")
 LOSSES = ("independent", "multidomain")  # --loss: see losses.py
+SELECT_BY = ("loss", "sdr")  # --select-by
 GROUPS = ("run", "training", "model", "data", "buckets", "layout")
 
 
@@ -75,6 +76,12 @@ class TrainConfig:
                                "loss)", "training")
     bridge: bool = option(False, "X-UMX's averaging bridges between the targets' networks (not loadable by "
                           "openunmix: umx-separate and umx-eval load it)", "training")
+    eval_every: int = option(0, "every N epochs also separate the validation tracks (Wiener filtering, as "
+                             "umx-separate) and score them: cSDR (BSSv4) and uSDR into <target>.json; 0: never",
+                             "training", low=0)
+    select_by: str = option("loss", "what best weights and early stopping follow: the validation loss "
+                            "(open-unmix) or the cSDR of --eval-every (patience then counts evaluations)",
+                            "training", choices=SELECT_BY)
     save_every: int = option(0, "also write the checkpoint every N steps inside an epoch (exact mid-epoch resume)",
                              "training", low=0)
     precision: str = option("fp32", "fp32 (exact), tf32 matmuls on GPUs, or bf16 autocast", "training",
@@ -135,6 +142,8 @@ class TrainConfig:
                 bound = f"> {opt.low:g}" if opt.low_open else f">= {opt.low:g}"
                 raise UmxError(f"{flag} must be {bound}{'' if opt.high is None else f' and <= {opt.high:g}'}, "
                                f"got {value}")
+        if self.select_by == "sdr" and not self.eval_every:
+            raise UmxError("--select-by sdr follows the SDR of --eval-every N: give --eval-every (e.g. 1)")
         if self.nhop > self.nfft:
             raise UmxError(f"--nhop {self.nhop} is larger than --nfft {self.nfft}: frames would leave gaps")
         out = Path(self.output).expanduser()

@@ -53,6 +53,15 @@ def sum_all(values: list[float], ctx: Context, device: torch.device) -> list[flo
     return t.tolist()
 
 
+def gather_all(items: list, ctx: Context) -> list:
+    """Every rank's `items`, concatenated in rank order, on every rank."""
+    if not ctx.active:
+        return list(items)
+    out: list = [None] * ctx.world_size
+    dist.all_gather_object(out, items)
+    return [x for part in out for x in part]
+
+
 def barrier(ctx: Context) -> None:
     if ctx.active:
         dist.barrier()

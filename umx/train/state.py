@@ -49,6 +49,9 @@ class History:
     # a joint objective (--loss multidomain, --bridge): what best epoch and early stopping follow
     objective_train_history: list[float] = field(default_factory=list)
     objective_valid_history: list[float] = field(default_factory=list)
+    # --eval-every: the separated validation tracks' cSDR and uSDR (dB; None where not evaluated)
+    valid_sdr_history: list[float | None] = field(default_factory=list)
+    valid_usdr_history: list[float | None] = field(default_factory=list)
     best_epoch: int = 0
     epochs_trained: int = 0
 
@@ -68,12 +71,14 @@ class Epoch:
     lr: float
     io: dict
     objective: tuple[float, float] | None = None  # (train, valid) of a joint objective
+    sdr: tuple[float | None, float | None] | None = None  # (cSDR, uSDR) with --eval-every ((None, None): not this epoch)
 
 
 @dataclass
 class TargetState:
     """One target's early stopping and histories. `best_loss` is the validation value that
-    "best" and early stopping follow: the target's own loss, or a joint objective's."""
+    "best" and early stopping follow (lower is better): the target's own loss, a joint
+    objective's, or with --select-by sdr the negative cSDR."""
 
     history: History = field(default_factory=History)
     best_loss: float | None = None  # early stopping: the lowest validation value so far
@@ -95,8 +100,9 @@ class TargetState:
         self.stopped = self.num_bad_epochs >= patience
         return self.stopped
 
-    def end_epoch(self, epoch: int, e: Epoch) -> bool:
-        """Record a finished epoch; whether it is the best so far."""
+    def end_epoch(self, epoch: int, e: Epoch, selected: float | None) -> bool:
+        """Record a finished epoch; whether it is the best so far (by `selected`, the value early
+        stopping was given; None: not a selection epoch)."""
         h = self.history
         h.train_loss_history.append(e.train_loss)
         h.valid_loss_history.append(e.valid_loss)
@@ -106,9 +112,11 @@ class TargetState:
         if e.objective is not None:
             h.objective_train_history.append(e.objective[0])
             h.objective_valid_history.append(e.objective[1])
+        if e.sdr is not None:
+            h.valid_sdr_history.append(e.sdr[0])
+            h.valid_usdr_history.append(e.sdr[1])
         h.epochs_trained = epoch
-        selected = e.valid_loss if e.objective is None else e.objective[1]
-        is_best = selected == self.best_loss
+        is_best = selected is not None and selected == self.best_loss
         if is_best:
             h.best_epoch = epoch
         return is_best

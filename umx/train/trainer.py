@@ -177,6 +177,19 @@ class Trainer:
         sums = distributed.sum_all(totals, self.dist, self.device)
         return self._scores([v / self.data.n_valid for v in sums])
 
+    def validate_sdr(self) -> tuple[dict[str, float], dict[str, float]]:
+        """The validation tracks separated with the current networks and scored (scoring.py):
+        (cSDR, uSDR) per target still training, over every rank's tracks."""
+        from . import scoring
+
+        self.model.eval()
+        names, m = self.active, self.manifest
+        separator = scoring.separator_for(self.model, names, scoring.needs_residual(self.data.slots, list(m.sources)),
+                                          m.sample_rate, self.cfg.nfft, self.cfg.nhop, self.cfg.nb_channels)
+        mine = [scoring.score_item(separator, item, self.data.slots, names, m.sample_rate, self.device)
+                for item in self.data.valid_items]
+        return scoring.aggregate(distributed.gather_all(mine, self.dist), names)
+
     # --- the run ---------------------------------------------------------
     def fit(self) -> Path:
         cfg, main = self.cfg, self.dist.is_main
@@ -191,16 +204,21 @@ class Trainer:
             train, io = self.train_epoch(epoch)
             valid = self.validate()
             seconds, io = time.time() - start, self._loader_metrics(io)
+            sdr = self.validate_sdr() if cfg.eval_every and epoch % cfg.eval_every == 0 else None
             best = {}
             for target in active:  # every rank holds the same reduced losses
                 t = self.state.target(target)
-                selected = valid.objective if cfg.joint else valid.targets[target]
-                self.parts.schedulers[target].step(selected)
-                t.stop_early(selected, cfg.patience)
+                loss = valid.objective if cfg.joint else valid.targets[target]
+                self.parts.schedulers[target].step(loss)  # the learning rate follows the loss, as in open-unmix
+                selected = loss if cfg.select_by == "loss" else _negative_sdr(sdr, target, active, cfg.joint)
+                if selected is not None:
+                    t.stop_early(selected, cfg.patience)
                 lr = float(self.parts.optimizers[target].param_groups[0]["lr"])  # after the plateau step
                 objective = (train.objective, valid.objective) if cfg.joint else None
+                scores = None if not cfg.eval_every else (None, None) if sdr is None else \
+                    (_finite(sdr[0][target]), _finite(sdr[1][target]))
                 best[target] = t.end_epoch(epoch, Epoch(train.targets[target], valid.targets[target], seconds, lr,
-                                                        io, objective))
+                                                        io, objective, scores), selected)
             self.state.progress = Progress(epoch + 1)
             self._save(best)
             post = {"train_loss": f"{train.objective:.4f}", "val_loss": f"{valid.objective:.4f}"}
@@ -284,6 +302,20 @@ class Trainer:
                 plot_targets(self.out, cfg.targets)
         except Exception as e:  # noqa: BLE001 (matplotlib/back-end trouble)
             print(f"warning: could not draw the loss plot ({type(e).__name__}: {e})", file=sys.stderr)
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _negative_sdr(sdr, target: str, active: list[str], joint: bool) -> float | None:
+    """--select-by sdr: what early stopping minimises, -cSDR (joint objectives: of the targets'
+    mean); None where the epoch was not evaluated or gave no finite cSDR."""
+    if sdr is None:
+        return None
+    values = [sdr[0][t] for t in (active if joint else [target])]
+    value = float(np.mean(values))
+    return -value if math.isfinite(value) else None
 
 
 class _Meter:
