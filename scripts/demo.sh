@@ -30,6 +30,6 @@ audio.write(out, mix, 44100)
 PY
 umx-separate "$work/model" "$work/mixture/track_000.wav" --outdir "$work/separated" --residual --no-cuda
 
-# score the valid split with museval (model vs the mixture itself), then draw the loss curves
+# score the valid split (BSSv4 cSDR and uSDR, model vs the mixture itself), then draw the loss curves
 umx-eval "$work/model" --shards "$work/shards" --split valid --outdir "$work/eval" --no-cuda
 echo "loss curves: $(umx-plot "$work/model" --target vocals)"

@@ -89,10 +89,10 @@ def _watch(kill_at: tuple[int, int] | None = None):
             seen.update(y.detach().cpu().numpy().tobytes())
         return x, y
 
-    def hooked_step(self, pcm, epoch, step):
+    def hooked_step(self, pcm, epoch, step, *rest):
         if kill_at is not None and (epoch, step) == kill_at:
             raise _Interrupt
-        loss = train_step(self, pcm, epoch, step)
+        loss = train_step(self, pcm, epoch, step, *rest)
         steps["n"] += 1
         return loss
 

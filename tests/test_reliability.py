@@ -208,6 +208,6 @@ def test_damaged_local_shard_stops_training_or_is_skipped(shard_set, tmp_path, m
 def test_nan_loss_stops_with_epoch_and_step(shard_set, tmp_path, monkeypatch):
     from umx.train import TrainConfig, Trainer, build_trainer
 
-    monkeypatch.setattr(Trainer, "train_step", lambda self, pcm, epoch, step: torch.tensor([float("nan") if step == 1 else 1.0] * 2))
+    monkeypatch.setattr(Trainer, "train_step", lambda self, pcm, epoch, step, *rest: torch.tensor([float("nan") if step == 1 else 1.0] * 2))
     with pytest.raises(UmxError, match="loss became nan at epoch 1, step 2"):
         build_trainer(TrainConfig(shards=str(shard_set), output=str(tmp_path), **TINY)).fit()

@@ -202,8 +202,10 @@ def make_step(parts: Optimisation, cfg: TrainConfig, encoder, dist: distributed.
     optimizers = [parts.optimizers[t] for t in active]
     bf16 = cfg.precision == "bf16"
     parts.net = net
-    parts.step = GraphStep(net, encoder, optimizers, parts.objective, bf16=bf16, capture=device.type == "cuda") \
-        if parts.graph else EagerStep(net, encoder, optimizers, parts.objective, bf16=bf16)
+    n = cfg.grad_accum
+    parts.step = GraphStep(net, encoder, optimizers, parts.objective, bf16=bf16, capture=device.type == "cuda",
+                           accumulate=n) if parts.graph else EagerStep(net, encoder, optimizers, parts.objective,
+                                                                       bf16=bf16, accumulate=n)
 
 
 def resume(cfg: TrainConfig, model: Joint, optimizers: dict, schedulers: dict) -> RunState:
@@ -230,7 +232,9 @@ def graph_step_wanted(cfg: TrainConfig, dist: distributed.Context, device: torch
     if cfg.cuda_graph == "off":
         return False
     reason = ("under torchrun/DDP" if dist.active else
-              "with whole-track batches (--seq-dur 0: every batch has another shape)" if seq_len is None else None)
+              "with whole-track batches (--seq-dur 0: every batch has another shape)" if seq_len is None else
+              "with --grad-accum > 1 (accumulating and stepping batches would need two graphs)"
+              if cfg.grad_accum > 1 else None)
     if cfg.cuda_graph == "on" and reason:
         raise UmxError(f"--cuda-graph on: the training step cannot be captured {reason}; use auto or off")
     return reason is None and (cfg.cuda_graph == "on" or device.type == "cuda")

@@ -76,6 +76,9 @@ class TrainConfig:
                                "loss)", "training")
     bridge: bool = option(False, "X-UMX's averaging bridges between the targets' networks (not loadable by "
                           "openunmix: umx-separate and umx-eval load it)", "training")
+    grad_accum: int = option(1, "step the optimizer every N batches (gradients summed, each batch weighted "
+                             "1/N): an N× batch on a small GPU, but BatchNorm still sees each batch's statistics, "
+                             "so not bit-equal to it", "training", low=1, high=2**16)
     eval_every: int = option(0, "every N epochs also separate the validation tracks (Wiener filtering, as "
                              "umx-separate) and score them: cSDR (BSSv4) and uSDR into <target>.json; 0: never",
                              "training", low=0)
@@ -142,6 +145,9 @@ class TrainConfig:
                 bound = f"> {opt.low:g}" if opt.low_open else f">= {opt.low:g}"
                 raise UmxError(f"{flag} must be {bound}{'' if opt.high is None else f' and <= {opt.high:g}'}, "
                                f"got {value}")
+        if self.save_every and self.save_every % self.grad_accum:
+            raise UmxError(f"--save-every {self.save_every} must be a multiple of --grad-accum {self.grad_accum} "
+                           "(a checkpoint between two optimizer steps would lose the gradients gathered so far)")
         if self.select_by == "sdr" and not self.eval_every:
             raise UmxError("--select-by sdr follows the SDR of --eval-every N: give --eval-every (e.g. 1)")
         if self.nhop > self.nfft:

@@ -71,24 +71,30 @@ class EagerStep:
     captured = False
 
     def __init__(self, net: nn.Module, encoder: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
-                 objective: Objective, bf16: bool = False):
+                 objective: Objective, bf16: bool = False, accumulate: int = 1):
         self.net, self.encoder, self.objective, self.bf16 = net, encoder, objective, bf16
         self.optimizers = list(optimizers)
+        self.accumulate, self.pending = accumulate, 0  # --grad-accum: batches per optimizer step
 
     def terms(self, x: Tensor, y: Tensor, seed: int | None = None) -> Tensor:
         """The objective's row: each target's spectrogram MSE, then the objective."""
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
             return self.objective(self.net(self.encoder(x), seed), y, x, self.encoder)
 
-    def __call__(self, x: Tensor, y: Tensor, seed: int) -> Tensor:
-        """One update; returns the loss terms as a device tensor (no host synchronisation)."""
+    def __call__(self, x: Tensor, y: Tensor, seed: int, update: bool = True) -> Tensor:
+        """One batch; the optimizers step where `update` (every batch, or with --grad-accum N the
+        N-th batch and an epoch's last). Returns the loss terms as a device tensor (no host sync)."""
         torch.manual_seed(seed)  # dropout
-        for opt in self.optimizers:
-            opt.zero_grad()
+        if self.pending == 0:
+            for opt in self.optimizers:
+                opt.zero_grad()
         terms = self.terms(x, y, seed)
-        terms[-1].backward()
-        for opt in self.optimizers:
-            opt.step()
+        (terms[-1] if self.accumulate == 1 else terms[-1] / self.accumulate).backward()
+        self.pending += 1
+        if update:
+            for opt in self.optimizers:
+                opt.step()
+            self.pending = 0
         return terms.detach()
 
 
@@ -102,8 +108,8 @@ class GraphStep(EagerStep):
 
     def __init__(self, net: nn.Module, encoder: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
                  objective: Objective, bf16: bool = False, capture: bool = True, warmup: int = 3,
-                 warn: Callable[[str], None] | None = None):
-        super().__init__(net, encoder, optimizers, objective, bf16)
+                 warn: Callable[[str], None] | None = None, accumulate: int = 1):
+        super().__init__(net, encoder, optimizers, objective, bf16, accumulate)
         self.capture, self.warmup = capture, warmup
         self.warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -117,12 +123,12 @@ class GraphStep(EagerStep):
     def captured(self) -> bool:  # type: ignore[override]
         return self.graph is not None
 
-    def __call__(self, x: Tensor, y: Tensor, seed: int) -> Tensor:
-        if self.capture and x.device.type == "cuda" and self.graph is None:
-            self._try_capture(x, y)
+    def __call__(self, x: Tensor, y: Tensor, seed: int, update: bool = True) -> Tensor:
+        if self.capture and x.device.type == "cuda" and self.graph is None and self.accumulate == 1:
+            self._try_capture(x, y)  # (accumulating steps are not captured: see build.graph_step_wanted)
         if self.graph is None or x.shape != self.static[0].shape or y.shape != self.static[1].shape:
             self.uncaptured_steps += 1
-            return super().__call__(x, y, seed)
+            return super().__call__(x, y, seed, update)
         sx, sy, terms = self.static
         sx.copy_(x)
         sy.copy_(y)

@@ -109,14 +109,14 @@ class Trainer:
             return self.data.resident.gather(batch.starts, self.data.seq_len)
         return batch.audio.to(self.device, non_blocking=True)
 
-    def train_step(self, pcm: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+    def train_step(self, pcm: torch.Tensor, epoch: int, step: int, update: bool = True) -> torch.Tensor:
         """One optimisation step on an int16 batch; every draw seeded by (seed, epoch, step, rank).
         Returns the loss row (each training target's loss, then the objective) on the device:
         reading it is the caller's choice (a host sync)."""
         cfg, key, slots = self.cfg, (epoch, step, self.dist.rank), self.data.slots
         gen = sampling.torch_generator(cfg.seed, sampling.AUGMENT, *key, device=self.device)
         x, y = mix_and_target(self.augment(pcm, gen), slots.input_slot, targets=self._slots(self.active))
-        return self.parts.step(x, y, sampling.torch_seed(cfg.seed, sampling.DROPOUT, *key))
+        return self.parts.step(x, y, sampling.torch_seed(cfg.seed, sampling.DROPOUT, *key), update)
 
     # --- one epoch -------------------------------------------------------
     def _loader(self) -> DataLoader:
@@ -137,7 +137,8 @@ class Trainer:
                    disable=cfg.quiet or not self.dist.is_main)
         for step, batch in enumerate(bar, start=known.step):
             pcm = self.batch_audio(batch)
-            log.append(self.train_step(pcm, epoch, step))
+            update = (step + 1) % cfg.grad_accum == 0 or step + 1 == total  # --grad-accum
+            log.append(self.train_step(pcm, epoch, step, update))
             meter.update(log.known(), pcm.shape[0], batch.io, epoch)  # read back asynchronously on a GPU
             if trace:
                 trace.write(json.dumps({"epoch": epoch, "step": step, "tracks": batch.track_ids}) + "\n")
