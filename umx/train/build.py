@@ -27,6 +27,7 @@ from ..shards.reader import ShardReader, add_metrics
 from . import distributed, resident
 from .augment import Augment
 from .config import TrainConfig
+from .ema import EMA
 from .losses import make_objective
 from .outputs import load_checkpoints
 from .slots import Slots, make_slots
@@ -62,20 +63,29 @@ def build_trainer(config: TrainConfig, dist: distributed.Context | None = None,
         dist, device = setup_process(config)
     manifest = mf.load(config.shards)
     cfg = config.resolved(manifest)
-    data = build_data(cfg, manifest, dist, device)
-    encoder = Spectrogram(cfg.nfft, cfg.nhop, mono=cfg.nb_channels == 1).to(device)
     remix = manifest.sampling.remix if cfg.random_track_mix and manifest.sampling.remix != "never" else None
-    keep = 1 if len(cfg.targets) == 1 else 0 if remix == "independent" else data.slots.required
+    required = make_slots(manifest, cfg.targets, cfg.silence_missing_targets).required
+    keep = 1 if len(cfg.targets) == 1 else 0 if remix == "independent" else required
     augment = Augment(cfg.source_augmentations, remix, keep).to(device)
+    data = build_data(cfg, manifest, dist, device, augment)
+    encoder = Spectrogram(cfg.nfft, cfg.nhop, mono=cfg.nb_channels == 1).to(device)
     model = build_model(cfg, manifest, data.reader, device, quiet=cfg.quiet or not dist.is_main)
     add_metrics(data.valid_io, data.reader.take_metrics())  # (a statistics pass, if any) not an epoch's
     parts, state = build_optimisation(cfg, model, encoder, dist, device, data.seq_len)
     return Trainer(cfg, manifest, dist, device, data, encoder, augment, parts, state)
 
 
-def build_data(cfg: TrainConfig, manifest: mf.Manifest, dist: distributed.Context, device: torch.device) -> TrainData:
+def build_data(cfg: TrainConfig, manifest: mf.Manifest, dist: distributed.Context, device: torch.device,
+               augment: Augment | None = None) -> TrainData:
+    """The data side. Crops are `seq_len` long, or longer where an augmentation (shift, speed, pitch)
+    needs more frames to end `seq_len` long on the device."""
     reader = ShardReader(manifest, cfg.cache_dir, int(cfg.cache_size * 2**30), cfg.skip_bad_shards)
-    seq_len = cfg.seq_len(manifest.sample_rate)
+    out_len = cfg.seq_len(manifest.sample_rate)
+    seq_len = out_len
+    if augment is not None and augment.changes_length:
+        if out_len is None:
+            raise UmxError("--source-augmentations shift, speed and pitch need crops: --seq-dur must be > 0")
+        seq_len = augment.input_frames(out_len)
     slots = make_slots(manifest, cfg.targets, cfg.silence_missing_targets)
     split = resident_split(cfg, manifest, slots, reader, device, seq_len, quiet=cfg.quiet or not dist.is_main)
     positions = None if split is None else split.positions
@@ -88,9 +98,9 @@ def build_data(cfg: TrainConfig, manifest: mf.Manifest, dist: distributed.Contex
                              cfg.pool_size, cfg.seed, silence_missing_targets=cfg.silence_missing_targets, **common)
     stream.check(cfg.nb_workers)
     valid: list[ValidItem] = load_validation(manifest, cfg.targets, "valid", cfg.silence_missing_targets,
-                                             cfg.nb_valid_samples, seq_len, reader)
+                                             cfg.nb_valid_samples, out_len, reader)
     return TrainData(reader, slots, seq_len, stream, split, valid[dist.rank::dist.world_size], len(valid),
-                     reader.take_metrics())
+                     reader.take_metrics(), out_len)
 
 
 def resident_split(cfg: TrainConfig, manifest: mf.Manifest, slots: Slots, reader: ShardReader,
@@ -185,7 +195,10 @@ def build_optimisation(cfg: TrainConfig, model: Joint, encoder, dist: distribute
     if cfg.checkpoint:
         state = resume(cfg, model, optimizers, schedulers)
     objective = make_objective(cfg.loss, cfg.nfft, cfg.nhop, cfg.mix_coef, cfg.combination)
-    parts = Optimisation(model, model, optimizers, schedulers, None, objective, graph)
+    ema = EMA(model, cfg.ema) if cfg.ema else None
+    if ema is not None and cfg.checkpoint:
+        resume_ema(cfg, ema)
+    parts = Optimisation(model, model, optimizers, schedulers, None, objective, graph, ema)
     make_step(parts, cfg, encoder, dist, device, state.active(cfg.targets))
     return parts, state
 
@@ -202,10 +215,9 @@ def make_step(parts: Optimisation, cfg: TrainConfig, encoder, dist: distributed.
     optimizers = [parts.optimizers[t] for t in active]
     bf16 = cfg.precision == "bf16"
     parts.net = net
-    n = cfg.grad_accum
-    parts.step = GraphStep(net, encoder, optimizers, parts.objective, bf16=bf16, capture=device.type == "cuda",
-                           accumulate=n) if parts.graph else EagerStep(net, encoder, optimizers, parts.objective,
-                                                                       bf16=bf16, accumulate=n)
+    common = dict(bf16=bf16, accumulate=cfg.grad_accum, ema=parts.ema, names=active)
+    parts.step = GraphStep(net, encoder, optimizers, parts.objective, capture=device.type == "cuda", **common) \
+        if parts.graph else EagerStep(net, encoder, optimizers, parts.objective, **common)
 
 
 def resume(cfg: TrainConfig, model: Joint, optimizers: dict, schedulers: dict) -> RunState:
@@ -224,6 +236,17 @@ def resume(cfg: TrainConfig, model: Joint, optimizers: dict, schedulers: dict) -
                            f"{lines[-1][:200] if lines else e})") from None
         settle_lr(optimizers[target])
     return state
+
+
+def resume_ema(cfg: TrainConfig, ema: EMA) -> None:
+    """The moving averages from `--checkpoint` (a run that kept the same decays)."""
+    ckpts, _ = load_checkpoints(Path(cfg.checkpoint), cfg.targets)
+    for target, ckpt in ckpts.items():
+        try:
+            ema.load_target_state(target, ckpt.ema)
+        except (KeyError, RuntimeError, TypeError) as e:
+            path = Path(cfg.checkpoint).expanduser() / f"{target}.chkpnt"
+            raise UmxError(f"{path}: has no moving averages for --ema {' '.join(map(str, cfg.ema))} ({e})") from None
 
 
 def graph_step_wanted(cfg: TrainConfig, dist: distributed.Context, device: torch.device, seq_len: int | None) -> bool:

@@ -21,7 +21,6 @@ from ..shards import manifest as mf
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 MODES = ("auto", "on", "off")  # --cuda-graph, --device-cache
-AUGMENTATIONS = ("gain", "channelswap")
 LOSSES = ("independent", "multidomain")  # --loss: see losses.py
 SELECT_BY = ("loss", "sdr")  # --select-by
 GROUPS = ("run", "training", "model", "data", "buckets", "layout")
@@ -76,6 +75,10 @@ class TrainConfig:
                                "loss)", "training")
     bridge: bool = option(False, "X-UMX's averaging bridges between the targets' networks (not loadable by "
                           "openunmix: umx-separate and umx-eval load it)", "training")
+    ema: list[float] | None = option(None, "also keep moving averages of the weights with these decays (e.g. "
+                                     "0.999 0.9999), validated each epoch next to the raw weights: the best is "
+                                     "written as <target>.pth, the choice recorded in <target>.json", "training",
+                                     nargs="*")
     grad_accum: int = option(1, "step the optimizer every N batches (gradients summed, each batch weighted "
                              "1/N): an N× batch on a small GPU, but BatchNorm still sees each batch's statistics, "
                              "so not bit-equal to it", "training", low=1, high=2**16)
@@ -107,8 +110,9 @@ class TrainConfig:
 
     nb_workers: int = option(0, "DataLoader worker processes", "data", low=0, high=1024)
     source_augmentations: list[str] | None = option(
-        None, "per-source augmentations (musdb: gain channelswap, else none)", "data", choices=AUGMENTATIONS,
-        nargs="*")
+        None, "per-source augmentations on the device, in order, NAME[:PARAM...]: gain[:LOW[:HIGH]] "
+        "channelswap[:P] flipsign[:P] scale[:LOW[:HIGH]] shift[:MAX_SHIFT] speed[:MAX_CHANGE] "
+        "pitch[:MAX_SEMITONES] (musdb: gain channelswap, else none; README has the defaults)", "data", nargs="*")
     random_track_mix: bool | None = option(None, "draw interferers from other tracks (musdb: on, else off)", "data")
     random_interferer_mix: bool | None = option(None, "trackfolder_var: all interferers from one random track "
                                                 "(the same switch as --random-track-mix)", "data")
@@ -145,6 +149,18 @@ class TrainConfig:
                 bound = f"> {opt.low:g}" if opt.low_open else f">= {opt.low:g}"
                 raise UmxError(f"{flag} must be {bound}{'' if opt.high is None else f' and <= {opt.high:g}'}, "
                                f"got {value}")
+        for decay in self.ema or []:
+            if not 0 < decay < 1:
+                raise UmxError(f"--ema decays must be in (0, 1), e.g. 0.999; got {decay}")
+        if self.ema and len(set(self.ema)) != len(self.ema):
+            raise UmxError(f"--ema {' '.join(map(str, self.ema))}: a decay given twice")
+        from .augment import parse_augmentation
+
+        for spec in self.source_augmentations or []:
+            try:
+                parse_augmentation(spec)
+            except ValueError as e:
+                raise UmxError(f"--source-augmentations: {e}") from None
         if self.save_every and self.save_every % self.grad_accum:
             raise UmxError(f"--save-every {self.save_every} must be a multiple of --grad-accum {self.grad_accum} "
                            "(a checkpoint between two optimizer steps would lose the gradients gathered so far)")

@@ -74,6 +74,7 @@ class Checkpoint:
     optimizer: dict
     scheduler: dict
     payload: dict | None
+    ema: dict | None = None  # --ema: label → the target's averaged state dict
 
 
 @dataclass
@@ -83,6 +84,7 @@ class TargetParts:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: object
+    ema: dict | None = None  # --ema: label → averaged state dict
 
 
 NEXT = ".next"  # a checkpoint written, not yet in place (see save_checkpoints)
@@ -100,7 +102,8 @@ def save_checkpoints(folder: Path, parts: dict[str, TargetParts], state: RunStat
         payload = {**state.payload(target), "generation": generation}
         save_torch({"epoch": state.progress.epoch, "state_dict": p.model.state_dict(),
                     "best_loss": payload["best_loss"], "optimizer": optimizer_state(p.optimizer),
-                    "scheduler": p.scheduler.state_dict(), "umx": payload}, folder / f"{target}.chkpnt{NEXT}")
+                    "scheduler": p.scheduler.state_dict(), "umx": payload, **({"ema": p.ema} if p.ema else {})},
+                   folder / f"{target}.chkpnt{NEXT}")
     for target in parts:
         os.replace(folder / f"{target}.chkpnt{NEXT}", folder / f"{target}.chkpnt")
 
@@ -160,7 +163,7 @@ def _load_one(path: Path, target: str) -> Checkpoint:
     payload = ckpt.get("umx")
     if payload is not None and not isinstance(payload, dict):
         raise UmxError(f"{path}: its run state is not a mapping")
-    return Checkpoint(ckpt["state_dict"], ckpt["optimizer"], ckpt["scheduler"], payload)
+    return Checkpoint(ckpt["state_dict"], ckpt["optimizer"], ckpt["scheduler"], payload, ckpt.get("ema"))
 
 
 def write_results(folder: Path, target: str, args: dict, state: RunState) -> None:

@@ -52,6 +52,10 @@ class History:
     # --eval-every: the separated validation tracks' cSDR and uSDR (dB; None where not evaluated)
     valid_sdr_history: list[float | None] = field(default_factory=list)
     valid_usdr_history: list[float | None] = field(default_factory=list)
+    # --ema: each moving average's validation loss, and which weights were chosen each epoch
+    ema_valid_loss_history: dict[str, list[float]] = field(default_factory=dict)
+    weights_history: list[str] = field(default_factory=list)
+    best_weights: str = "raw"  # the weights in <target>.pth
     best_epoch: int = 0
     epochs_trained: int = 0
 
@@ -72,6 +76,8 @@ class Epoch:
     io: dict
     objective: tuple[float, float] | None = None  # (train, valid) of a joint objective
     sdr: tuple[float | None, float | None] | None = None  # (cSDR, uSDR) with --eval-every ((None, None): not this epoch)
+    averages: dict[str, float] | None = None  # --ema: label → validation loss
+    chosen: str = "raw"  # the weights chosen this epoch
 
 
 @dataclass
@@ -115,10 +121,14 @@ class TargetState:
         if e.sdr is not None:
             h.valid_sdr_history.append(e.sdr[0])
             h.valid_usdr_history.append(e.sdr[1])
+        if e.averages is not None:
+            for name, value in e.averages.items():
+                h.ema_valid_loss_history.setdefault(name, []).append(value)
+            h.weights_history.append(e.chosen)
         h.epochs_trained = epoch
         is_best = selected is not None and selected == self.best_loss
         if is_best:
-            h.best_epoch = epoch
+            h.best_epoch, h.best_weights = epoch, e.chosen
         return is_best
 
     def to_dict(self) -> dict:

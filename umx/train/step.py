@@ -71,9 +71,11 @@ class EagerStep:
     captured = False
 
     def __init__(self, net: nn.Module, encoder: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
-                 objective: Objective, bf16: bool = False, accumulate: int = 1):
+                 objective: Objective, bf16: bool = False, accumulate: int = 1, ema=None,
+                 names: Sequence[str] = ()):
         self.net, self.encoder, self.objective, self.bf16 = net, encoder, objective, bf16
         self.optimizers = list(optimizers)
+        self.ema, self.names = ema, list(names)  # --ema: the averages of these targets follow each step
         self.accumulate, self.pending = accumulate, 0  # --grad-accum: batches per optimizer step
 
     def terms(self, x: Tensor, y: Tensor, seed: int | None = None) -> Tensor:
@@ -94,6 +96,8 @@ class EagerStep:
         if update:
             for opt in self.optimizers:
                 opt.step()
+            if self.ema is not None:
+                self.ema.update(self.names)
             self.pending = 0
         return terms.detach()
 
@@ -108,8 +112,9 @@ class GraphStep(EagerStep):
 
     def __init__(self, net: nn.Module, encoder: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
                  objective: Objective, bf16: bool = False, capture: bool = True, warmup: int = 3,
-                 warn: Callable[[str], None] | None = None, accumulate: int = 1):
-        super().__init__(net, encoder, optimizers, objective, bf16, accumulate)
+                 warn: Callable[[str], None] | None = None, accumulate: int = 1, ema=None,
+                 names: Sequence[str] = ()):
+        super().__init__(net, encoder, optimizers, objective, bf16, accumulate, ema, names)
         self.capture, self.warmup = capture, warmup
         self.warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -149,6 +154,7 @@ class GraphStep(EagerStep):
         saved_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
         had_state = [{p: {k: v.detach().clone() for k, v in s.items()} for p, s in o.state.items()} for o in opts]
         sx, sy = x.detach().clone(), y.detach().clone()
+        saved_ema = self.ema.snapshot() if self.ema is not None else None
 
         def step() -> Tensor:
             for o in opts:
@@ -157,6 +163,8 @@ class GraphStep(EagerStep):
             terms[-1].backward()
             for o in opts:
                 o.step()
+            if self.ema is not None:  # the averages' update is captured with the step
+                self.ema.update(self.names)
             return terms
 
         side = torch.cuda.Stream(device=x.device)
@@ -181,6 +189,8 @@ class GraphStep(EagerStep):
                     for k, v in s.items():
                         if torch.is_tensor(v):
                             v.copy_(before[k]) if before is not None else v.zero_()
+            if saved_ema is not None:
+                self.ema.restore(saved_ema)
         self.graph, self.static = graph, (sx, sy, terms.detach())
 
 

@@ -38,6 +38,7 @@ from ..shards.reader import ShardReader, add_metrics
 from . import distributed, sampling
 from .augment import Augment, mix_and_target
 from .config import TrainConfig
+from .ema import EMA, label
 from .losses import Objective
 from .outputs import BRIDGED_WEIGHTS, TargetParts, save_checkpoints, save_torch, write_results, write_separator_json
 from .state import Epoch, Progress, RunState
@@ -51,12 +52,13 @@ class TrainData:
 
     reader: ShardReader
     slots: Slots
-    seq_len: int | None  # None: whole tracks
+    seq_len: int | None  # the crops' length (None: whole tracks)
     stream: object  # streams.TrainStream | streams.SourceFileStream
     resident: object | None  # resident.ResidentTracks | ResidentSources: the split in device memory
     valid_items: list[ValidItem]  # this rank's share
     n_valid: int  # over all ranks
     valid_io: dict  # loader counters of loading the validation set
+    out_len: int | None = None  # the model's crop length: seq_len less what augmentations trim (shift, speed, pitch)
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Optimisation:
     step: object  # step.EagerStep | step.GraphStep (build.make_step)
     objective: Objective
     graph: bool  # the step is the CUDA-graph step
+    ema: EMA | None = None  # --ema: moving averages of the weights
 
 
 @dataclass
@@ -115,7 +118,8 @@ class Trainer:
         reading it is the caller's choice (a host sync)."""
         cfg, key, slots = self.cfg, (epoch, step, self.dist.rank), self.data.slots
         gen = sampling.torch_generator(cfg.seed, sampling.AUGMENT, *key, device=self.device)
-        x, y = mix_and_target(self.augment(pcm, gen), slots.input_slot, targets=self._slots(self.active))
+        out_len = self.data.out_len if self.augment.changes_length else None
+        x, y = mix_and_target(self.augment(pcm, gen, out_len), slots.input_slot, targets=self._slots(self.active))
         return self.parts.step(x, y, sampling.torch_seed(cfg.seed, sampling.DROPOUT, *key), update)
 
     # --- one epoch -------------------------------------------------------
@@ -178,6 +182,24 @@ class Trainer:
         sums = distributed.sum_all(totals, self.dist, self.device)
         return self._scores([v / self.data.n_valid for v in sums])
 
+    def _validate_averages(self) -> dict[str, Scores]:
+        """--ema: the validation losses of every set of moving averages (label → Scores)."""
+        ema = self.parts.ema
+        if ema is None:
+            return {}
+        out = {}
+        for decay in ema.decays:
+            with ema.swapped(decay, self.active):
+                out[label(decay)] = self.validate()
+        return out
+
+    def _best_weights(self, target: str, loss: float, averaged: dict[str, Scores]) -> tuple[str, float]:
+        """The weight set (raw or a moving average) with the lowest validation loss, and that loss
+        (joint objectives: the lowest objective, the same choice for every target)."""
+        options = {"raw": loss, **{k: (v.objective if self.cfg.joint else v.targets[target]) for k, v in averaged.items()}}
+        chosen = min(options, key=lambda k: (options[k], k != "raw"))  # ties: the raw weights
+        return chosen, options[chosen]
+
     def validate_sdr(self) -> tuple[dict[str, float], dict[str, float]]:
         """The validation tracks separated with the current networks and scored (scoring.py):
         (cSDR, uSDR) per target still training, over every rank's tracks."""
@@ -204,6 +226,7 @@ class Trainer:
             active = self.active
             train, io = self.train_epoch(epoch)
             valid = self.validate()
+            averaged = self._validate_averages()
             seconds, io = time.time() - start, self._loader_metrics(io)
             sdr = self.validate_sdr() if cfg.eval_every and epoch % cfg.eval_every == 0 else None
             best = {}
@@ -211,15 +234,18 @@ class Trainer:
                 t = self.state.target(target)
                 loss = valid.objective if cfg.joint else valid.targets[target]
                 self.parts.schedulers[target].step(loss)  # the learning rate follows the loss, as in open-unmix
-                selected = loss if cfg.select_by == "loss" else _negative_sdr(sdr, target, active, cfg.joint)
+                chosen, chosen_loss = self._best_weights(target, loss, averaged)
+                selected = chosen_loss if cfg.select_by == "loss" else _negative_sdr(sdr, target, active, cfg.joint)
                 if selected is not None:
                     t.stop_early(selected, cfg.patience)
                 lr = float(self.parts.optimizers[target].param_groups[0]["lr"])  # after the plateau step
                 objective = (train.objective, valid.objective) if cfg.joint else None
                 scores = None if not cfg.eval_every else (None, None) if sdr is None else \
                     (_finite(sdr[0][target]), _finite(sdr[1][target]))
+                averages = None if not averaged else \
+                    {label: (v.objective if cfg.joint else v.targets[target]) for label, v in averaged.items()}
                 best[target] = t.end_epoch(epoch, Epoch(train.targets[target], valid.targets[target], seconds, lr,
-                                                        io, objective, scores), selected)
+                                                        io, objective, scores, averages, chosen), selected)
             self.state.progress = Progress(epoch + 1)
             self._save(best)
             post = {"train_loss": f"{train.objective:.4f}", "val_loss": f"{valid.objective:.4f}"}
@@ -273,10 +299,19 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         return open(self.out / f"trace-rank{self.dist.rank}.jsonl", "a")
 
+    def _chosen_weights(self, target: str) -> dict:
+        """The weights of this epoch's choice for `target` (raw, or a moving average: --ema)."""
+        chosen = (self.state.target(target).history.weights_history or ["raw"])[-1]
+        if chosen == "raw" or self.parts.ema is None:
+            return self.model.models[target].state_dict()
+        decay = next(d for d in self.parts.ema.decays if label(d) == chosen)
+        return self.parts.ema.weights(decay, target)
+
     def _save_checkpoint(self) -> None:
         if self.dist.is_main:
             p = self.parts
-            save_checkpoints(self.out, {t: TargetParts(self.model.models[t], p.optimizers[t], p.schedulers[t])
+            save_checkpoints(self.out, {t: TargetParts(self.model.models[t], p.optimizers[t], p.schedulers[t],
+                                                       p.ema.target_state(t) if p.ema else None)
                                         for t in self.cfg.targets}, self.state)
 
     def _save(self, best: dict[str, bool]) -> None:
@@ -285,10 +320,10 @@ class Trainer:
             return
         cfg = self.cfg
         if cfg.bridge and any(best.values()):  # one network of all targets: one file, never a <target>.pth
-            save_torch({t: m.state_dict() for t, m in self.model.models.items()}, self.out / BRIDGED_WEIGHTS)
+            save_torch({t: self._chosen_weights(t) for t in self.model.models}, self.out / BRIDGED_WEIGHTS)
         elif not cfg.bridge:
             for target in (t for t, is_best in best.items() if is_best):
-                save_torch(self.model.models[target].state_dict(), self.out / f"{target}.pth")
+                save_torch(self._chosen_weights(target), self.out / f"{target}.pth")
         self._save_checkpoint()
         args = {**dataclasses.asdict(cfg), "dataset": self.manifest.layout, "sample_rate": self.manifest.sample_rate,
                 "world_size": self.dist.world_size}

@@ -1,0 +1,90 @@
+"""Exponential moving averages of the weights (`--ema 0.999 …`), as Demucs and MSST keep them.
+
+One shadow copy of every target network per decay, updated on the device after each optimizer
+step (`torch._foreach_lerp_`, no host sync, so it lives inside the captured CUDA graph too):
+p_ema ← decay · p_ema + (1 - decay) · p, for every floating-point entry of the state dict, BatchNorm's
+running statistics included (as Demucs does: averaged weights with the live statistics disagree);
+integer counters are copied. The trainer validates every set next to the raw weights
+each epoch and writes the best as `<target>.pth`; the shadows travel in the checkpoint, so a
+resumed run continues the very averages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from ..model import Joint
+
+
+def label(decay: float | None) -> str:
+    """How `<target>.json` names a weight set: "raw", or "ema0.999"."""
+    return "raw" if decay is None else f"ema{decay:g}"
+
+
+class EMA:
+    """The moving averages of a Joint's networks, one set per decay."""
+
+    def __init__(self, model: Joint, decays: list[float]):
+        self.model, self.decays = model, list(decays)
+        self.shadows: dict[float, dict[str, dict[str, Tensor]]] = {
+            d: {t: {k: v.detach().clone() for k, v in m.state_dict().items()} for t, m in model.models.items()}
+            for d in self.decays}
+
+    @torch.no_grad()
+    def update(self, names: list[str]) -> None:
+        """One step of every average, for the networks that just stepped."""
+        for decay, shadow in self.shadows.items():
+            for target in names:
+                live, avg = self.model.models[target].state_dict(), shadow[target]
+                floats = [k for k, v in live.items() if v.is_floating_point()]
+                torch._foreach_lerp_([avg[k] for k in floats], [live[k] for k in floats], 1.0 - decay)
+                for k, v in live.items():
+                    if k not in floats:
+                        avg[k].copy_(v)
+
+    @contextlib.contextmanager
+    def swapped(self, decay: float, names: list[str]) -> Iterator[None]:
+        """The networks `names` hold the `decay` averages inside the block, their own weights after."""
+        saved = {t: {k: v.detach().clone() for k, v in self.model.models[t].state_dict().items()} for t in names}
+        try:
+            with torch.no_grad():
+                for t in names:
+                    for k, v in self.model.models[t].state_dict().items():
+                        v.copy_(self.shadows[decay][t][k])
+            yield
+        finally:
+            with torch.no_grad():
+                for t in names:
+                    for k, v in self.model.models[t].state_dict().items():
+                        v.copy_(saved[t][k])
+
+    def weights(self, decay: float | None, target: str) -> dict[str, Tensor]:
+        """A target's state dict of one weight set (None: the raw weights)."""
+        return self.model.models[target].state_dict() if decay is None else self.shadows[decay][target]
+
+    def snapshot(self) -> dict:
+        return {d: {t: {k: v.clone() for k, v in s.items()} for t, s in sh.items()} for d, sh in self.shadows.items()}
+
+    @torch.no_grad()
+    def restore(self, snap: dict) -> None:
+        for d, sh in snap.items():
+            for t, s in sh.items():
+                for k, v in s.items():
+                    self.shadows[d][t][k].copy_(v)
+
+    def target_state(self, target: str) -> dict:
+        """A target's averages for its checkpoint: label → state dict."""
+        return {label(d): self.shadows[d][target] for d in self.decays}
+
+    @torch.no_grad()
+    def load_target_state(self, target: str, state: dict) -> None:
+        for d in self.decays:
+            saved = state.get(label(d)) if isinstance(state, dict) else None
+            if saved is None:
+                raise KeyError(f"no {label(d)} average of '{target}' in the checkpoint")
+            for k, v in self.shadows[d][target].items():
+                v.copy_(saved[k])
