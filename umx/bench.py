@@ -192,6 +192,33 @@ def measure_step(trainer, steps: int = 10, warmup: int = 2, pcm: torch.Tensor | 
             "device_target_samples_per_s": n_targets * pcm.shape[0] / step_s}
 
 
+def measure_augmentations(trainer, pcm: torch.Tensor, repeats: int = 5) -> list[dict]:
+    """Each device augmentation's time on one batch (median of `repeats`), in the order the step runs
+    them: what a user pays for each (the step time includes them all)."""
+    from .train import sampling
+    from .train.augment import INT16_SCALE
+
+    aug, device = trainer.augment, trainer.device
+    out_len = trainer.data.out_len if aug.changes_length else None
+    rows = []
+    wav = pcm.float() / INT16_SCALE
+    if aug.changes_length:
+        wav = wav[..., :aug.input_frames(out_len)]
+    for name, fn in aug.stages(out_len):
+        times = []
+        for r in range(repeats + 1):
+            gen = sampling.torch_generator(0, sampling.AUGMENT, 1, r, 0, device=device)
+            _sync(device)
+            t = time.perf_counter()
+            result = fn(wav, gen)
+            _sync(device)
+            if r:  # the first: warm-up
+                times.append(time.perf_counter() - t)
+        rows.append({"augmentation": name, "ms": 1000 * float(np.median(times))})
+        wav = result
+    return rows
+
+
 def measure_train(trainer, steps: int = 10, warmup: int = 2, step_ms: float | None = None) -> dict:
     """End-to-end training samples/s with the loader feeding the steps (as `train_epoch`
     does: batch → device, non_blocking → train_step), after `warmup` steps."""
@@ -272,6 +299,9 @@ def bench(config, steps: int = 10, warmup: int = 2, loader_batches: int = 20) ->
             loader = measure_loader(trainer.stream, cfg.nb_workers, loader_batches, pin_memory=dev.type == "cuda")
             r.update(loader)
             r.update(measure_step(trainer, steps, warmup))
+            r["augmentations"] = measure_augmentations(trainer, one_batch(trainer))
+            for row in r["augmentations"]:
+                row["share_of_step"] = row["ms"] / r["step_ms"]
             r["step_kind"] = ("cuda graph" if trainer.step.captured else
                               "graph step, uncaptured" if hasattr(trainer.step, "graph") else "eager")
             r.update(measure_train(trainer, steps, warmup, r["step_ms"]))
