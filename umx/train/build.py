@@ -9,6 +9,7 @@ validation set) and the model side (model, DDP wrapper, optimizer, scheduler, st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -62,7 +63,7 @@ def build_trainer(config: TrainConfig, dist: distributed.Context | None = None,
     if dist is None or device is None:
         dist, device = setup_process(config)
     manifest = mf.load(config.shards)
-    cfg = config.resolved(manifest)
+    cfg, automatic = resume_mode(config.resolved(manifest), dist)
     remix = manifest.sampling.remix if cfg.random_track_mix and manifest.sampling.remix != "never" else None
     required = make_slots(manifest, cfg.targets, cfg.silence_missing_targets).required
     keep = 1 if len(cfg.targets) == 1 else 0 if remix == "independent" else required
@@ -72,7 +73,62 @@ def build_trainer(config: TrainConfig, dist: distributed.Context | None = None,
     model = build_model(cfg, manifest, data.reader, device, quiet=cfg.quiet or not dist.is_main)
     add_metrics(data.valid_io, data.reader.take_metrics())  # (a statistics pass, if any) not an epoch's
     parts, state = build_optimisation(cfg, model, encoder, dist, device, data.seq_len)
+    fingerprint = run_fingerprint(cfg, manifest, dist)
+    if automatic:
+        check_same_run(cfg, state.run, fingerprint)
+        if dist.is_main and not cfg.quiet:
+            p = state.progress
+            print(f"resuming {cfg.output} automatically at epoch {p.epoch}" + (f", step {p.step}" if p.step else ""))
+    state.run = fingerprint
     return Trainer(cfg, manifest, dist, device, data, encoder, augment, parts, state)
+
+
+# options that do not change what a run computes: a run resumed with other values is the same run
+NOT_TRAJECTORY = {"output", "checkpoint", "quiet", "epochs", "trace", "resume", "save_every", "cache_dir",
+                  "cache_size", "storage_options", "anon", "no_cuda", "eval_every", "patience"}
+
+
+def run_fingerprint(cfg: TrainConfig, manifest: mf.Manifest, dist: distributed.Context) -> dict:
+    """What makes a run this run: the shard set's content and every option that changes the
+    trajectory (the topology too: an exact resume needs the same ranks and workers)."""
+    options = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_TRAJECTORY}
+    return json.loads(json.dumps({"train": manifest.content_digest("train"), "world_size": dist.world_size,
+                                  "options": options}))
+
+
+def resume_mode(cfg: TrainConfig, dist: distributed.Context) -> tuple[TrainConfig, bool]:
+    """--resume auto (the default under a torchrun restart): continue from --output where it holds a
+    checkpoint of every target; returns the config and whether that happened."""
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    mode = cfg.resume or ("auto" if restarted else "never")
+    if mode != "auto" or cfg.checkpoint:
+        return cfg, False
+    out = Path(cfg.output).expanduser()
+    present = [t for t in cfg.targets if (out / f"{t}.chkpnt").is_file() or (out / f"{t}.chkpnt.next").is_file()]
+    if not present:
+        return cfg, False  # nothing to continue: a fresh run
+    if len(present) < len(cfg.targets):
+        raise UmxError(f"--resume auto: {out} holds checkpoints of {', '.join(present)} but not of "
+                       f"{', '.join(t for t in cfg.targets if t not in present)}: not this run's output")
+    return dataclasses.replace(cfg, checkpoint=str(out)), True
+
+
+def check_same_run(cfg: TrainConfig, saved: dict, fingerprint: dict) -> None:
+    """Refuse to continue a checkpoint of another run (other data, options or topology)."""
+    if saved == fingerprint:
+        return
+    if not saved:
+        raise UmxError(f"--resume auto: the checkpoints in {cfg.output} do not say which run wrote them "
+                       "(written before umx recorded it): resume with --checkpoint, or start in a new --output")
+    diff = ["another shard set"] if saved.get("train") != fingerprint["train"] else []
+    if saved.get("world_size") != fingerprint["world_size"]:
+        diff.append(f"world size {saved.get('world_size')} → {fingerprint['world_size']}")
+    old, new = saved.get("options", {}), fingerprint["options"]
+    diff += [f"--{k.replace('_', '-')} {old.get(k)!r} → {new.get(k)!r}" for k in sorted(set(old) | set(new))
+             if old.get(k) != new.get(k)]
+    raise UmxError(f"--resume auto: {cfg.output} holds another run ({'; '.join(diff[:6])}): use a new --output, "
+                   "or --resume never to start over there")
+
 
 
 def build_data(cfg: TrainConfig, manifest: mf.Manifest, dist: distributed.Context, device: torch.device,

@@ -23,6 +23,8 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 MODES = ("auto", "on", "off")  # --cuda-graph, --device-cache
 LOSSES = ("independent", "multidomain")  # --loss: see losses.py
 SELECT_BY = ("loss", "sdr")  # --select-by
+RESUME = ("auto", "never")  # --resume
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
 GROUPS = ("run", "training", "model", "data", "buckets", "layout")
 
 
@@ -37,6 +39,7 @@ class Option:
     high: float | None = None
     low_open: bool = False  # the smallest value itself is excluded
     nargs: str | None = None  # "*" for lists
+    kind: str | None = None  # a value syntax of its own ("interval": N steps or a duration), see options.py
     layout: bool = False  # one of open-unmix's dataset options, shared with umx-prep (layouts/options.py)
 
 
@@ -88,8 +91,12 @@ class TrainConfig:
     select_by: str = option("loss", "what best weights and early stopping follow: the validation loss "
                             "(open-unmix) or the cSDR of --eval-every (patience then counts evaluations)",
                             "training", choices=SELECT_BY)
-    save_every: int = option(0, "also write the checkpoint every N steps inside an epoch (exact mid-epoch resume)",
-                             "training", low=0)
+    save_every: int | str = option(0, "also write the checkpoint inside an epoch: every N steps, or every 10m / 90s "
+                                   "/ 1h of training (exact mid-epoch resume)", "training", kind="interval")
+    resume: str | None = option(None, "auto: continue the run in --output if its checkpoint is this run's (same "
+                                "shard set and options; else an error), or start it; never: start fresh "
+                                "(default: auto when torchrun restarted the group, else never)", "run",
+                                choices=RESUME)
     precision: str = option("fp32", "fp32 (exact), tf32 matmuls on GPUs, or bf16 autocast", "training",
                             choices=PRECISIONS)
     cuda_graph: str = option("auto", "capture the training step as one CUDA graph: auto (on one GPU with fixed "
@@ -161,7 +168,8 @@ class TrainConfig:
                 parse_augmentation(spec)
             except ValueError as e:
                 raise UmxError(f"--source-augmentations: {e}") from None
-        if self.save_every and self.save_every % self.grad_accum:
+        steps, _ = self.save_interval()
+        if steps and steps % self.grad_accum:
             raise UmxError(f"--save-every {self.save_every} must be a multiple of --grad-accum {self.grad_accum} "
                            "(a checkpoint between two optimizer steps would lose the gradients gathered so far)")
         if self.select_by == "sdr" and not self.eval_every:
@@ -194,6 +202,24 @@ class TrainConfig:
                                "is never remixed or augmented (its input file is the model input)")
             values.update(source_augmentations=[], random_track_mix=False, random_interferer_mix=False)
         return dataclasses.replace(self, **values)
+
+    def save_interval(self) -> tuple[int, float]:
+        """--save-every as (steps, seconds); 0 where not used. `N` is steps, `N{s,m,h}` a duration."""
+        value = self.save_every
+        text = str(value).strip().lower()
+        try:
+            if text[-1:] in DURATION_UNITS:
+                seconds = float(text[:-1]) * DURATION_UNITS[text[-1]]
+                if not math.isfinite(seconds) or seconds <= 0:
+                    raise ValueError
+                return 0, seconds
+            steps = int(text)
+            if steps < 0:
+                raise ValueError
+            return steps, 0.0
+        except ValueError:
+            raise UmxError(f"--save-every must be a number of steps (e.g. 500) or a duration (e.g. 10m, 90s, 1h), "
+                           f"got {value!r}") from None
 
     def _targets(self, manifest: mf.Manifest) -> list[str]:
         """--targets, or --target alone; refuse repeats and joint options a run cannot use."""

@@ -22,7 +22,19 @@ TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)
 _FIELDS = {f.name: (f, opt) for f, opt in config.options()}
 
 
+class Interval(click.ParamType):
+    """N steps (an int) or a duration ("10m", "90s", "1h", kept as text): --save-every."""
+
+    name = "N|DURATION"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip()
+        return int(text) if text.isdigit() else text
+
+
 def _click_type(hint, opt: config.Option):
+    if opt.kind == "interval":
+        return Interval()
     kind = next(t for t in (bool, int, float, str) if hint in (t, t | None, list[t], list[t] | None))
     if opt.choices is not None:
         return Choice(opt.choices)

@@ -151,6 +151,7 @@ class RunState:
 
     progress: Progress = field(default_factory=Progress)
     targets: dict[str, TargetState] = field(default_factory=dict)
+    run: dict = field(default_factory=dict)  # what makes the run this run (build.run_fingerprint): --resume auto
 
     def target(self, name: str) -> TargetState:
         return self.targets.setdefault(name, TargetState())
@@ -162,14 +163,14 @@ class RunState:
     def payload(self, name: str) -> dict:
         """`<name>.chkpnt`'s `"umx"` payload: the run's position and that target's state."""
         return {**self.target(name).to_dict(), "position": dataclasses.asdict(self.progress),
-                "targets": list(self.targets)}
+                "targets": list(self.targets), "run": self.run}
 
     @classmethod
     def from_payloads(cls, payloads: dict[str, dict]) -> "RunState":
         """The state of a run from each target's checkpoint payload."""
         first = next(iter(payloads.values()))
         return cls(Progress.from_dict(first["position"]),
-                   {name: TargetState.from_dict(p) for name, p in payloads.items()})
+                   {name: TargetState.from_dict(p) for name, p in payloads.items()}, dict(first.get("run") or {}))
 
     @classmethod
     def from_results(cls, name: str, results: dict) -> "RunState":

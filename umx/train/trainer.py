@@ -136,6 +136,7 @@ class Trainer:
         self.stream.set_epoch(epoch, known.step)
         total = self.stream.batches_per_epoch(cfg.nb_workers)
         meter = _Meter(known, self.stream.batch_size)
+        every, since = cfg.save_interval(), time.time()  # --save-every: (steps, seconds)
         trace = self._trace_file() if cfg.trace else None
         bar = tqdm(self._loader(), total=total, initial=known.step, desc=f"epoch {epoch}", leave=False,
                    disable=cfg.quiet or not self.dist.is_main)
@@ -147,7 +148,8 @@ class Trainer:
             if trace:
                 trace.write(json.dumps({"epoch": epoch, "step": step, "tracks": batch.track_ids}) + "\n")
             bar.set_postfix(**meter.postfix())
-            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
+            if self._save_due(step, every, since) and step + 1 < total:
+                since = time.time()
                 meter.check(log.values(), epoch)  # never checkpoint weights a NaN step has spoiled
                 self.state.progress = Progress(epoch, step + 1, list(log.values()), meter.seconds(), meter.io)
                 self._save_checkpoint()
@@ -161,6 +163,14 @@ class Trainer:
         *sums, count = distributed.sum_all([*np.sum(np.asarray(losses, dtype=np.float64), axis=0), len(losses)],
                                            self.dist, self.device)
         return self._scores([v / count for v in sums]), meter.io
+
+    def _save_due(self, step: int, every: tuple[int, float], since: float) -> bool:
+        """A mid-epoch checkpoint after `step`: every N steps, or once the interval has passed (at an
+        optimizer step: --grad-accum's gradients are not in the checkpoint)."""
+        steps, seconds = every
+        if steps:
+            return (step + 1) % steps == 0
+        return bool(seconds) and (step + 1) % self.cfg.grad_accum == 0 and time.time() - since >= seconds
 
     def _scores(self, row: list[float]) -> Scores:
         return Scores(dict(zip(self.active, row[:-1])), row[-1])

@@ -1,0 +1,106 @@
+"""`--resume auto|never` and `--save-every` by time: a restarted command continues its own run, never another."""
+
+import json
+import time
+
+import pytest
+
+from umx.errors import UmxError
+from umx.train import TrainConfig, build_trainer, train
+from umx.train import trainer as trainer_mod
+
+TINY = dict(hidden_size=8, seq_dur=0.5, batch_size=3, nfft=1024, nhop=512, quiet=True, debug=True,
+            samples_per_track=3, random_track_mix=True, source_augmentations=["gain", "channelswap"])
+
+
+class _Stop(Exception):
+    pass
+
+
+def _history(out):
+    r = json.loads((out / "vocals.json").read_text())
+    return {k: r[k] for k in ("train_loss_history", "valid_loss_history", "lr_history", "best_epoch")}
+
+
+def _interrupt_at(monkeypatch, at):
+    step = trainer_mod.Trainer.train_step
+
+    def stop(self, pcm, epoch, i, *rest):
+        if (epoch, i) == at:
+            raise _Stop
+        return step(self, pcm, epoch, i, *rest)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", stop)
+    return lambda: monkeypatch.setattr(trainer_mod.Trainer, "train_step", step)
+
+
+def test_the_same_command_continues_its_run(shard_set, tmp_path, monkeypatch, one_torch_thread):
+    common = dict(TINY, epochs=2, save_every=2)
+    train(TrainConfig(shards=str(shard_set), output=str(tmp_path / "whole"), **common))
+    undo = _interrupt_at(monkeypatch, (2, 3))
+    with pytest.raises(_Stop):
+        train(TrainConfig(shards=str(shard_set), output=str(tmp_path / "cut"), resume="auto", **common))
+    undo()
+    train(TrainConfig(shards=str(shard_set), output=str(tmp_path / "cut"), resume="auto", **common))  # same command
+    assert _history(tmp_path / "cut") == _history(tmp_path / "whole")
+
+
+def test_torchrun_restart_resumes_by_itself(shard_set, tmp_path, monkeypatch):
+    out = tmp_path / "m"
+    train(TrainConfig(shards=str(shard_set), output=str(out), epochs=1, **TINY))
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    t = build_trainer(TrainConfig(shards=str(shard_set), output=str(out), epochs=2, **TINY))
+    assert t.cfg.checkpoint == str(out) and t.state.progress.epoch == 2
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")  # a plain run: open-unmix's fresh start
+    assert build_trainer(TrainConfig(shards=str(shard_set), output=str(out), epochs=2, **TINY)).state.progress.epoch == 1
+
+
+def test_another_run_is_never_continued(shard_set, tmp_path):
+    out = tmp_path / "m"
+    train(TrainConfig(shards=str(shard_set), output=str(out), epochs=1, **TINY))
+    with pytest.raises(UmxError, match=r"holds another run \(--lr 0\.001 → 0\.01"):
+        build_trainer(TrainConfig(shards=str(shard_set), output=str(out), epochs=2, resume="auto",
+                                  **{**TINY, "lr": 0.01}))
+    # options that do not change the run (more epochs, quieter, another save interval) resume
+    t = build_trainer(TrainConfig(shards=str(shard_set), output=str(out), epochs=5, resume="auto", save_every="10m",
+                                  **TINY))
+    assert t.state.progress.epoch == 2
+    # an empty output folder: a fresh run
+    assert build_trainer(TrainConfig(shards=str(shard_set), output=str(tmp_path / "new"), resume="auto",
+                                     **TINY)).state.progress.epoch == 1
+
+
+def test_save_every_by_time(shard_set, tmp_path, monkeypatch):
+    """--save-every 1s writes mid-epoch checkpoints once a second has passed (clock faked)."""
+    clock = {"t": 1000.0}
+    monkeypatch.setattr(trainer_mod.time, "time", lambda: clock["t"])
+    saves = []
+    monkeypatch.setattr(trainer_mod.Trainer, "_save_checkpoint", lambda self: saves.append(self.state.progress.step))
+    step = trainer_mod.Trainer.train_step
+
+    def tick(self, *a, **k):
+        clock["t"] += 0.6  # each step takes 0.6 s
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", tick)
+    t = build_trainer(TrainConfig(shards=str(shard_set), output=str(tmp_path), epochs=1, save_every="1s", **TINY))
+    t.train_epoch(1)
+    assert saves and saves == list(range(2, 2 * len(saves) + 1, 2))  # every second step: 1.2 s ≥ 1 s
+
+
+@pytest.mark.parametrize("value", ["10x", "-3", "0m", "abc"])
+def test_bad_save_every(shard_set, tmp_path, value):
+    with pytest.raises(UmxError, match="--save-every must be a number of steps"):
+        build_trainer(TrainConfig(shards=str(shard_set), output=str(tmp_path), save_every=value, **TINY))
+
+
+def test_cli_parses_intervals_and_resume():
+    from umx.train.cli import cli
+
+    def params(*argv):
+        return cli.make_context("umx-train", ["--shards", "s", *argv]).params
+
+    assert params("--save-every", "10m")["save_every"] == "10m" and params("--save-every", "500")["save_every"] == 500
+    assert params("--resume", "auto")["resume"] == "auto" and params()["resume"] is None
+    assert TrainConfig(save_every="90s").save_interval() == (0, 90.0)
+    assert TrainConfig(save_every="2h").save_interval() == (0, 7200.0)
