@@ -104,3 +104,19 @@ def test_cli_parses_intervals_and_resume():
     assert params("--resume", "auto")["resume"] == "auto" and params()["resume"] is None
     assert TrainConfig(save_every="90s").save_interval() == (0, 90.0)
     assert TrainConfig(save_every="2h").save_interval() == (0, 7200.0)
+
+
+def test_a_hung_loader_worker_stops_the_run(shard_set, tmp_path, monkeypatch):
+    """--data-timeout: a worker that never delivers ends the run with one line, not a hang."""
+    from umx.train.streams import TrainStream
+
+    def hang(self):
+        time.sleep(60)
+        yield from ()
+
+    monkeypatch.setattr(TrainStream, "__iter__", hang)
+    start = time.time()
+    with pytest.raises(UmxError, match="no batch from the loader workers for 2 s"):
+        train(TrainConfig(shards=str(shard_set), output=str(tmp_path), epochs=1, nb_workers=1, data_timeout=2,
+                          **TINY))
+    assert time.time() - start < 30

@@ -44,7 +44,7 @@ def setup_process(config: TrainConfig) -> tuple[distributed.Context, torch.devic
     workers and other ranks share the cores: oversubscribed OpenMP threads crawl), the seeds
     (model initialisation, as open-unmix seeds it) and the precision flags."""
     storage.configure(_json_option(config.storage_options, "--storage-options"), config.anon)
-    dist, device = distributed.setup(not config.no_cuda and torch.cuda.is_available())
+    dist, device = distributed.setup(not config.no_cuda and torch.cuda.is_available(), config.dist_timeout)
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local - config.nb_workers))

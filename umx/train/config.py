@@ -60,6 +60,11 @@ class TrainConfig:
     model: str | None = option(None, "model directory of a trained target to fine-tune", "run")
     no_cuda: bool = option(False, "train on the CPU even if CUDA is available", "run")
     quiet: bool = option(False, "no progress bars", "run")
+    dist_timeout: float = option(600.0, "seconds a rank waits in a collective before it gives up (a dead peer "
+                                 "then ends the run within this bound, and torchrun can restart it)", "run",
+                                 low=1)
+    data_timeout: float = option(600.0, "seconds to wait for a batch from the loader workers before stopping "
+                                 "with an error (a hung worker or stalled bucket); 0: forever", "run", low=0)
 
     epochs: int = option(1000, "train until this epoch (counting resumed ones)", "training", low=1)
     batch_size: int = option(16, "per process (torchrun: × nproc)", "training", low=1)

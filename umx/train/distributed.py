@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -30,8 +31,10 @@ class Context:
         return self.world_size > 1
 
 
-def setup(use_cuda: bool) -> tuple[Context, torch.device]:
-    """Join the process group torchrun describes (if any); pick this process's device."""
+def setup(use_cuda: bool, timeout_s: float = 600.0) -> tuple[Context, torch.device]:
+    """Join the process group torchrun describes (if any); pick this process's device. A collective
+    that waits longer than `timeout_s` (a dead peer) raises instead of hanging (NCCL: with torch's
+    default TORCH_NCCL_ASYNC_ERROR_HANDLING, the process is aborted), so torchrun can restart."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     ctx = Context(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     if use_cuda:
@@ -40,7 +43,7 @@ def setup(use_cuda: bool) -> tuple[Context, torch.device]:
     else:
         device = torch.device("cpu")
     if ctx.active and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     return ctx, device
 
 

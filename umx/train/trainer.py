@@ -124,8 +124,20 @@ class Trainer:
 
     # --- one epoch -------------------------------------------------------
     def _loader(self) -> DataLoader:
-        return DataLoader(self.stream, batch_size=None, num_workers=self.cfg.nb_workers,
-                          pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.cfg.nb_workers else None)
+        workers = self.cfg.nb_workers
+        return DataLoader(self.stream, batch_size=None, num_workers=workers, pin_memory=self.device.type == "cuda",
+                          prefetch_factor=4 if workers else None, timeout=self.cfg.data_timeout if workers else 0)
+
+    def _batches(self, loader: DataLoader):
+        """The loader's batches; a worker silent for --data-timeout seconds stops the run with one line
+        (torch's DataLoader raises; without it a hung worker would hang every rank)."""
+        try:
+            yield from loader
+        except RuntimeError as e:
+            if "timed out" in str(e):
+                raise UmxError(f"no batch from the loader workers for {self.cfg.data_timeout:g} s (--data-timeout): "
+                               "a worker hangs or the shards stall") from None
+            raise
 
     def train_epoch(self, epoch: int) -> tuple[Scores, dict]:
         """Train one epoch (or its rest, after a mid-epoch resume): the mean step losses over all
@@ -138,7 +150,7 @@ class Trainer:
         meter = _Meter(known, self.stream.batch_size)
         every, since = cfg.save_interval(), time.time()  # --save-every: (steps, seconds)
         trace = self._trace_file() if cfg.trace else None
-        bar = tqdm(self._loader(), total=total, initial=known.step, desc=f"epoch {epoch}", leave=False,
+        bar = tqdm(self._batches(self._loader()), total=total, initial=known.step, desc=f"epoch {epoch}", leave=False,
                    disable=cfg.quiet or not self.dist.is_main)
         for step, batch in enumerate(bar, start=known.step):
             pcm = self.batch_audio(batch)
