@@ -120,3 +120,27 @@ def test_a_hung_loader_worker_stops_the_run(shard_set, tmp_path, monkeypatch):
         train(TrainConfig(shards=str(shard_set), output=str(tmp_path), epochs=1, nb_workers=1, data_timeout=2,
                           **TINY))
     assert time.time() - start < 30
+
+
+def test_checkpoints_are_written_in_the_background_and_errors_surface(tmp_path):
+    """The writer snapshots the state at save time (later in-place updates do not leak into the file)
+    and a failed write is raised by the next save or wait, with the file's name."""
+    from umx.train.outputs import CheckpointWriter, TargetParts
+    from umx.train.state import RunState, TargetState
+    import torch
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+    state = RunState(targets={"a": TargetState()})
+    writer = CheckpointWriter()
+    writer.save(tmp_path, {"a": TargetParts(model, opt, sched)}, state)
+    before = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)  # training goes on while the file is written
+    writer.wait()
+    saved = torch.load(tmp_path / "a.chkpnt", weights_only=True)["state_dict"]["weight"]
+    assert torch.equal(saved, before)
+    writer.save(tmp_path / "missing" / "dir", {"a": TargetParts(model, opt, sched)}, state)
+    with pytest.raises(OSError, match="missing"):
+        writer.wait()

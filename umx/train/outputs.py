@@ -9,10 +9,12 @@ writes its best weights as one `xumx.pth` instead, which openunmix cannot load.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
 import pickle
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,22 +92,81 @@ class TargetParts:
 NEXT = ".next"  # a checkpoint written, not yet in place (see save_checkpoints)
 
 
+def checkpoint_objects(parts: dict[str, TargetParts], state: RunState) -> dict[str, dict]:
+    """Every target's checkpoint as plain objects, detached from training: tensors copied to the CPU
+    (the optimizer updates its state in place), the run state as plain data; one generation id."""
+    generation = uuid.uuid4().hex
+    out = {}
+    for target, p in parts.items():
+        payload = copy.deepcopy({**state.payload(target), "generation": generation})
+        out[target] = _detached({"epoch": state.progress.epoch, "state_dict": p.model.state_dict(),
+                                 "best_loss": payload["best_loss"], "optimizer": optimizer_state(p.optimizer),
+                                 "scheduler": p.scheduler.state_dict(), "umx": payload,
+                                 **({"ema": p.ema} if p.ema else {})})
+    return out
+
+
+def write_checkpoints(folder: Path, objects: dict[str, dict]) -> None:
+    """Several targets' files are one generation: all are written complete as `<target>.chkpnt.next`
+    first, then renamed; `load_checkpoints` finishes or drops a generation a kill interrupted."""
+    folder = Path(folder)
+    for target, obj in objects.items():
+        save_torch(obj, folder / f"{target}.chkpnt{NEXT}")
+    for target in objects:
+        os.replace(folder / f"{target}.chkpnt{NEXT}", folder / f"{target}.chkpnt")
+
+
 def save_checkpoints(folder: Path, parts: dict[str, TargetParts], state: RunState) -> None:
     """Every target's `<target>.chkpnt`: open-unmix's keys (epoch, state_dict, best_loss, optimizer,
     scheduler) and the run state under "umx", so a kill between two output files cannot
-    desynchronise them. Several targets' files are one generation: all are written complete
-    as `<target>.chkpnt.next` first, then renamed; `load_checkpoints` finishes or drops a
-    generation a kill interrupted."""
-    folder = Path(folder)
-    generation = uuid.uuid4().hex
-    for target, p in parts.items():
-        payload = {**state.payload(target), "generation": generation}
-        save_torch({"epoch": state.progress.epoch, "state_dict": p.model.state_dict(),
-                    "best_loss": payload["best_loss"], "optimizer": optimizer_state(p.optimizer),
-                    "scheduler": p.scheduler.state_dict(), "umx": payload, **({"ema": p.ema} if p.ema else {})},
-                   folder / f"{target}.chkpnt{NEXT}")
-    for target in parts:
-        os.replace(folder / f"{target}.chkpnt{NEXT}", folder / f"{target}.chkpnt")
+    desynchronise them; written now (CheckpointWriter writes in the background)."""
+    write_checkpoints(folder, checkpoint_objects(parts, state))
+
+
+class CheckpointWriter:
+    """Checkpoints written by a background thread: training only waits for the copy of the weights
+    and optimizer state to the CPU; serialising and writing overlap the next steps. One write at a
+    time (a new save waits for the previous one); an error of a write is raised by the next
+    `save` or `wait`, so a full disk still stops the run with one line."""
+
+    def __init__(self, background: bool = True):
+        self.background = background
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def save(self, folder: Path, parts: dict[str, TargetParts], state: RunState) -> None:
+        self.wait()
+        objects = checkpoint_objects(parts, state)
+        if not self.background:
+            write_checkpoints(folder, objects)
+            return
+        self.thread = threading.Thread(target=self._write, args=(folder, objects), name="umx-checkpoint")
+        self.thread.start()
+
+    def _write(self, folder: Path, objects: dict) -> None:
+        try:
+            write_checkpoints(folder, objects)
+        except BaseException as e:  # noqa: BLE001 (handed to the training thread)
+            self.error = e
+
+    def wait(self) -> None:
+        """Until the last checkpoint is on disk; its error, if it failed."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+def _detached(obj):
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _detached(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_detached(v) for v in obj)
+    return obj
 
 
 def load_checkpoints(folder: Path, targets: list[str]) -> tuple[dict[str, Checkpoint], RunState]:

@@ -17,6 +17,7 @@ uninterrupted run would write. Built by `build.build_trainer`; `train()` is the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -40,7 +41,7 @@ from .augment import Augment, mix_and_target
 from .config import TrainConfig
 from .ema import EMA, label
 from .losses import Objective
-from .outputs import BRIDGED_WEIGHTS, TargetParts, save_checkpoints, save_torch, write_results, write_separator_json
+from .outputs import BRIDGED_WEIGHTS, CheckpointWriter, TargetParts, save_torch, write_results, write_separator_json
 from .state import Epoch, Progress, RunState
 from .step import LossLog
 from .validation import ValidItem
@@ -89,6 +90,7 @@ class Trainer:
         self.cfg, self.manifest, self.dist, self.device = cfg, manifest, dist, device
         self.data, self.encoder, self.augment, self.parts, self.state = data, encoder, augment, parts, state
         self.out = Path(cfg.output).expanduser()
+        self.writer = CheckpointWriter()  # checkpoints written in the background
 
     # short names for the parts most used
     model = property(lambda self: self.parts.model)
@@ -287,6 +289,7 @@ class Trainer:
                                              for v in self.model.state_dict().values())).hexdigest()
             with self._trace_file() as f:
                 f.write(json.dumps({"final_weights_sha256": digest}) + "\n")
+        self.writer.wait()
         distributed.barrier(self.dist)
         return self.out
 
@@ -332,7 +335,7 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         if self.dist.is_main:
             p = self.parts
-            save_checkpoints(self.out, {t: TargetParts(self.model.models[t], p.optimizers[t], p.schedulers[t],
+            self.writer.save(self.out, {t: TargetParts(self.model.models[t], p.optimizers[t], p.schedulers[t],
                                                        p.ema.target_state(t) if p.ema else None)
                                         for t in self.cfg.targets}, self.state)
 
@@ -420,6 +423,14 @@ def train(config: TrainConfig) -> Path:
     config.check()
     dist, device = setup_process(config)
     try:
-        return build_trainer(config, dist, device).fit()
+        trainer = build_trainer(config, dist, device)
+        try:
+            out = trainer.fit()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the run's own error is the one to report
+                trainer.writer.wait()
+            raise
+        trainer.writer.wait()
+        return out
     finally:
         distributed.teardown(dist)
