@@ -112,3 +112,28 @@ def moto_bucket(bucket: str):
                 os.environ[k] = v
         proc.terminate()
         proc.wait(10)
+
+
+class Interrupted(Exception):
+    """Raised by `interrupted` in place of a training step: a run killed there."""
+
+
+@contextlib.contextmanager
+def interrupted(monkeypatch, at: tuple[int, int]):
+    """Inside the block, training stops at (epoch, step) as if killed (the block must reach it);
+    afterwards the trainer steps normally again."""
+    from umx.train import trainer as trainer_mod
+
+    step = trainer_mod.Trainer.train_step
+
+    def stop(self, pcm, epoch, i, *rest):
+        if (epoch, i) == at:
+            raise Interrupted
+        return step(self, pcm, epoch, i, *rest)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", stop)
+    try:
+        with pytest.raises(Interrupted):
+            yield
+    finally:
+        monkeypatch.setattr(trainer_mod.Trainer, "train_step", step)

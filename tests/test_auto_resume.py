@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from conftest import interrupted
 from umx.errors import UmxError
 from umx.train import TrainConfig, build_trainer, train
 from umx.train import trainer as trainer_mod
@@ -13,34 +14,16 @@ TINY = dict(hidden_size=8, seq_dur=0.5, batch_size=3, nfft=1024, nhop=512, quiet
             samples_per_track=3, random_track_mix=True, source_augmentations=["gain", "channelswap"])
 
 
-class _Stop(Exception):
-    pass
-
-
 def _history(out):
     r = json.loads((out / "vocals.json").read_text())
     return {k: r[k] for k in ("train_loss_history", "valid_loss_history", "lr_history", "best_epoch")}
 
 
-def _interrupt_at(monkeypatch, at):
-    step = trainer_mod.Trainer.train_step
-
-    def stop(self, pcm, epoch, i, *rest):
-        if (epoch, i) == at:
-            raise _Stop
-        return step(self, pcm, epoch, i, *rest)
-
-    monkeypatch.setattr(trainer_mod.Trainer, "train_step", stop)
-    return lambda: monkeypatch.setattr(trainer_mod.Trainer, "train_step", step)
-
-
 def test_the_same_command_continues_its_run(shard_set, tmp_path, monkeypatch, one_torch_thread):
     common = dict(TINY, epochs=2, save_every=2)
     train(TrainConfig(shards=str(shard_set), output=str(tmp_path / "whole"), **common))
-    undo = _interrupt_at(monkeypatch, (2, 3))
-    with pytest.raises(_Stop):
+    with interrupted(monkeypatch, (2, 3)):
         train(TrainConfig(shards=str(shard_set), output=str(tmp_path / "cut"), resume="auto", **common))
-    undo()
     train(TrainConfig(shards=str(shard_set), output=str(tmp_path / "cut"), resume="auto", **common))  # same command
     assert _history(tmp_path / "cut") == _history(tmp_path / "whole")
 

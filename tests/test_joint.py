@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import openunmix_compat
+from conftest import interrupted
 from umx import synth
 from umx.errors import UmxError
 from umx.model import Joint, OpenUnmix, Spectrogram
@@ -230,25 +231,12 @@ def test_a_stopped_target_no_longer_updates(musdb, tmp_path, monkeypatch):
 
 # --- resume -----------------------------------------------------------------------------------
 
-class _Stop(Exception):
-    pass
-
-
 def test_joint_mid_epoch_resume_is_exact(musdb, tmp_path, monkeypatch, one_torch_thread):
     common = dict(targets=["vocals", "accompaniment", "bass"], samples_per_track=3, save_every=2,
                   source_augmentations=["gain", "channelswap"], random_track_mix=True, epochs=2)
     train(_cfg(musdb, tmp_path / "whole", **common))
-    step = trainer_mod.Trainer.train_step
-
-    def stop_at(self, pcm, epoch, i, *rest):
-        if (epoch, i) == (2, 3):
-            raise _Stop
-        return step(self, pcm, epoch, i, *rest)
-
-    monkeypatch.setattr(trainer_mod.Trainer, "train_step", stop_at)
-    with pytest.raises(_Stop):
+    with interrupted(monkeypatch, (2, 3)):
         train(_cfg(musdb, tmp_path / "cut", **common))
-    monkeypatch.setattr(trainer_mod.Trainer, "train_step", step)
     train(_cfg(musdb, tmp_path / "cut", checkpoint=str(tmp_path / "cut"), **common))
     for target in common["targets"]:
         a, b = _results(tmp_path / "whole", target), _results(tmp_path / "cut", target)

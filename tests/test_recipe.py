@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from conftest import interrupted
 from umx.errors import UmxError
 from umx.model import Joint, OpenUnmix
 from umx.train import TrainConfig, build_trainer, train
@@ -20,27 +21,14 @@ def _results(out, target="vocals"):
     return json.loads((out / f"{target}.json").read_text())
 
 
-class _Stop(Exception):
-    pass
-
-
 def test_mid_epoch_resume_exact_with_everything_on(shard_set, tmp_path, monkeypatch, one_torch_thread):
     """Every augmentation, two EMA decays and --grad-accum 2, killed mid-epoch and resumed: the
     history of the uninterrupted run, EMA losses and weight choices included."""
     common = dict(TINY, source_augmentations=ALL, random_track_mix=True, ema=[0.9, 0.99], grad_accum=2,
                   save_every=2, epochs=2)
     train(TrainConfig(shards=str(shard_set), output=str(tmp_path / "whole"), **common))
-    step = trainer_mod.Trainer.train_step
-
-    def stop_at(self, pcm, epoch, i, *rest):
-        if (epoch, i) == (2, 3):
-            raise _Stop
-        return step(self, pcm, epoch, i, *rest)
-
-    monkeypatch.setattr(trainer_mod.Trainer, "train_step", stop_at)
-    with pytest.raises(_Stop):
+    with interrupted(monkeypatch, (2, 3)):
         train(TrainConfig(shards=str(shard_set), output=str(tmp_path / "cut"), **common))
-    monkeypatch.setattr(trainer_mod.Trainer, "train_step", step)
     train(TrainConfig(shards=str(shard_set), output=str(tmp_path / "cut"), checkpoint=str(tmp_path / "cut"),
                       **common))
     a, b = _results(tmp_path / "whole"), _results(tmp_path / "cut")

@@ -179,6 +179,7 @@ def mean_over_tracks(per_track: list[dict[str, float]]) -> dict[str, float]:
 
 
 def median_of_values(per_track: list[dict[str, float]]) -> dict[str, float]:
+    """name → median over tracks of one value per track (uSDR, or a track's cSDR), NaN tracks ignored."""
     names = list(dict.fromkeys(n for t in per_track for n in t))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

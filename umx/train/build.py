@@ -247,13 +247,11 @@ def build_optimisation(cfg: TrainConfig, model: Joint, encoder, dist: distribute
     optimizers = {t: make_optimizer(m, cfg.lr, cfg.weight_decay, graph, device) for t, m in model.models.items()}
     schedulers = {t: torch.optim.lr_scheduler.ReduceLROnPlateau(
         o, factor=cfg.lr_decay_gamma, patience=cfg.lr_decay_patience, cooldown=10) for t, o in optimizers.items()}
+    ema = EMA(model, cfg.ema) if cfg.ema else None
     state = RunState(targets={t: TargetState() for t in cfg.targets})
     if cfg.checkpoint:
-        state = resume(cfg, model, optimizers, schedulers)
+        state = resume(cfg, model, optimizers, schedulers, ema)
     objective = make_objective(cfg.loss, cfg.nfft, cfg.nhop, cfg.mix_coef, cfg.combination)
-    ema = EMA(model, cfg.ema) if cfg.ema else None
-    if ema is not None and cfg.checkpoint:
-        resume_ema(cfg, ema)
     parts = Optimisation(model, model, optimizers, schedulers, None, objective, graph, ema)
     make_step(parts, cfg, encoder, dist, device, state.active(cfg.targets))
     return parts, state
@@ -276,8 +274,9 @@ def make_step(parts: Optimisation, cfg: TrainConfig, encoder, dist: distributed.
         if parts.graph else EagerStep(net, encoder, optimizers, parts.objective, **common)
 
 
-def resume(cfg: TrainConfig, model: Joint, optimizers: dict, schedulers: dict) -> RunState:
-    """Every target's network, optimizer and scheduler from `--checkpoint`, and the run state to continue."""
+def resume(cfg: TrainConfig, model: Joint, optimizers: dict, schedulers: dict, ema: EMA | None = None) -> RunState:
+    """Every target's network, optimizer, scheduler (and --ema averages) from `--checkpoint`, and the
+    run state to continue."""
     ckpts, state = load_checkpoints(Path(cfg.checkpoint), cfg.targets)
     for target, ckpt in ckpts.items():
         try:
@@ -291,18 +290,14 @@ def resume(cfg: TrainConfig, model: Joint, optimizers: dict, schedulers: dict) -
                            f"--unidirectional, --bandwidth must be those of the run; "
                            f"{lines[-1][:200] if lines else e})") from None
         settle_lr(optimizers[target])
+        if ema is not None:
+            try:
+                ema.load_target_state(target, ckpt.ema)
+            except (KeyError, RuntimeError, TypeError) as e:
+                path = Path(cfg.checkpoint).expanduser() / f"{target}.chkpnt"
+                raise UmxError(f"{path}: has no moving averages for --ema {' '.join(map(str, cfg.ema))} "
+                               f"({e})") from None
     return state
-
-
-def resume_ema(cfg: TrainConfig, ema: EMA) -> None:
-    """The moving averages from `--checkpoint` (a run that kept the same decays)."""
-    ckpts, _ = load_checkpoints(Path(cfg.checkpoint), cfg.targets)
-    for target, ckpt in ckpts.items():
-        try:
-            ema.load_target_state(target, ckpt.ema)
-        except (KeyError, RuntimeError, TypeError) as e:
-            path = Path(cfg.checkpoint).expanduser() / f"{target}.chkpnt"
-            raise UmxError(f"{path}: has no moving averages for --ema {' '.join(map(str, cfg.ema))} ({e})") from None
 
 
 def graph_step_wanted(cfg: TrainConfig, dist: distributed.Context, device: torch.device, seq_len: int | None) -> bool:

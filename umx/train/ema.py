@@ -33,18 +33,26 @@ class EMA:
         self.shadows: dict[float, dict[str, dict[str, Tensor]]] = {
             d: {t: {k: v.detach().clone() for k, v in m.state_dict().items()} for t, m in model.models.items()}
             for d in self.decays}
+        # per (decay, target): the tensors each step averages or copies, found once (the live tensors are
+        # the modules' own, which training and load_state_dict change in place)
+        self._pairs = {}
+        for d, shadow in self.shadows.items():
+            for t, m in model.models.items():
+                live = m.state_dict()
+                floats = [k for k, v in live.items() if v.is_floating_point()]
+                others = [k for k in live if k not in floats]
+                self._pairs[d, t] = ([shadow[t][k] for k in floats], [live[k] for k in floats],
+                                     [shadow[t][k] for k in others], [live[k] for k in others])
 
     @torch.no_grad()
     def update(self, names: list[str]) -> None:
         """One step of every average, for the networks that just stepped."""
-        for decay, shadow in self.shadows.items():
+        for decay in self.decays:
             for target in names:
-                live, avg = self.model.models[target].state_dict(), shadow[target]
-                floats = [k for k, v in live.items() if v.is_floating_point()]
-                torch._foreach_lerp_([avg[k] for k in floats], [live[k] for k in floats], 1.0 - decay)
-                for k, v in live.items():
-                    if k not in floats:
-                        avg[k].copy_(v)
+                avg, live, avg_other, live_other = self._pairs[decay, target]
+                torch._foreach_lerp_(avg, live, 1.0 - decay)
+                for a, v in zip(avg_other, live_other):
+                    a.copy_(v)
 
     @contextlib.contextmanager
     def swapped(self, decay: float, names: list[str]) -> Iterator[None]:

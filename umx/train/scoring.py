@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import bss
+from ..evaluate import mean_over_tracks, median_of_values
 from ..model import Joint
 from ..separate import Separator
 from .augment import mix_and_target
@@ -82,9 +83,8 @@ def score_item(separator: Separator, item: ValidItem, slots: Slots, names: list[
 
 
 def aggregate(tracks: list[TrackScores], names: list[str]) -> tuple[dict[str, float], dict[str, float]]:
-    """(cSDR: median over tracks, uSDR: mean over tracks) per target; NaN tracks left out."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # no finite value: NaN
-        csdr = {n: float(np.nanmedian([t.csdr[n] for t in tracks] or [math.nan])) for n in names}
-        usdr = {n: float(np.nanmean([t.usdr[n] for t in tracks] or [math.nan])) for n in names}
-    return csdr, usdr
+    """(cSDR: median over tracks, uSDR: mean over tracks) per target, as umx-eval aggregates them;
+    NaN tracks left out (NaN where no track has a value)."""
+    csdr = median_of_values([t.csdr for t in tracks])
+    usdr = mean_over_tracks([t.usdr for t in tracks])
+    return {n: csdr.get(n, math.nan) for n in names}, {n: usdr.get(n, math.nan) for n in names}

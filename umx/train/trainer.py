@@ -42,6 +42,7 @@ from .config import TrainConfig
 from .ema import EMA, label
 from .losses import Objective
 from .outputs import BRIDGED_WEIGHTS, CheckpointWriter, TargetParts, save_torch, write_results, write_separator_json
+from .slots import Slots
 from .state import Epoch, Progress, RunState
 from .step import LossLog
 from .validation import ValidItem
