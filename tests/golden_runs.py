@@ -51,8 +51,8 @@ def datasets(base: Path) -> dict[str, Path]:
 
 # name → (shard set, options)
 RUNS = {
-    "webdataset-pool": ("wds", dict(pool_size=2, samples_per_track=2, source_augmentations=["gain", "channelswap"],
-                                    random_track_mix=True)),
+    "webdataset-pool": ("wds", dict(sampling="pool", pool_size=2, samples_per_track=2,
+                                    source_augmentations=["gain", "channelswap"], random_track_mix=True)),
     "zarr": ("zarr", dict(samples_per_track=2, random_track_mix=True)),
     "device-cache-cpu": ("wds", dict(device_cache="on", samples_per_track=2, random_track_mix=True)),
     "sourcefolder": ("sourcefolder", dict()),

@@ -33,18 +33,32 @@ def _trace(folder, rank):
     return steps, final[0]
 
 
-def test_two_ranks_disjoint_data_equal_steps_one_output(shard_set, tmp_path):
+@pytest.mark.parametrize("sampling", ["global", "pool"])
+def test_two_ranks_disjoint_data_equal_steps_one_output(shard_set, tmp_path, sampling):
+    from collections import Counter
+
     out = tmp_path / "ddp"
     r = _torchrun(tmp_path, 2, ["--shards", str(shard_set), "--output", str(out), "--epochs", "2", "--trace",
-                                "--samples-per-track", "2", *SMALL])
+                                "--samples-per-track", "2", "--sampling", sampling, *SMALL])
     assert r.returncode == 0, r.stderr[-3000:]
     s0, w0 = _trace(out, 0)
     s1, w1 = _trace(out, 1)
     assert len(s0) == len(s1) > 0  # the same number of steps on both ranks
     for epoch in (1, 2):
-        t0 = {t for x in s0 if x["epoch"] == epoch for t in x["tracks"]}
-        t1 = {t for x in s1 if x["epoch"] == epoch for t in x["tracks"]}
-        assert t0 and t1 and not t0 & t1  # each rank reads its own tracks
+        b0 = [x["batch"] for x in s0 if x["epoch"] == epoch]
+        b1 = [x["batch"] for x in s1 if x["epoch"] == epoch]
+        # each global batch is one rank's, but for the last step's padding (a batch from the epoch's start
+        # again where the batches do not divide by the ranks, as DistributedSampler pads)
+        assert set(b0) | set(b1) == set(range(max(b0 + b1) + 1)) and len(set(b0) & set(b1)) <= 1
+        if sampling == "pool":
+            t0 = {t for x in s0 if x["epoch"] == epoch for t in x["tracks"]}
+            t1 = {t for x in s1 if x["epoch"] == epoch for t in x["tracks"]}
+            assert t0 and t1 and not t0 & t1  # each rank reads its own shards' tracks
+        else:  # every track twice per epoch (--samples-per-track 2), whichever rank drew it
+            steps = [x for x in s0 + s1 if x["epoch"] == epoch]
+            padding = [x for x in s1 if x["epoch"] == epoch and x["batch"] in b0]
+            seen = Counter(t for x in steps for t in x["tracks"]) - Counter(t for x in padding for t in x["tracks"])
+            assert set(seen.values()) == {2}
     assert w0 == w1  # DDP keeps the replicas identical
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("trace"))
     assert names == ["separator.json", "vocals.chkpnt", "vocals.json", "vocals.pth", "vocals_loss.png"]

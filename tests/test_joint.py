@@ -368,9 +368,9 @@ def test_grad_accum_sums_the_gradients_of_n_batches(musdb, tmp_path):
     opt.zero_grad()
     for i, p in enumerate(pcm):
         x, y = trainer_mod.mix_and_target(ref.augment(p, trainer_mod.sampling.torch_generator(
-            ref.cfg.seed, trainer_mod.sampling.AUGMENT, 1, i, 0)), targets=ref.data.slots.target_slots)
-        torch.manual_seed(trainer_mod.sampling.torch_seed(ref.cfg.seed, trainer_mod.sampling.DROPOUT, 1, i, 0))
-        (ref.step.terms(x, y, trainer_mod.sampling.torch_seed(ref.cfg.seed, trainer_mod.sampling.DROPOUT, 1, i, 0))
+            ref.cfg.seed, trainer_mod.sampling.AUGMENT, 1, i)), targets=ref.data.slots.target_slots)
+        torch.manual_seed(trainer_mod.sampling.torch_seed(ref.cfg.seed, trainer_mod.sampling.DROPOUT, 1, i))
+        (ref.step.terms(x, y, trainer_mod.sampling.torch_seed(ref.cfg.seed, trainer_mod.sampling.DROPOUT, 1, i))
          [-1] / 2).backward()
     opt.step()
     a, b = t.model.state_dict(), ref.model.state_dict()

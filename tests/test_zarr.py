@@ -80,21 +80,32 @@ def test_missing_or_damaged_object_is_an_error_not_zeros(both, tmp_path):
 
 # --- random-access crops -------------------------------------------------------------------
 
-def _stream(folder, pool_size, seq=30000, workers=0, epoch=1):
+def _stream(folder, pool_size, seq=30000, workers=0, epoch=1, plan="pool"):
     from torch.utils.data import DataLoader
 
     from umx.train.streams import TrainStream
 
     m = mf.load(folder)
-    stream = TrainStream(m, m.target, seq, 3, samples_per_track=3, pool_size=pool_size, seed=5)
+    stream = TrainStream(m, m.target, seq, 3, samples_per_track=3, pool_size=pool_size, seed=5, plan=plan)
     stream.set_epoch(epoch)
     loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None)
     return [(b.track_ids, b.audio.clone()) for b in loader]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
+def test_global_plan_draws_the_same_batches_from_zarr_and_webdataset(both, workers):
+    """In the global plan a sample is a function of (seed, epoch, index) alone: both backends
+    yield the same batches bit for bit, whatever the pool size and the workers."""
+    a = _stream(both[0], pool_size=1, workers=workers, plan="global")
+    b = _stream(both[1], pool_size=7, workers=2 - workers, plan="global")
+    assert len(a) == len(b) > 2
+    for (ids_a, audio_a), (ids_b, audio_b) in zip(a, b):
+        assert ids_a == ids_b and np.array_equal(audio_a.numpy(), audio_b.numpy())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
 def test_zarr_crops_are_drawn_uniformly_over_every_track(both, workers):
-    """zarr reads crop by crop, so it needs no pool: with a pool of 1 it draws exactly what the
+    """Pool plan: zarr reads crop by crop, so it needs no pool: with a pool of 1 it draws exactly what the
     WebDataset stream draws with a pool holding every track (uniform over tracks and offsets),
     bit for bit, also from forked workers that open the store themselves."""
     wds, zarr = both

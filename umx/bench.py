@@ -207,7 +207,7 @@ def measure_augmentations(trainer, pcm: torch.Tensor, repeats: int = 5) -> list[
     for name, fn in aug.stages(out_len):
         times = []
         for r in range(repeats + 1):
-            gen = sampling.torch_generator(0, sampling.AUGMENT, 1, r, 0, device=device)
+            gen = sampling.torch_generator(0, sampling.AUGMENT, 1, r, device=device)
             _sync(device)
             t = time.perf_counter()
             result = fn(wav, gen)

@@ -8,6 +8,7 @@ few buffers per worker and reuses them once the main process is done with a batc
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import weakref
@@ -26,17 +27,19 @@ class Batch:
     track_ids: list[str]
     io: dict | None = None  # loader counters since the previous batch (see ShardReader.take_metrics)
     starts: torch.Tensor | None = None  # int64 [batch] (or [batch, slots]): crop columns on the device (resident.py)
+    index: int = -1  # the epoch's global batch index: what its augmentation and dropout draws are seeded by
+    offsets: list | None = None  # each sample's crop offset (per slot for unaligned sources): the trace
 
     def pin_memory(self) -> "Batch":
         if self.audio is None:
             return self
-        return Batch(self.audio.pin_memory(), self.track_ids, self.io)
+        return dataclasses.replace(self, audio=self.audio.pin_memory())
 
     def __reduce__(self):
         ticket = getattr(self, "_ticket", None)  # a worker's batch in a reused shared buffer
         if ticket is None:
-            return (Batch, (self.audio, self.track_ids, self.io, self.starts))
-        return (_received, (self.audio, self.track_ids, self.io, ticket))
+            return (Batch, (self.audio, self.track_ids, self.io, self.starts, self.index, self.offsets))
+        return (_received, (self.audio, self.track_ids, self.io, ticket, self.index, self.offsets))
 
 
 
@@ -127,16 +130,17 @@ class BatchRing:
             pass
 
 
-def _received(audio: torch.Tensor, track_ids: list[str], io: dict | None, ticket: tuple) -> Batch:
+def _received(audio: torch.Tensor, track_ids: list[str], io: dict | None, ticket: tuple, index: int = -1,
+              offsets: list | None = None) -> Batch:
     """Unpickling a worker's batch in the main process: the batch stays in the worker's
     shared buffer, which goes back to the worker once nothing here uses that memory any
     more (the last tensor viewing it is freed; see BatchRing)."""
     ring = _RINGS.get(ticket[0])
     if ring is None or not ring.reusable:
-        return Batch(audio, track_ids, io)  # not the process that made the ring: never handed back
+        return Batch(audio, track_ids, io, index=index, offsets=offsets)  # not the ring's process: never handed back
     array = audio.numpy()
     weakref.finalize(array, ring.give_back, *ticket[1:])  # runs when the last tensor on `array` is gone
-    return Batch(torch.from_numpy(array), track_ids, io)
+    return Batch(torch.from_numpy(array), track_ids, io, index=index, offsets=offsets)
 
 
 def positions(starts: list, track_ids: list[str]) -> Batch:

@@ -34,7 +34,7 @@ from .outputs import load_checkpoints
 from .slots import Slots, make_slots
 from .state import RunState, TargetState
 from .step import EagerStep, GraphStep, make_optimizer, settle_lr
-from .streams import SourceFileStream, TrainStream
+from .streams import SourceFileStream, TrainStream, choose_plan
 from .trainer import Optimisation, Trainer, TrainData
 from .validation import ValidItem, load_validation
 
@@ -63,7 +63,7 @@ def build_trainer(config: TrainConfig, dist: distributed.Context | None = None,
     if dist is None or device is None:
         dist, device = setup_process(config)
     manifest = mf.load(config.shards)
-    cfg, automatic = resume_mode(config.resolved(manifest), dist)
+    cfg, automatic = resume_mode(config.resolved(manifest), dist, device)
     remix = manifest.sampling.remix if cfg.random_track_mix and manifest.sampling.remix != "never" else None
     required = make_slots(manifest, cfg.targets, cfg.silence_missing_targets).required
     keep = 1 if len(cfg.targets) == 1 else 0 if remix == "independent" else required
@@ -73,7 +73,7 @@ def build_trainer(config: TrainConfig, dist: distributed.Context | None = None,
     model = build_model(cfg, manifest, data.reader, device, quiet=cfg.quiet or not dist.is_main)
     add_metrics(data.valid_io, data.reader.take_metrics())  # (a statistics pass, if any) not an epoch's
     parts, state = build_optimisation(cfg, model, encoder, dist, device, data.seq_len)
-    fingerprint = run_fingerprint(cfg, manifest, dist)
+    fingerprint = run_fingerprint(cfg, manifest)
     if automatic:
         check_same_run(cfg, state.run, fingerprint)
         if dist.is_main and not cfg.quiet:
@@ -85,27 +85,39 @@ def build_trainer(config: TrainConfig, dist: distributed.Context | None = None,
 
 # options that do not change what a run computes: a run resumed with other values is the same run
 NOT_TRAJECTORY = {"output", "checkpoint", "quiet", "epochs", "trace", "resume", "save_every", "cache_dir",
-                  "cache_size", "storage_options", "anon", "no_cuda", "eval_every", "patience"}
+                  "cache_size", "storage_options", "anon", "no_cuda", "eval_every", "patience",
+                  "nb_workers", "dist_timeout", "data_timeout"}  # the topology may change: elastic resume
 
 
-def run_fingerprint(cfg: TrainConfig, manifest: mf.Manifest, dist: distributed.Context) -> dict:
+def run_fingerprint(cfg: TrainConfig, manifest: mf.Manifest) -> dict:
     """What makes a run this run: the shard set's content and every option that changes the
-    trajectory (the topology too: an exact resume needs the same ranks and workers)."""
+    trajectory. Not the topology: a run may continue on other ranks and workers (elastic)."""
     options = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_TRAJECTORY}
-    return json.loads(json.dumps({"train": manifest.content_digest("train"), "world_size": dist.world_size,
-                                  "options": options}))
+    return json.loads(json.dumps({"train": manifest.content_digest("train"), "options": options}))
 
 
-def resume_mode(cfg: TrainConfig, dist: distributed.Context) -> tuple[TrainConfig, bool]:
+def resume_mode(cfg: TrainConfig, dist: distributed.Context,
+                device: torch.device | None = None) -> tuple[TrainConfig, bool]:
     """--resume auto (the default under a torchrun restart): continue from --output where it holds a
-    checkpoint of every target; returns the config and whether that happened."""
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    checkpoint of every target; returns the config and whether that happened.
+
+    Every rank takes rank 0's decision: after a node is lost, torchrun's agents may count their
+    restarts differently (an agent that saw the new node join before its own worker died restarts
+    with count 0), and one rank starting afresh beside resumed ones would hang the group."""
+    count = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    restarted = max(distributed.sum_all([count], dist, device or torch.device("cpu"))[0], count) > 0 \
+        if dist.active else count > 0
     mode = cfg.resume or ("auto" if restarted else "never")
     if mode != "auto" or cfg.checkpoint:
         return cfg, False
     out = Path(cfg.output).expanduser()
     present = [t for t in cfg.targets if (out / f"{t}.chkpnt").is_file() or (out / f"{t}.chkpnt.next").is_file()]
+    if dist.active and not distributed.agree(bool(present), dist, device or torch.device("cpu")):
+        return cfg, False  # rank 0 (the writer) sees nothing to continue
     if not present:
+        if dist.active:
+            raise UmxError(f"--resume auto: rank 0 continues the run in {out}, but rank {dist.rank} does not see "
+                           "its checkpoints there: --output must be a folder every node sees")
         return cfg, False  # nothing to continue: a fresh run
     if len(present) < len(cfg.targets):
         raise UmxError(f"--resume auto: {out} holds checkpoints of {', '.join(present)} but not of "
@@ -114,15 +126,16 @@ def resume_mode(cfg: TrainConfig, dist: distributed.Context) -> tuple[TrainConfi
 
 
 def check_same_run(cfg: TrainConfig, saved: dict, fingerprint: dict) -> None:
-    """Refuse to continue a checkpoint of another run (other data, options or topology)."""
+    """Refuse to continue a checkpoint of another run (other data or options)."""
+    saved = {k: v for k, v in saved.items() if k != "world_size"}  # recorded before elastic resume
+    if saved.get("options") is not None:
+        saved["options"] = {k: v for k, v in saved["options"].items() if k not in NOT_TRAJECTORY}
     if saved == fingerprint:
         return
     if not saved:
         raise UmxError(f"--resume auto: the checkpoints in {cfg.output} do not say which run wrote them "
                        "(written before umx recorded it): resume with --checkpoint, or start in a new --output")
     diff = ["another shard set"] if saved.get("train") != fingerprint["train"] else []
-    if saved.get("world_size") != fingerprint["world_size"]:
-        diff.append(f"world size {saved.get('world_size')} → {fingerprint['world_size']}")
     old, new = saved.get("options", {}), fingerprint["options"]
     diff += [f"--{k.replace('_', '-')} {old.get(k)!r} → {new.get(k)!r}" for k in sorted(set(old) | set(new))
              if old.get(k) != new.get(k)]
@@ -150,8 +163,10 @@ def build_data(cfg: TrainConfig, manifest: mf.Manifest, dist: distributed.Contex
         stream = SourceFileStream(manifest, cfg.targets, seq_len, cfg.batch_size, cfg.nb_train_samples, cfg.seed,
                                   **common)
     else:
+        plan = choose_plan(cfg.sampling, manifest, "train", int(cfg.cache_size * 2**30), split)
         stream = TrainStream(manifest, cfg.targets, seq_len, cfg.batch_size if seq_len else 1, cfg.samples_per_track,
-                             cfg.pool_size, cfg.seed, silence_missing_targets=cfg.silence_missing_targets, **common)
+                             cfg.pool_size, cfg.seed, silence_missing_targets=cfg.silence_missing_targets,
+                             plan=plan, **common)
     stream.check(cfg.nb_workers)
     valid: list[ValidItem] = load_validation(manifest, cfg.targets, "valid", cfg.silence_missing_targets,
                                              cfg.nb_valid_samples, out_len, reader)

@@ -24,6 +24,7 @@ MODES = ("auto", "on", "off")  # --cuda-graph, --device-cache
 LOSSES = ("independent", "multidomain")  # --loss: see losses.py
 SELECT_BY = ("loss", "sdr")  # --select-by
 RESUME = ("auto", "never")  # --resume
+SAMPLING = ("auto", "global", "pool")  # --sampling: see streams.choose_plan
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
 GROUPS = ("run", "training", "model", "data", "buckets", "layout")
 
@@ -128,7 +129,11 @@ class TrainConfig:
     random_track_mix: bool | None = option(None, "draw interferers from other tracks (musdb: on, else off)", "data")
     random_interferer_mix: bool | None = option(None, "trackfolder_var: all interferers from one random track "
                                                 "(the same switch as --random-track-mix)", "data")
-    pool_size: int = option(8, "tracks each worker holds for random crops", "data", low=1)
+    sampling: str = option("auto", "global: an epoch's samples depend on (seed, epoch) alone, so a run resumes on "
+                           "other ranks/workers exactly (needs random access); pool: each worker draws from a pool "
+                           "of the shards it streams (resumes exactly only on the same topology); auto: global "
+                           "unless the shards are remote and larger than --cache-size", "data", choices=SAMPLING)
+    pool_size: int = option(8, "tracks each worker holds for random crops (--sampling pool)", "data", low=1)
 
     cache_dir: str | None = option(None, "local cache of remote shards (default $UMX_CACHE/shards)", "buckets")
     cache_size: float = option(100.0, "cache size limit in GiB (LRU)", "buckets", low=0, low_open=True)

@@ -48,13 +48,14 @@ class SourceTrack:
 class TrackSource(Protocol):
     """Crops of aligned tracks: every slot of a sample from one track, at one offset."""
 
-    # True: the stream keeps a bounded pool of tracks (decoded audio, or a device copy that must
-    # draw exactly what the pool draws); False: crops are drawn uniformly over every track
+    # the pool plan only (--sampling pool): True, the stream keeps a bounded pool of tracks (decoded
+    # audio, or a device copy that must draw exactly what the pool draws); False: crops are drawn
+    # uniformly over every track of the consumer. The global plan reads any track at any time.
     pooled: bool
 
     def tracks(self, entry: TrackEntry, select: Select) -> Iterator[SourceTrack]:
-        """This consumer's tracks of one manifest entry, in order (raises SkippedShard for a bad
-        shard under --skip-bad-shards)."""
+        """This consumer's tracks of one manifest entry, in order (`select` None: every record of
+        the entry, one per record; raises SkippedShard for a bad shard under --skip-bad-shards)."""
 
     def crop(self, track: SourceTrack, offset: int, frames: int | None) -> object:
         """The crop of every slot at `offset` (`frames` None: the whole track)."""

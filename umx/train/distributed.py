@@ -65,6 +65,15 @@ def gather_all(items: list, ctx: Context) -> list:
     return [x for part in out for x in part]
 
 
+def agree(flag: bool, ctx: Context, device: torch.device) -> bool:
+    """Rank 0's `flag` on every rank (a decision every rank must take alike, e.g. a timed checkpoint)."""
+    if not ctx.active:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int64, device=device)
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
 def barrier(ctx: Context) -> None:
     if ctx.active:
         dist.barrier()

@@ -1,11 +1,22 @@
-"""The sampling plan: which consumer reads what, and how many samples it yields.
+"""The sampling plans: which consumer yields which batches of an epoch.
 
-A consumer is one DataLoader worker of one rank. Every rank yields the same
-number of samples per epoch, ceil(epoch / world_size), split over its workers
-by a fixed rule, so every rank runs exactly the same number of steps, by
-construction (no hang at epoch end). Each consumer spreads its quota evenly
-over the tracks it reads. Everything here is a function of the manifest and
-(seed, epoch, rank, worker), computed before any data is read.
+A consumer is one DataLoader worker of one rank. Two plans, chosen in one place
+(`streams.choose_plan`):
+
+- global (every source with random access): the epoch is a sequence of *global
+  batches*, batch j a function of (seed, epoch, j) alone. Step t of rank r takes
+  batch `consumed + t * world + r`, and worker k of a rank the steps t ≡ k (mod
+  workers), the order in which a DataLoader takes them. So the epoch's batches do
+  not depend on the topology: after `consumed` batches any W' ranks × K' workers
+  take exactly the rest (elastic resume), and nothing is replayed.
+- pool (a stream of shards read in order, e.g. a bucket larger than the cache):
+  every consumer reads its own shards and yields its quota of samples,
+  ceil(epoch / world_size) per rank, split over its workers by a fixed rule. Its
+  draws are a function of (seed, epoch, rank, worker), so it resumes exactly only
+  on the same topology (the skipped batches are replayed).
+
+Either way every rank runs the same number of steps, by construction (no hang at
+the epoch's end), and everything is computed before any data is read.
 """
 
 from __future__ import annotations
@@ -52,17 +63,50 @@ def resume_point(step: int, worker_batches: list[int]) -> tuple[list[int], int]:
     are done; this replays that order. A resumed loader starts with worker 0, so
     worker i then plays role (next + i) % n_workers, which keeps the order.
     """
+    order = schedule(worker_batches)
     done = [0] * len(worker_batches)
-    w = 0
-    for _ in range(step):
-        while done[w] >= worker_batches[w]:
-            w = (w + 1) % len(worker_batches)
+    for w in order[:step]:
         done[w] += 1
-        w = (w + 1) % len(worker_batches)
-    return done, w
+    return done, (order[step - 1] + 1) % len(worker_batches) if step else 0
 
 
 def no_data(where: str, rank: int, worker: int, world: int, n_workers: int, what: str) -> UmxError:
     return UmxError(f"{where}: rank {rank} worker {worker} would get no {what} "
                     f"({world} rank(s) × {n_workers} worker(s)); use fewer workers or ranks, "
                     "or prepare with a smaller --shard-size")
+
+
+# --- the global plan -------------------------------------------------------------------------------
+
+def global_batches(samples: int, batch_size: int) -> int:
+    """The epoch's global batches: `batch_size` samples each, the last one the rest."""
+    return -(-samples // batch_size)
+
+
+def steps_left(batches: int, consumed: int, world: int) -> int:
+    """Steps every rank still takes after `consumed` of the epoch's `batches` global batches."""
+    return -(-max(0, batches - consumed) // world)
+
+
+def worker_batches(batches: int, consumed: int, world: int, rank: int, worker: int, n_workers: int) -> list[int]:
+    """The global batches one worker yields, in order, after `consumed` were taken.
+
+    Where the rest does not divide by the ranks, the last step's missing batches are taken
+    from the epoch's start again (as torch's DistributedSampler pads): every rank steps
+    equally often, and at most world − 1 batches are seen twice.
+    """
+    steps = steps_left(batches, consumed, world)
+    return [(consumed + t * world + rank) % batches for t in range(worker, steps, n_workers)]
+
+
+def schedule(worker_batches: list[int]) -> list[int]:
+    """The worker role each step's batch comes from: a DataLoader takes batches from its
+    workers in turn, skipping workers that are done."""
+    order, done, w = [], [0] * len(worker_batches), 0
+    for _ in range(sum(worker_batches)):
+        while done[w] >= worker_batches[w]:
+            w = (w + 1) % len(worker_batches)
+        done[w] += 1
+        order.append(w)
+        w = (w + 1) % len(worker_batches)
+    return order

@@ -20,10 +20,13 @@ class Progress:
     """Where the run stands: the next step to take."""
 
     epoch: int = 1
-    step: int = 0  # > 0: resume inside `epoch`, after this many steps
-    losses: list[list[float]] = field(default_factory=list)  # the epoch's step losses so far (rows: LossLog)
+    step: int = 0  # > 0: resume inside `epoch`, after this many steps of each rank
+    losses: list[list[float]] = field(default_factory=list)  # the epoch's step losses so far, every rank's (rows: LossLog)
     seconds: float = 0.0  # the epoch's training time so far
     io: dict = field(default_factory=dict)  # the epoch's loader counters so far
+    consumed: int = 0  # the epoch's global batches taken so far (streams: the global plan)
+    world: int = 0  # the ranks and loader workers that took them (0: not recorded, before elastic resume)
+    workers: int = 0
 
     def within(self, epoch: int) -> "Progress":
         """What is known of `epoch` already (nothing unless the run stopped inside it)."""

@@ -1,13 +1,22 @@
 """The training streams: sampling plan → crop source → draws → batches.
 
-Workers split the manifest's entries without duplicates (plan.py), each draws its
-quota of samples from the seeded generator of (seed, epoch, consumer), and a crop
-source (crops.py) turns every draw into batch data. Each track is drawn
-`samples_per_track` times per epoch (open-unmix's balanced track sampling); where the
-source keeps a pool, the pool only decides the order and which tracks share a batch
-(what the device-side remix mixes). Float conversion, gains, swaps and remixing happen
-on the device. The streams never look at the layout name, only at the manifest's
-sampling section and the slots.
+An epoch's samples are drawn by one of two plans (plan.py, chosen in `choose_plan`):
+
+- global: the epoch is a list of samples fixed by (seed, epoch) alone — every track
+  `samples_per_track` times in a random order (open-unmix's balanced track sampling),
+  each at a random offset — cut into global batches; a consumer computes the batches
+  the plan gives it and reads their crops directly. Nothing depends on the ranks or
+  workers, so a run resumes on another topology with exactly the samples it had not
+  yet seen (`set_epoch(…, consumed=…)`).
+- pool: workers split the manifest's entries without duplicates, each draws its quota
+  of samples from the seeded generator of (seed, epoch, consumer) over a bounded pool
+  of decoded tracks, which also decides which tracks share a batch (what the
+  device-side remix mixes). For shards that can only be read in order.
+
+A crop source (crops.py) turns every draw into batch data. Every batch carries its
+global index: the device augmentation and dropout are seeded by (seed, epoch, index).
+Float conversion, gains, swaps and remixing happen on the device. The streams never
+look at the layout name, only at the manifest's sampling section and the slots.
 """
 
 from __future__ import annotations
@@ -20,11 +29,23 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import UmxError
+from ..shards import storage
 from ..shards.manifest import Manifest, TrackEntry
 from ..shards.reader import ShardReader, SkippedShard
 from . import crops, plan, sampling
 from .batches import Batch
 from .slots import make_slots
+
+def choose_plan(wanted: str, manifest: Manifest, split: str, cache_bytes: int, resident: object | None) -> str:
+    """--sampling auto: the global plan wherever every track can be read at any time — the
+    device-resident split, a zarr store, local shards, remote shards the cache holds whole;
+    the pool plan for remote WebDataset shards larger than the cache (read in order)."""
+    if wanted != "auto":
+        return wanted
+    if resident is not None or manifest.storage.format == "zarr" or manifest.sampling.records == "source_files":
+        return "global"
+    remote = storage.is_remote(manifest.shard_url(manifest.shards(split)[0])) if manifest.shards(split) else False
+    return "pool" if remote and sum(e.bytes for e in manifest.shards(split)) > cache_bytes else "global"
 
 
 def _consumer() -> tuple[int, int]:
@@ -44,22 +65,51 @@ class Position:
 
 
 class _Stream(IterableDataset):
-    """What both streams share: epoch, resume position, the per-consumer plan, batching."""
+    """What both streams share: epoch, resume position, the plan, batching."""
 
     source: "crops.TrackSource | crops.FileSource"
     reader: ShardReader
+    plan: str  # "global" | "pool"
 
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        """Iterate epoch `epoch`, skipping the first `start_step` batches of this rank
-        (an exact mid-epoch resume: the draws are replayed, not stored)."""
+    def set_epoch(self, epoch: int, start_step: int = 0, consumed: int | None = None) -> None:
+        """Iterate epoch `epoch` from this rank's step `start_step` on: in the global plan after
+        `consumed` global batches (default: `start_step` steps of this topology; another number
+        after a run on another topology), in the pool plan replaying the skipped batches' draws."""
         self.epoch, self.start_step = epoch, start_step
+        self.consumed = start_step * self.world_size if consumed is None else consumed
+
+    @property
+    def elastic(self) -> bool:
+        """Whether a resume may change the ranks or workers mid-epoch (the global plan)."""
+        return self.plan == "global"
 
     def samples_per_epoch(self) -> int:
         raise NotImplementedError
 
+    def global_batches(self) -> int:
+        return plan.global_batches(self.samples_per_epoch(), self.batch_size)
+
     def batches_per_epoch(self, n_workers: int = 0) -> int:
-        """Batches every rank yields per epoch with `n_workers` loader workers."""
+        """Batches (steps) every rank yields per epoch with `n_workers` loader workers."""
+        if self.elastic:
+            return plan.steps_left(self.global_batches(), 0, self.world_size)
         return sum(plan.rank_batches(self.samples_per_epoch(), self.world_size, max(1, n_workers), self.batch_size))
+
+    def steps_remaining(self, n_workers: int = 0) -> int:
+        """Steps every rank takes from where `set_epoch` started the epoch to its end."""
+        if self.elastic:
+            return plan.steps_left(self.global_batches(), self.consumed, self.world_size)
+        return self.batches_per_epoch(n_workers) - self.start_step
+
+    def _mine(self) -> list[int]:
+        """The global batches the calling worker yields (global plan)."""
+        worker, n_workers = _consumer()
+        return plan.worker_batches(self.global_batches(), self.consumed, self.world_size, self.rank, worker, n_workers)
+
+    def _emit(self, crops_: list, ids: list[str], offsets: list, index: int) -> Batch:
+        batch = self.source.batch(crops_, ids)
+        batch.index, batch.offsets, batch.io = index, offsets, self.reader.take_metrics()
+        return batch
 
     def position(self) -> Position:
         worker, n_workers = _consumer()
@@ -70,31 +120,39 @@ class _Stream(IterableDataset):
         return Position(role, n_workers, self.rank * n_workers + role,
                         plan.quota(total, self.rank, self.world_size, role, n_workers), done[role])
 
+    def indices(self, pos: Position) -> list[int]:
+        """The global index of each batch a pool-plan worker makes this epoch (skipped ones too):
+        step × world_size + rank, the step being where the DataLoader takes it."""
+        order = plan.schedule(plan.rank_batches(self.samples_per_epoch(), self.world_size, pos.n_workers,
+                                                self.batch_size))
+        return [t * self.world_size + self.rank for t, role in enumerate(order) if role == pos.role]
+
 
 class _Batcher:
     """Collects drawn samples into batches of `size`, dropping the first `skip` batches (a resume)."""
 
-    def __init__(self, source, reader: ShardReader, size: int, skip: int):
-        self.source, self.reader, self.size, self.skip = source, reader, size, skip
+    def __init__(self, stream: _Stream, size: int, skip: int, indices: list[int]):
+        self.stream, self.size, self.skip, self.indices = stream, size, skip, iter(indices)
         self.crops: list = []
         self.ids: list[str] = []
+        self.offsets: list[int] = []
 
-    def add(self, crop, track_id: str, flush: bool = False) -> Iterator[Batch]:
+    def add(self, crop, track_id: str, offset: int, flush: bool = False) -> Iterator[Batch]:
         self.crops.append(crop)
         self.ids.append(track_id)
+        self.offsets.append(offset)
         if flush or len(self.crops) == self.size:
             yield from self.emit()
 
     def emit(self) -> Iterator[Batch]:
         if not self.crops:
             return
+        index = next(self.indices)
         if self.skip > 0:
             self.skip -= 1
         else:
-            batch = self.source.batch(self.crops, self.ids)
-            batch.io = self.reader.take_metrics()
-            yield batch
-        self.crops, self.ids = [], []
+            yield self.stream._emit(self.crops, self.ids, self.offsets, index)
+        self.crops, self.ids, self.offsets = [], [], []
 
 
 @dataclass
@@ -109,18 +167,23 @@ class TrainStream(_Stream):
     def __init__(self, manifest: Manifest, target: str | Sequence[str], seq_len: int | None, batch_size: int,
                  samples_per_track: int = 1, pool_size: int = 8, seed: int = 42, split: str = "train",
                  rank: int = 0, world_size: int = 1, silence_missing_targets: bool = False,
-                 reader: ShardReader | None = None, resident: Mapping[str, int] | None = None):
-        self.manifest, self.split = manifest, split
+                 reader: ShardReader | None = None, resident: Mapping[str, int] | None = None,
+                 plan: str = "global"):
+        self.manifest, self.split, self.plan = manifest, split, plan
         self.reader = reader or ShardReader(manifest)
         self.slots = make_slots(manifest, target, silence_missing_targets)
         self.shards = manifest.shards(split)
         self.seq_len, self.batch_size = seq_len, batch_size
         self.samples_per_track, self.pool_size = samples_per_track, max(1, pool_size)
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch, self.start_step = 1, 0
+        self.set_epoch(1)
         # made here, in the main process, before loader workers fork (they share its buffers' table)
         self.source = crops.track_source(manifest, self.reader, self.slots, split, seq_len, resident)
-        self.eligible = sum(self._eligible(e) for e in self.shards)
+        # the global plan's tracks: (entry, record, frames) of every track training uses, in manifest order
+        self.table = [(e, i, f) for e, entry in enumerate(self.shards)
+                      for i, (f, names) in enumerate(zip(entry.track_frames, entry.track_sources))
+                      if self._long_enough(f) and self.slots.usable(list(names))]
+        self.eligible = len(self.table)
         if self.eligible == 0:
             frames = [f for s in self.shards for f in s.track_frames]
             why = f"at least {seq_len} samples long (longest: {max(frames, default=0)}); lower --seq-dur" \
@@ -146,7 +209,10 @@ class TrainStream(_Stream):
                 plan.assign([len(e.track_ids) for e in shards], consumer, n_consumers)]
 
     def check(self, n_workers: int) -> None:
-        """Fail fast, before any worker starts, if some consumer of some rank would get no track."""
+        """Fail fast, before any worker starts, if some consumer of some rank would get no track
+        (pool plan; in the global plan every consumer may read every track)."""
+        if self.elastic:
+            return
         n_workers = max(1, n_workers)
         n = self.world_size * n_workers
         for c in range(n):
@@ -188,7 +254,36 @@ class TrainStream(_Stream):
                 raise UmxError(f"{self.manifest.location}: every shard of rank {self.rank} worker {role} was bad")
             yield _Pooled(last, debt)
 
+    def epoch_samples(self) -> tuple[np.ndarray, np.ndarray]:
+        """The global plan's samples of the epoch: each one's track (an index into `table`) and a
+        uniform number in [0, 1) that places its offset; a function of (seed, epoch) alone."""
+        rng = sampling.rng(self.seed, sampling.CROPS, self.epoch)
+        order = rng.permutation(np.repeat(np.arange(self.eligible), self.samples_per_track))
+        return order, rng.random(order.size)
+
     def __iter__(self) -> Iterator[Batch]:
+        if self.elastic:
+            yield from self._global()
+        else:
+            yield from self._pooled()
+
+    def _global(self) -> Iterator[Batch]:
+        mine = self._mine()
+        if not mine:
+            return
+        order, place = self.epoch_samples()
+        tracks = _Tracks(self)
+        for j in mine:
+            crops_, ids, offsets = [], [], []
+            for g in range(j * self.batch_size, min(order.size, (j + 1) * self.batch_size)):
+                track = tracks.get(int(order[g]))
+                offset = 0 if self.seq_len is None else int(place[g] * (track.frames - self.seq_len + 1))
+                crops_.append(self.source.crop(track, offset, self.seq_len))
+                ids.append(track.id)
+                offsets.append(offset)
+            yield self._emit(crops_, ids, offsets, j)
+
+    def _pooled(self) -> Iterator[Batch]:
         pos = self.position()
         reads = self._reads(pos.consumer, self.world_size * pos.n_workers)
         if pos.quota == 0:
@@ -198,7 +293,7 @@ class TrainStream(_Stream):
         # a pool bounds the decoded tracks in memory; a source read crop by crop needs none, so it
         # draws uniformly over every track of this consumer, as open-unmix does
         limit = self.pool_size if self.source.pooled else math.inf
-        out = _Batcher(self.source, self.reader, self.batch_size, pos.skip)
+        out = _Batcher(self, self.batch_size, pos.skip, self.indices(pos))
         pool: list[_Pooled] = []
         for item in self._pooled_tracks(reads, draws, pos.role):
             pool.append(item)
@@ -218,7 +313,35 @@ class TrainStream(_Stream):
             pool.pop()
         else:
             item.left -= 1
-        yield from out.add(crop, item.track.id, flush=self.seq_len is None)
+        yield from out.add(crop, item.track.id, offset, flush=self.seq_len is None)
+
+
+class _Tracks:
+    """A worker's random access to the global plan's tracks: an entry's tracks are listed by the
+    source the first time one is drawn, and kept (views on memory-mapped shards, zarr handles,
+    device columns). A track of a shard skipped as bad (--skip-bad-shards) is replaced by the
+    next good one in the table, which every worker finds alike."""
+
+    def __init__(self, stream: TrainStream):
+        self.stream = stream
+        self.entries: dict[int, list[crops.SourceTrack] | None] = {}
+
+    def _entry(self, e: int) -> list[crops.SourceTrack] | None:
+        if e not in self.entries:
+            try:
+                self.entries[e] = list(self.stream.source.tracks(self.stream.shards[e], None))
+            except SkippedShard:
+                self.entries[e] = None
+        return self.entries[e]
+
+    def get(self, k: int) -> crops.SourceTrack:
+        table = self.stream.table
+        for step in range(len(table)):
+            e, i, _ = table[(k + step) % len(table)]
+            listed = self._entry(e)
+            if listed is not None and listed[i].handle is not None:
+                return listed[i]
+        raise UmxError(f"{self.stream.manifest.location}: every '{self.stream.split}' shard was bad")
 
 
 class SourceFileStream(_Stream):
@@ -232,12 +355,12 @@ class SourceFileStream(_Stream):
                  reader: ShardReader | None = None, resident: Mapping[str, list] | None = None):
         if seq_len is None:
             raise UmxError("unaligned source folders need a crop length: --seq-dur must be > 0")
-        self.manifest, self.split = manifest, split
+        self.manifest, self.split, self.plan = manifest, split, "global"  # every file is in memory
         self.reader = reader or ShardReader(manifest)
         self.slots = make_slots(manifest, target)
         self.seq_len, self.batch_size, self.nb_samples = seq_len, batch_size, nb_samples
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch, self.start_step = 1, 0
+        self.set_epoch(1)
         self.source = crops.file_source(manifest, self.reader, self.slots, split, seq_len, resident)
         lengths = [f for e in manifest.shards(split) for f in e.track_frames]
         if not any(f >= seq_len for f in lengths):
@@ -251,18 +374,23 @@ class SourceFileStream(_Stream):
         """Nothing can be short: every consumer draws from every file (with replacement)."""
 
     def __iter__(self) -> Iterator[Batch]:
-        pos = self.position()
-        if pos.quota == 0:
+        """Global batches; batch j's samples are drawn from the generator of (seed, epoch, j)."""
+        mine = self._mine()
+        if not mine:
             return
         files = self.source.files()
-        rng = sampling.rng(self.seed, sampling.CROPS, self.epoch, pos.consumer)
-        out = _Batcher(self.source, self.reader, self.batch_size, pos.skip)
-        for _ in range(pos.quota):
-            parts, ids = [], []
-            for source in self.slots.order:
-                file = files[source][int(rng.integers(len(files[source])))]
-                offset = int(rng.integers(file.frames - self.seq_len + 1))
-                parts.append(self.source.crop(file, offset, self.seq_len))
-                ids.append(file.id)
-            yield from out.add(parts, "+".join(ids))
-        yield from out.emit()
+        for j in mine:
+            rng = sampling.rng(self.seed, sampling.CROPS, self.epoch, j)
+            batch, ids, offsets = [], [], []
+            for _ in range(min(self.batch_size, self.nb_samples - j * self.batch_size)):
+                parts, names, where = [], [], []
+                for source in self.slots.order:
+                    file = files[source][int(rng.integers(len(files[source])))]
+                    offset = int(rng.integers(file.frames - self.seq_len + 1))
+                    parts.append(self.source.crop(file, offset, self.seq_len))
+                    names.append(file.id)
+                    where.append(offset)
+                batch.append(parts)
+                ids.append("+".join(names))
+                offsets.append(where)
+            yield self._emit(batch, ids, offsets, j)

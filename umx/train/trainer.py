@@ -10,9 +10,11 @@ objective is joint (losses.py, `--bridge`): then the validation objective decide
 for all. Under
 torchrun the model is wrapped in DistributedDataParallel, validation is split
 over the ranks and reduced, and only rank 0 writes. The data stream, the
-device augmentation and dropout are seeded per (seed, epoch, step), so
+device augmentation and dropout are seeded per (seed, epoch, global batch), so
 `--checkpoint` resumes — at an epoch end or mid-epoch — the very history an
-uninterrupted run would write. Built by `build.build_trainer`; `train()` is the entry.
+uninterrupted run would write, and under the global sampling plan continues an
+epoch on other ranks or workers with exactly its remaining samples (elastic).
+Built by `build.build_trainer`; `train()` is the entry.
 """
 
 from __future__ import annotations
@@ -115,11 +117,12 @@ class Trainer:
             return self.data.resident.gather(batch.starts, self.data.seq_len)
         return batch.audio.to(self.device, non_blocking=True)
 
-    def train_step(self, pcm: torch.Tensor, epoch: int, step: int, update: bool = True) -> torch.Tensor:
-        """One optimisation step on an int16 batch; every draw seeded by (seed, epoch, step, rank).
-        Returns the loss row (each training target's loss, then the objective) on the device:
-        reading it is the caller's choice (a host sync)."""
-        cfg, key, slots = self.cfg, (epoch, step, self.dist.rank), self.data.slots
+    def train_step(self, pcm: torch.Tensor, epoch: int, index: int, update: bool = True) -> torch.Tensor:
+        """One optimisation step on an int16 batch; every draw seeded by (seed, epoch, index), the
+        batch's global index in the epoch (so it is the same on any topology). Returns the loss row
+        (each training target's loss, then the objective) on the device: reading it is the caller's
+        choice (a host sync)."""
+        cfg, key, slots = self.cfg, (epoch, index), self.data.slots
         gen = sampling.torch_generator(cfg.seed, sampling.AUGMENT, *key, device=self.device)
         out_len = self.data.out_len if self.augment.changes_length else None
         x, y = mix_and_target(self.augment(pcm, gen, out_len), slots.input_slot, targets=self._slots(self.active))
@@ -142,14 +145,29 @@ class Trainer:
                                "a worker hangs or the shards stall") from None
             raise
 
+    def _resume_point(self, epoch: int) -> Progress:
+        """What is known of `epoch`: its start, or where a checkpoint stopped inside it. A run on other
+        ranks or workers continues the epoch where the sampling plan allows it (global), else
+        starts it over (pool: its draws depend on the topology)."""
+        known = self.state.progress.within(epoch)
+        topology = (self.dist.world_size, self.cfg.nb_workers)
+        if known.step and known.world and (known.world, known.workers) != topology and not self.stream.elastic:
+            if self.dist.is_main:
+                print(f"warning: epoch {epoch} was checkpointed after {known.step} steps on {known.world} rank(s) × "
+                      f"{known.workers} worker(s); with --sampling pool its draws depend on the topology, so it "
+                      f"starts over on {topology[0]} × {topology[1]} (the weights are the checkpoint's)",
+                      file=sys.stderr)
+            return Progress(epoch)
+        return known
+
     def train_epoch(self, epoch: int) -> tuple[Scores, dict]:
         """Train one epoch (or its rest, after a mid-epoch resume): the mean step losses over all
         ranks, and this rank's loader counters of the epoch."""
-        cfg, known = self.cfg, self.state.progress.within(epoch)
+        cfg, known = self.cfg, self._resume_point(epoch)
         self.model.train()
-        log = LossLog(self.device, list(known.losses))
-        self.stream.set_epoch(epoch, known.step)
-        total = self.stream.batches_per_epoch(cfg.nb_workers)
+        log = LossLog(self.device)  # this rank's steps from here on; `known.losses` are every rank's before
+        self.stream.set_epoch(epoch, known.step, known.consumed if known.world else None)
+        total = known.step + self.stream.steps_remaining(cfg.nb_workers)
         meter = _Meter(known, self.stream.batch_size)
         every, since = cfg.save_interval(), time.time()  # --save-every: (steps, seconds)
         trace = self._trace_file() if cfg.trace else None
@@ -158,34 +176,52 @@ class Trainer:
         for step, batch in enumerate(bar, start=known.step):
             pcm = self.batch_audio(batch)
             update = (step + 1) % cfg.grad_accum == 0 or step + 1 == total  # --grad-accum
-            log.append(self.train_step(pcm, epoch, step, update))
+            log.append(self.train_step(pcm, epoch, batch.index, update))
             meter.update(log.known(), pcm.shape[0], batch.io, epoch)  # read back asynchronously on a GPU
             if trace:
-                trace.write(json.dumps({"epoch": epoch, "step": step, "tracks": batch.track_ids}) + "\n")
+                trace.write(json.dumps({"epoch": epoch, "step": step, "batch": batch.index, "tracks": batch.track_ids,
+                                        "offsets": batch.offsets}) + "\n")
             bar.set_postfix(**meter.postfix())
             if self._save_due(step, every, since) and step + 1 < total:
                 since = time.time()
                 meter.check(log.values(), epoch)  # never checkpoint weights a NaN step has spoiled
-                self.state.progress = Progress(epoch, step + 1, list(log.values()), meter.seconds(), meter.io)
+                rows = known.losses + distributed.gather_all(log.values(), self.dist)
+                consumed = (known.consumed if known.world else known.step * self.dist.world_size) \
+                    + (step + 1 - known.step) * self.dist.world_size
+                self.state.progress = Progress(epoch, step + 1, rows, meter.seconds(), meter.io, consumed,
+                                               self.dist.world_size, cfg.nb_workers)
                 self._save_checkpoint()
         if trace:
             trace.close()
         losses = log.values()
         meter.check(losses, epoch)
-        if len(losses) != total:
-            raise UmxError(f"rank {self.dist.rank} ran {len(losses)} steps in epoch {epoch}, expected {total}")
+        if len(losses) != total - known.step:
+            raise UmxError(f"rank {self.dist.rank} ran {len(losses)} steps in epoch {epoch}, expected "
+                           f"{total - known.step}")
         distributed.broadcast_buffers(self.model, self.dist)
-        *sums, count = distributed.sum_all([*np.sum(np.asarray(losses, dtype=np.float64), axis=0), len(losses)],
-                                           self.dist, self.device)
+        # the steps before a resume (every rank's) are counted once, by rank 0
+        rows = losses + (known.losses if self.dist.is_main else [])
+        width = len(self.active) + 1
+        *sums, count = distributed.sum_all([*np.sum(np.asarray(rows, dtype=np.float64).reshape(-1, width), axis=0),
+                                            len(rows)], self.dist, self.device)
         return self._scores([v / count for v in sums]), meter.io
+
+    SYNC_EVERY = 8  # steps between two checks of a timed checkpoint under torchrun (one broadcast each)
 
     def _save_due(self, step: int, every: tuple[int, float], since: float) -> bool:
         """A mid-epoch checkpoint after `step`: every N steps, or once the interval has passed (at an
-        optimizer step: --grad-accum's gradients are not in the checkpoint)."""
+        optimizer step: --grad-accum's gradients are not in the checkpoint). Under torchrun rank 0's
+        clock decides, every SYNC_EVERY steps: every rank must save at the same step."""
         steps, seconds = every
         if steps:
             return (step + 1) % steps == 0
-        return bool(seconds) and (step + 1) % self.cfg.grad_accum == 0 and time.time() - since >= seconds
+        if not seconds or (step + 1) % self.cfg.grad_accum:
+            return False
+        if not self.dist.active:
+            return time.time() - since >= seconds
+        if (step + 1) % (self.SYNC_EVERY * self.cfg.grad_accum):
+            return False
+        return distributed.agree(time.time() - since >= seconds, self.dist, self.device)
 
     def _scores(self, row: list[float]) -> Scores:
         return Scores(dict(zip(self.active, row[:-1])), row[-1])
@@ -323,7 +359,7 @@ class Trainer:
 
     def _trace_file(self):
         self.out.mkdir(parents=True, exist_ok=True)
-        return open(self.out / f"trace-rank{self.dist.rank}.jsonl", "a")
+        return open(self.out / f"trace-rank{self.dist.rank}.jsonl", "a", buffering=1)  # line by line: a killed run's too
 
     def _chosen_weights(self, target: str) -> dict:
         """The weights of this epoch's choice for `target` (raw, or a moving average: --ema)."""
@@ -387,8 +423,8 @@ class _Meter:
     def __init__(self, known: Progress, batch_size: int):
         self.start, self.before = time.time(), known.seconds
         self.io = dict(known.io)
-        self.checked = self.first_known = len(known.losses)
-        self.losses: list[list[float]] = list(known.losses)
+        self.checked = 0  # of this rank's losses since the start (or the resume)
+        self.losses: list[list[float]] = []
         self.seen, self.batch_size = 0, batch_size
 
     def update(self, losses: list[list[float]], samples: int, io: dict | None, epoch: int) -> None:
@@ -409,7 +445,7 @@ class _Meter:
 
     def postfix(self) -> dict:
         # steps whose loss has come back are done on the device: the honest rate on a GPU
-        finished = min(self.seen, (len(self.losses) - self.first_known) * self.batch_size)
+        finished = min(self.seen, len(self.losses) * self.batch_size)
         io = self.io
         return dict(loss=f"{np.mean([r[-1] for r in self.losses]):.4f}" if self.losses else "…",
                     samples_per_s=f"{finished / (time.time() - self.start):.1f}",
