@@ -127,3 +127,57 @@ def test_checkpoints_are_written_in_the_background_and_errors_surface(tmp_path):
     writer.save(tmp_path / "missing" / "dir", {"a": TargetParts(model, opt, sched)}, state)
     with pytest.raises(OSError, match="missing"):
         writer.wait()
+
+
+def _decide(rank, world, port, out, counts, queue):
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from umx.train import build, distributed
+
+    os.environ["TORCHELASTIC_RESTART_COUNT"] = str(counts[rank])
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        cfg = TrainConfig(shards="unused", output=str(out[rank]), targets=["vocals"])
+        try:
+            cfg, automatic = build.resume_mode(cfg, distributed.Context(rank, world), torch.device("cpu"))
+            queue.put((rank, automatic))
+        except UmxError as e:
+            queue.put((rank, str(e)))
+    finally:
+        dist.destroy_process_group()
+
+
+def _decisions(tmp_path, counts, outputs):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_decide, args=(r, 2, port, outputs, counts, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(30)
+    return got
+
+
+def test_every_rank_takes_rank_0s_resume_decision(tmp_path):
+    """torchrun's agents may count restarts differently (one restarts on a membership change with
+    count 0): a run resumes where any rank was restarted, and on every rank alike."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "vocals.chkpnt").write_bytes(b"")  # presence is what the decision reads
+    assert _decisions(tmp_path, [0, 1], [out, out]) == {0: True, 1: True}
+    assert _decisions(tmp_path, [0, 0], [out, out]) == {0: False, 1: False}  # a fresh command: never
+    elsewhere = tmp_path / "empty"
+    elsewhere.mkdir()
+    got = _decisions(tmp_path, [1, 1], [out, elsewhere])  # rank 1 does not see rank 0's --output
+    assert got[0] is True and "--output must be a folder every node sees" in got[1]

@@ -127,3 +127,29 @@ def test_two_ranks_checkpointed_mid_epoch_continue_on_one(shard_set, tmp_path):
     assert got == want
     res = _results(cut)
     assert res["epochs_trained"] == 1 and all(map(lambda v: v == v, res["train_loss_history"]))
+
+
+def test_auto_sampling_is_global_wherever_every_track_can_be_read_at_any_time():
+    from types import SimpleNamespace
+
+    from umx.train.streams import choose_plan
+
+    def manifest(url, fmt="webdataset", records="tracks", size=10):
+        entry = SimpleNamespace(bytes=size)
+        return SimpleNamespace(storage=SimpleNamespace(format=fmt), sampling=SimpleNamespace(records=records),
+                               shards=lambda split: [entry, entry], shard_url=lambda e: url)
+
+    assert choose_plan("auto", manifest("/data/s/train-0.tar"), "train", 1, None) == "global"  # local
+    assert choose_plan("auto", manifest("s3://b/s/train-0.tar"), "train", 20, None) == "global"  # the cache holds it
+    assert choose_plan("auto", manifest("s3://b/s/train-0.tar"), "train", 19, None) == "pool"  # read in order
+    assert choose_plan("auto", manifest("s3://b/s/train-0.tar"), "train", 19, object()) == "global"  # on the device
+    assert choose_plan("auto", manifest("s3://b/s", fmt="zarr"), "train", 1, None) == "global"  # chunks: random access
+    assert choose_plan("pool", manifest("/data/s/train-0.tar"), "train", 1, None) == "pool"
+
+
+@pytest.mark.parametrize("field, value", [("consumed", -3), ("world", "2"), ("step", 1.5), ("workers", True)])
+def test_a_checkpoint_position_is_checked_like_any_input(field, value):
+    from umx.train.state import Progress
+
+    with pytest.raises(ValueError, match=f"position.{field} must be an integer >= 0"):
+        Progress.from_dict({"epoch": 1, "step": 2, field: value})

@@ -35,6 +35,10 @@ class Progress:
     @classmethod
     def from_dict(cls, d: dict) -> "Progress":
         known = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        for name in ("epoch", "step", "consumed", "world", "workers"):  # a checkpoint is input like any file
+            value = known.get(name, 0)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"position.{name} must be an integer >= 0, not {value!r}")
         # a single-target checkpoint of before joint training: one loss per step, the objective itself
         known["losses"] = [r if isinstance(r, list) else [r, r] for r in known.get("losses", [])]
         return cls(**known)
