@@ -120,6 +120,19 @@ def test_matches_museval(name):
         assert ref.shape[-1] == 4  # floor((3.5 - 2 + 0.5) / 0.5)
 
 
+@pytest.mark.parametrize("name", CASES)
+def test_sdr_alone_is_museval_sdr(name):
+    """`bss.sdr` (no filters: what --eval-every scores) is museval's SDR: NaN frames alike, ~1e-12 dB."""
+    r, e, win, hop = _case(name)
+    ref = _museval(name)[0]
+    ours = bss.sdr(r, e, win=win, hop=hop)
+    assert ours.shape == ref.shape and np.array_equal(np.isnan(ours), np.isnan(ref))
+    fin = np.isfinite(ref)
+    assert np.array_equal(np.isinf(ours), np.isinf(ref))
+    assert np.abs(ours[fin] - ref[fin]).max() < 1e-9
+    np.testing.assert_allclose(ours, bss.evaluate(r, e, win=win, hop=hop)[0], rtol=0, atol=1e-9)
+
+
 def test_frames_follow_museval_framing():
     for win, hop, n in [(8000, 8000, 28000), (16000, 4000, 28000), (8000, 8000, 24000), (30000, 30000, 28000),
                         (3000.0, 1500.5, 10001)]:

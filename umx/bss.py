@@ -367,6 +367,35 @@ def evaluate(references: ArrayLike, estimates: ArrayLike, win: float = 44100, ho
     return scores[0], scores[1], scores[2], scores[3]
 
 
+def sdr(references: ArrayLike, estimates: ArrayLike, win: float = 44100, hop: float = 44100,
+        padding: bool = True) -> np.ndarray:
+    """`evaluate(...)[0]` alone: BSSv4's SDR of every frame, `[nsrc, nframes]` float64 (NaN where
+    any reference or estimate is silent), with the same checks and errors.
+
+    museval's SDR needs no distortion filters: the four error terms sum to estimate − reference,
+    so SDR = 10 log10(‖ref‖² / ‖est − ref‖²) per frame (only ISR, SIR and SAR need the
+    projections). That makes it a few energy sums — what `--eval-every` needs for cSDR."""
+    refs, ests = _host(references), _host(estimates)
+    if padding and refs.ndim == 3 and ests.ndim == 3 and ests.shape[1] != refs.shape[1]:
+        ests = ests[:, :refs.shape[1]] if ests.shape[1] > refs.shape[1] else \
+            np.pad(ests, [(0, 0), (0, refs.shape[1] - ests.shape[1]), (0, 0)])
+    _validate(refs, ests)
+    if refs.size == 0:
+        return np.array([])
+    frames = _frames(win, hop, refs.shape[1])
+    out = np.full((refs.shape[0], len(frames)), np.nan)
+    for k, (a, b) in enumerate(frames):
+        ref, est = refs[:, a:b], ests[:, a:b]
+        if _silent(ref).any() or _silent(est).any():
+            continue
+        ref = ref.astype(np.float64)
+        e_ref = np.square(ref).sum(axis=(1, 2))
+        e_err = np.square(est.astype(np.float64) - ref).sum(axis=(1, 2))
+        with np.errstate(divide="ignore"):
+            out[:, k] = np.where(e_err == 0, np.inf, 10 * np.log10(e_ref / np.where(e_err == 0, 1, e_err)))
+    return out
+
+
 def usdr(references: ArrayLike, estimates: ArrayLike, eps: float = USDR_DELTA) -> np.ndarray:
     """The MDX/SDX challenges' global SDR ("uSDR", Demucs' `new_sdr`) of each source:
     `10 log10((eps + sum ref^2) / (eps + sum (ref - est)^2))` over the whole track and all

@@ -79,33 +79,48 @@ def expectation_maximization(
     return y, v, R
 
 
+EM_CHUNK = 32  # frames per pass of the stereo EM: its temporaries stay in the CPU's cache
+
+
 def _em_stereo(y: Tensor, x: Tensor, iterations: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """`expectation_maximization` for two channels, written out: R_j and Cxx are Hermitian 2×2, so
     their entries are sums of elementwise products over frames, Cxx⁻¹ x is the closed form, and
     y_j = v_j R_j (Cxx⁻¹ x). The same quantities as the general path (to float rounding), without
-    complex batched products of tiny matrices, which dominate the general path on a CPU. Memory: a few
-    arrays the size of `y` (the Separator filters `wiener_win_len` frames at a time)."""
+    complex batched products of tiny matrices, which dominate the general path on a CPU. Two passes
+    over EM_CHUNK frames at a time (the sums for R, then the filter), so the many elementwise
+    temporaries are cache-sized rather than track-sized: the work is memory traffic otherwise."""
+    nb_frames, nb_bins, _ = x.shape
     nb_sources = y.shape[-1]
-    y = y.clone()
-    x0, x1 = x[..., 0], x[..., 1]
     reg = math.sqrt(eps)
-    R = torch.zeros((nb_sources, x.shape[1], 2, 2), dtype=x.dtype, device=x.device)
-    v = torch.zeros(y.shape[:2] + (nb_sources,), dtype=x.real.dtype, device=x.device)
+    real = x.real.dtype
+    R = torch.zeros((nb_sources, nb_bins, 2, 2), dtype=x.dtype, device=x.device)
+    v = torch.zeros(y.shape[:2] + (nb_sources,), dtype=real, device=x.device)
     for _ in range(iterations):
-        v = (y.real**2 + y.imag**2).mean(dim=-2)  # [frames, bins, sources]
-        a, b = y[:, :, 0], y[:, :, 1]  # [frames, bins, sources]
+        s00 = torch.zeros((nb_bins, nb_sources), dtype=real, device=x.device)
+        s11, s01 = torch.zeros_like(s00), torch.zeros((nb_bins, nb_sources), dtype=x.dtype, device=x.device)
+        v = torch.empty(y.shape[:2] + (nb_sources,), dtype=real, device=x.device)
+        for t in range(0, nb_frames, EM_CHUNK):
+            a, b = y[t:t + EM_CHUNK, :, 0], y[t:t + EM_CHUNK, :, 1]  # [frames, bins, sources]
+            pa, pb = a.real.square() + a.imag.square(), b.real.square() + b.imag.square()
+            s00 += pa.sum(0)
+            s11 += pb.sum(0)
+            s01 += (a * b.conj()).sum(0)
+            torch.add(pa, pb, out=v[t:t + EM_CHUNK]).mul_(0.5)  # PSD: the channel mean
         weight = eps + v.sum(0)  # [bins, sources]
-        r00 = (a.real**2 + a.imag**2).sum(0) / weight
-        r11 = (b.real**2 + b.imag**2).sum(0) / weight
-        r01 = (a * b.conj()).sum(0) / weight  # [bins, sources] complex
-        c00 = reg + (v * r00).sum(-1)  # [frames, bins]
-        c11 = reg + (v * r11).sum(-1)
-        c01 = (v * r01).sum(-1)
-        det = c00 * c11 - (c01.real**2 + c01.imag**2)
-        w0 = (c11 * x0 - c01 * x1) / det
-        w1 = (c00 * x1 - c01.conj() * x0) / det
-        w0, w1 = w0[..., None], w1[..., None]
-        y = torch.stack([v * (r00 * w0 + r01 * w1), v * (r01.conj() * w0 + r11 * w1)], dim=2)
+        r00, r11, r01 = s00 / weight, s11 / weight, s01 / weight
+        out = torch.empty_like(y)
+        for t in range(0, nb_frames, EM_CHUNK):
+            vt = v[t:t + EM_CHUNK]
+            c00 = reg + (vt * r00).sum(-1)  # Cxx, [frames, bins]
+            c11 = reg + (vt * r11).sum(-1)
+            c01 = (vt * r01).sum(-1)
+            det = c00 * c11 - (c01.real.square() + c01.imag.square())
+            x0, x1 = x[t:t + EM_CHUNK, :, 0], x[t:t + EM_CHUNK, :, 1]
+            w0 = ((c11 * x0 - c01 * x1) / det)[..., None]  # Cxx⁻¹ x
+            w1 = ((c00 * x1 - c01.conj() * x0) / det)[..., None]
+            out[t:t + EM_CHUNK, :, 0] = vt * (r00 * w0 + r01 * w1)
+            out[t:t + EM_CHUNK, :, 1] = vt * (r01.conj() * w0 + r11 * w1)
+        y = out
         R = torch.stack([torch.stack([r00, r01], -1), torch.stack([r01.conj(), r11], -1)], -2).permute(1, 0, 2, 3)
         R = R.to(x.dtype)
     return y, v, R
@@ -128,12 +143,15 @@ def wiener(
     so the largest mixture magnitude is at most `scale_factor` (numerical
     stability), scaled back afterwards.
     """
+    # frames outermost in memory (the Separator passes permuted views): EM works through frame chunks
+    mix_stft, targets_spectrograms = mix_stft.contiguous(), targets_spectrograms.contiguous()
     if softmask:
         total = eps + targets_spectrograms.sum(dim=-1, keepdim=True)
         y = mix_stft[..., None] * (targets_spectrograms / total).to(mix_stft.dtype)
-    else:
-        angle = torch.atan2(mix_stft.imag, mix_stft.real)[..., None]
-        y = torch.complex(targets_spectrograms * torch.cos(angle), targets_spectrograms * torch.sin(angle))
+    else:  # the mixture's phase as a unit phasor: cos/sin(atan2(im, re)) without the three transcendentals
+        size = mix_stft.abs()
+        phasor = torch.where(size > 0, mix_stft / torch.where(size > 0, size, 1), 1)[..., None]
+        y = targets_spectrograms * phasor
     if y.shape[-2] != mix_stft.shape[-1]:  # mono spectrogram model on a multichannel mixture
         y = y.expand(*mix_stft.shape, y.shape[-1])
     if residual:
@@ -141,5 +159,6 @@ def wiener(
     if iterations == 0:
         return y
     max_abs = torch.clamp(mix_stft.abs().max() / scale_factor, min=1.0)
-    y = expectation_maximization(y / max_abs, mix_stft / max_abs, iterations, eps=eps)[0]
-    return y * max_abs
+    y = y.div_(max_abs) if y.is_contiguous() else y / max_abs  # (y is this function's own tensor)
+    y = expectation_maximization(y, mix_stft / max_abs, iterations, eps=eps)[0]
+    return y.mul_(max_abs)

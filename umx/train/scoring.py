@@ -3,8 +3,9 @@ umx-separate separates them, scored as umx-eval scores them.
 
 The networks being trained go into a `Separator` (centred STFT, Wiener filtering with one EM
 iteration over every target of the run, plus a residual where the targets do not make up the
-mixture), on the training device. Each track is scored with umx.bss: BSSv4 per 1-s frame
-(the references being every separated source of the track, as umx-eval and SiSEC do) and the
+mixture), on the training device. Each track is scored with umx.bss: BSSv4's SDR per 1-s frame
+(`bss.sdr`: museval's SDR needs none of the distortion filters, which only ISR, SIR and SAR use;
+the references being every separated source of the track, as umx-eval and SiSEC do) and the
 global uSDR. A run's figures: cSDR = median over frames, then median over tracks; uSDR = mean
 over tracks (the MDX/SDX challenges' aggregate). docs/metrics.md has the definitions.
 """
@@ -74,7 +75,7 @@ def score_item(separator: Separator, item: ValidItem, slots: Slots, names: list[
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            sdr = bss.evaluate(refs_np, est_np, win=rate, hop=rate)[0]
+            sdr = bss.sdr(refs_np, est_np, win=rate, hop=rate)  # BSSv4's SDR frames: no filters needed
             csdr = np.array([np.nanmedian(r) if np.isfinite(r).any() else math.nan for r in sdr])
     except ValueError:  # a reference silent throughout (museval refuses it too): no cSDR for this track
         pass
