@@ -67,10 +67,12 @@ def test_cli_summary_and_errors(shard_set, capsys):
 
 def test_pool_budget_formula(shard_set):
     m = mf.load(shard_set)
-    stream = TrainStream(m, "vocals", 44100, batch_size=4, pool_size=3)
+    stream = TrainStream(m, "vocals", 44100, batch_size=4, pool_size=3, plan="pool")
     b = bench.pool_budget(stream, prefetch=4)
     largest = max(f for e in m.shards("train") for f in e.track_frames)
     assert b["pool_bytes"] == 3 * largest * 2 * 2 * 4  # pool × frames × channels × int16 × slots
+    glob = bench.pool_budget(TrainStream(m, "vocals", 44100, batch_size=4, pool_size=3), prefetch=4)
+    assert glob["pool_bytes"] == 0 and "no pool (global plan" in glob["formula"]
     assert b["batch_bytes"] == 4 * 4 * 2 * 44100 * 2
     assert b["batch_buffers_bytes"] == 6 * b["batch_bytes"]  # prefetch 4 + one being filled + one in use
 

@@ -67,7 +67,8 @@ def pool_budget(stream, prefetch: int = PREFETCH) -> dict:
     channels = stream.manifest.channels
     slots = len(stream.slots.order[:1]) + stream.slots.n_interferers + int(stream.slots.input_slot)
     frames = [f for e in shards for f in e.track_frames]
-    pool, formula = stream.source.held(frames, channels, getattr(stream, "pool_size", 0), slots)
+    pool_size = 0 if stream.elastic else getattr(stream, "pool_size", 0)  # the global plan keeps no pool
+    pool, formula = stream.source.held(frames, channels, pool_size, slots)
     seq = stream.seq_len or max(frames, default=0)
     batch = stream.batch_size * slots * channels * seq * 2
     buffers = (2 + prefetch) * batch

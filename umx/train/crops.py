@@ -121,6 +121,9 @@ class RecordPool:
         from ..shards.local_tar import MAPPED_SHARDS
 
         track = max(frames, default=0) * channels * 2
+        if pool_size == 0:  # the global plan: any track at any time, read where it lies
+            return 0, ("no pool (global plan: crops are views on the memory-mapped shards; the pages they touch "
+                       "are page cache, shared by every worker)")
         return (min(pool_size, len(frames)) * track * slots,
                 f"pool_size {pool_size} × largest track {track / 2**20:.1f} MiB × {slots} slots (and up to "
                 f"{MAPPED_SHARDS} shards kept mapped: page cache, shared by every worker)")
