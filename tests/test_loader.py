@@ -223,3 +223,35 @@ def test_worker_batches_cover_the_rest_once():
         assert len(taken) == steps * world
         assert set(range(consumed, batches)) <= set(taken)
         assert len(taken) - (batches - consumed) < world and set(taken) - set(range(consumed, batches)) <= set(range(world))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_global_plan_replaces_the_tracks_of_a_bad_shard_alike_everywhere(shard_set, tmp_path, workers):
+    """--skip-bad-shards in the global plan: the epoch keeps all its samples; those of the bad shard's
+    tracks come from the next good track of the table, the same in every worker (and rank)."""
+    import shutil
+
+    from umx.shards.reader import ShardReader
+
+    damaged = tmp_path / "set"
+    shutil.copytree(shard_set, damaged)
+    m = mf.load(damaged)
+    victim = m.shards("train")[0]
+    path = damaged / victim.name
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x55
+    path.write_bytes(bytes(blob))
+
+    def epoch(n_workers):
+        s = TrainStream(m, "vocals", SEQ, batch_size=2, samples_per_track=2, seed=1,
+                        reader=ShardReader(m, cache_dir=str(tmp_path / f"cache{n_workers}"), skip_bad=True))
+        return _epoch(s, n_workers)
+
+    got = epoch(workers)
+    ids = [t for b in got for t in b.track_ids]
+    assert len(ids) == 2 * sum(len(e.track_ids) for e in m.shards("train"))  # no sample lost
+    assert not set(ids) & set(victim.track_ids)
+    assert {u for b in got for u in b.io["bad_shards"]} == {m.shard_url(victim)}  # reported with the batches
+    other = epoch(2 - workers)
+    assert [b.track_ids for b in got] == [b.track_ids for b in other]
+    assert all(torch.equal(a.audio, b.audio) for a, b in zip(got, other))

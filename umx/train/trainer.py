@@ -351,10 +351,10 @@ class Trainer:
         """An epoch's loader counters summed over ranks: bytes fetched, cache hits and
         misses, seconds waiting for shards, shards skipped as bad."""
         keys = ["bytes_fetched", "hits", "misses", "wait_s"]
-        values = distributed.sum_all([float(io.get(k, 0)) for k in keys] + [float(len(io.get("bad_shards", [])))],
-                                     self.dist, self.device)
+        values = distributed.sum_all([float(io.get(k, 0)) for k in keys], self.dist, self.device)
         out = {k: (int(v) if k != "wait_s" else round(v, 3)) for k, v in zip(keys, values)}
-        out["skipped_shards"] = int(values[-1])
+        # a bad shard once, however many workers and ranks met it (in the global plan any may read it)
+        out["skipped_shards"] = len(set(distributed.gather_all(sorted(set(io.get("bad_shards", []))), self.dist)))
         return out
 
     def _trace_file(self):
