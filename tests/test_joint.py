@@ -367,11 +367,10 @@ def test_grad_accum_sums_the_gradients_of_n_batches(musdb, tmp_path):
     opt = ref.optimizer
     opt.zero_grad()
     for i, p in enumerate(pcm):
-        x, y = trainer_mod.mix_and_target(ref.augment(p, trainer_mod.sampling.torch_generator(
-            ref.cfg.seed, trainer_mod.sampling.AUGMENT, 1, i)), targets=ref.data.slots.target_slots)
-        torch.manual_seed(trainer_mod.sampling.torch_seed(ref.cfg.seed, trainer_mod.sampling.DROPOUT, 1, i))
-        (ref.step.terms(x, y, trainer_mod.sampling.torch_seed(ref.cfg.seed, trainer_mod.sampling.DROPOUT, 1, i))
-         [-1] / 2).backward()
+        seed = trainer_mod.sampling.torch_seed(ref.cfg.seed, trainer_mod.sampling.STEP, 1, i)
+        torch.manual_seed(seed)  # one seed per batch: its augmentation's draws, then dropout's
+        x, y = trainer_mod.mix_and_target(ref.augment(p), targets=ref.data.slots.target_slots)
+        (ref.step.terms(x, y, seed)[-1] / 2).backward()
     opt.step()
     a, b = t.model.state_dict(), ref.model.state_dict()
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-6

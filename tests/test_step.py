@@ -45,8 +45,9 @@ def test_layer_by_layer_lstm_is_nn_lstm_on_cpu(unidirectional):
 def test_graph_step_matches_eager_step(shard_set, tmp_path, one_torch_thread):
     """--cuda-graph on (on CPU: the graph step's code uncaptured — fused Adam, static buffers,
     losses through LossLog) trains the same history as open-unmix's eager step, within float noise."""
-    common = dict(shards=str(shard_set), epochs=3, source_augmentations=["gain", "channelswap"],
-                  random_track_mix=True, no_cuda=True, **SMALL)
+    common = dict(shards=str(shard_set), epochs=3, random_track_mix=True, no_cuda=True, **SMALL,
+                  source_augmentations=["gain", "channelswap", "flipsign", "scale", "shift:2048", "speed:0.05",
+                                        "pitch:1"])  # every augmentation runs inside the step
     train(TrainConfig(output=str(tmp_path / "eager"), cuda_graph="off", **common))
     train(TrainConfig(output=str(tmp_path / "graph"), cuda_graph="on", **common))
     eager, graph = _history(tmp_path / "eager"), _history(tmp_path / "graph")
@@ -120,13 +121,19 @@ def _cuda_trainer(shard_set, out, mode, **kw):
     return build_trainer(cfg)
 
 
+AUGMENTED = dict(random_track_mix=True, source_augmentations=["gain", "channelswap", "flipsign", "scale",
+                                                               "shift:2048", "speed:0.05", "pitch:1"])
+
+
 @cuda
-def test_cuda_graph_replays_the_uncaptured_step(shard_set, tmp_path):
+@pytest.mark.parametrize("options", [{}, AUGMENTED], ids=["plain", "augmented"])
+def test_cuda_graph_replays_the_uncaptured_step(shard_set, tmp_path, options):
     """Captured and uncaptured graph steps from the same start on the same batches give the same
-    losses and weights (dropout included: the graph reseeds philox at every replay)."""
+    losses and weights: dropout included (the graph reseeds philox at every replay), and every
+    augmentation, which runs inside the captured step (trainer.Mixer)."""
     runs = []
     for capture in (True, False):
-        t = _cuda_trainer(shard_set, tmp_path / str(capture), "on")
+        t = _cuda_trainer(shard_set, tmp_path / str(capture), "on", **options)
         t.step.capture = capture
         t.stream.set_epoch(1)
         batches = [t.batch_audio(b) for _, b in zip(range(6), iter(t.stream))]
@@ -143,8 +150,8 @@ def test_cuda_graph_dropout_differs_per_step(shard_set, tmp_path):
     """A replay with another step's seed draws another dropout mask (not one frozen at capture)."""
     t = _cuda_trainer(shard_set, tmp_path, "on")
     t.stream.set_epoch(1)
-    x = t.batch_audio(next(iter(t.stream))).float().sum(1) / 32768
-    t.step(x, (x / 2)[:, None], seed=0)
+    pcm = t.batch_audio(next(iter(t.stream)))
+    t.step(pcm, seed=0)
     state = {k: v.detach().clone() for k, v in t.model.state_dict().items()}
     opt = {p: {k: v.clone() for k, v in s.items()} for p, s in t.optimizer.state.items()}
 
@@ -155,7 +162,7 @@ def test_cuda_graph_dropout_differs_per_step(shard_set, tmp_path):
             for p, s in t.optimizer.state.items():
                 for k, v in s.items():
                     v.copy_(opt[p][k])
-        return t.step(x, (x / 2)[:, None], seed=step)[-1].item()
+        return t.step(pcm, seed=step)[-1].item()
 
     assert t.step.captured
     assert loss_at(5) == loss_at(5) != loss_at(6)
@@ -167,11 +174,11 @@ def test_cuda_graph_sees_learning_rate_changes(shard_set, tmp_path):
     (a float lr would have been frozen into the graph)."""
     t = _cuda_trainer(shard_set, tmp_path, "on")
     t.stream.set_epoch(1)
-    x = t.batch_audio(next(iter(t.stream))).float().sum(1) / 32768
-    t.step(x, (x / 2)[:, None], seed=0)
+    pcm = t.batch_audio(next(iter(t.stream)))
+    t.step(pcm, seed=0)
     assert t.step.captured
     for group in t.optimizer.param_groups:
         group["lr"].fill_(0.0)  # what ReduceLROnPlateau does to a tensor lr
     before = {k: v.detach().clone() for k, v in t.model.named_parameters()}
-    t.step(x, (x / 2)[:, None], seed=1)
+    t.step(pcm, seed=1)
     assert all(torch.equal(before[k], v) for k, v in t.model.named_parameters())

@@ -2,8 +2,10 @@
 
 In the style of Demucs' augment.py: each augmentation is a few-line module.
 They run after the int16 crops reach the device, so the CPU workers only copy
-memory. Every module draws from the generator it is given, which the trainer
-seeds per (seed, epoch): a resumed run repeats the same draws.
+memory. Every module draws from the generator it is given; in training that is the
+default generator, which the step seeds per (seed, epoch, global batch) before it runs
+the augmentations inside itself (trainer.Mixer; inside the CUDA graph on a GPU): a
+resumed run repeats the same draws.
 
 Shapes depend only on the input's shape and the modules' parameters, and no module reads a
 value back to the host, so each can be captured in a CUDA graph (see each docstring). The

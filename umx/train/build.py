@@ -35,7 +35,7 @@ from .slots import Slots, make_slots
 from .state import RunState, TargetState
 from .step import EagerStep, GraphStep, make_optimizer, settle_lr
 from .streams import SourceFileStream, TrainStream, choose_plan
-from .trainer import Optimisation, Trainer, TrainData
+from .trainer import Mixer, Optimisation, Trainer, TrainData
 from .validation import ValidItem, load_validation
 
 
@@ -72,7 +72,9 @@ def build_trainer(config: TrainConfig, dist: distributed.Context | None = None,
     encoder = Spectrogram(cfg.nfft, cfg.nhop, mono=cfg.nb_channels == 1).to(device)
     model = build_model(cfg, manifest, data.reader, device, quiet=cfg.quiet or not dist.is_main)
     add_metrics(data.valid_io, data.reader.take_metrics())  # (a statistics pass, if any) not an epoch's
-    parts, state = build_optimisation(cfg, model, encoder, dist, device, data.seq_len)
+    mixer = Mixer(augment, data.slots.input_slot, tuple(data.slots.target_slots),
+                  data.out_len if augment.changes_length else None)
+    parts, state = build_optimisation(cfg, model, encoder, dist, device, data.seq_len, mixer)
     fingerprint = run_fingerprint(cfg, manifest)
     if automatic:
         check_same_run(cfg, state.run, fingerprint)
@@ -255,7 +257,7 @@ def _fine_tune(cfg: TrainConfig, target: str, device: torch.device) -> OpenUnmix
 
 
 def build_optimisation(cfg: TrainConfig, model: Joint, encoder, dist: distributed.Context, device: torch.device,
-                       seq_len: int | None) -> tuple[Optimisation, RunState]:
+                       seq_len: int | None, mixer: Mixer | None = None) -> tuple[Optimisation, RunState]:
     """Per target an optimizer and a plateau scheduler; the model wrapper and the step — and the
     run state, resumed from --checkpoint."""
     graph = graph_step_wanted(cfg, dist, device, seq_len)
@@ -267,7 +269,7 @@ def build_optimisation(cfg: TrainConfig, model: Joint, encoder, dist: distribute
     if cfg.checkpoint:
         state = resume(cfg, model, optimizers, schedulers, ema)
     objective = make_objective(cfg.loss, cfg.nfft, cfg.nhop, cfg.mix_coef, cfg.combination)
-    parts = Optimisation(model, model, optimizers, schedulers, None, objective, graph, ema)
+    parts = Optimisation(model, model, optimizers, schedulers, None, objective, graph, ema, mixer)
     make_step(parts, cfg, encoder, dist, device, state.active(cfg.targets))
     return parts, state
 
@@ -285,6 +287,8 @@ def make_step(parts: Optimisation, cfg: TrainConfig, encoder, dist: distributed.
     bf16 = cfg.precision == "bf16"
     parts.net = net
     common = dict(bf16=bf16, accumulate=cfg.grad_accum, ema=parts.ema, names=active)
+    if parts.mixer is not None:  # the batch's augmentation and mixing run inside the step
+        common["prepare"] = parts.mixer.restricted(active)
     parts.step = GraphStep(net, encoder, optimizers, parts.objective, capture=device.type == "cuda", **common) \
         if parts.graph else EagerStep(net, encoder, optimizers, parts.objective, **common)
 

@@ -11,6 +11,7 @@ import torch
 
 # purpose tags keep independent streams apart for the same (seed, epoch)
 SHARD_ORDER, CROPS, AUGMENT, DROPOUT = 1, 2, 3, 4
+STEP = DROPOUT  # a training step's draws: its batch's augmentation, then dropout (one default-generator seed)
 
 
 def rng(seed: int, *keys: int) -> np.random.Generator:

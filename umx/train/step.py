@@ -13,7 +13,10 @@ graph and replays it: one launch per step, the same fp32 kernels. That needs
 - dropout from the philox generator (`OpenUnmix.graph_safe_dropout`): cuDNN's own
   LSTM dropout state is set up on the host, which a graph would freeze;
 - no host synchronisation per step: losses stay on the device and `LossLog`
-  reads them back asynchronously.
+  reads them back asynchronously;
+- the batch's augmentation and mixing inside the step too (`prepare`: int16 crops →
+  mixture and targets), drawing from the default generator, which the step seeds per
+  batch before running or replaying: the graph's philox draws take the seed at replay.
 
 Where capture is impossible (CPU, DDP, whole-track batches) the trainer uses
 `EagerStep`; `GraphStep(capture=False)` runs the graph step's exact code
@@ -63,17 +66,24 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
     return state
 
 
+def _given(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    return x, y
+
+
 class EagerStep:
     """open-unmix's step as it is: zero_grad, forward, loss, backward, Adam — for every target
     of the run at once: `net` returns one estimate per target (model.Joint), `objective`
-    (losses.py) scores them, each target's optimizer steps its own network."""
+    (losses.py) scores them, each target's optimizer steps its own network. `prepare` turns the
+    step's inputs into (mixture, targets): by default they are those; the trainer gives the int16
+    crops and its augmentation and mixing (trainer.Mixer), which so run inside the step."""
 
     captured = False
 
     def __init__(self, net: nn.Module, encoder: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
                  objective: Objective, bf16: bool = False, accumulate: int = 1, ema=None,
-                 names: Sequence[str] = ()):
+                 names: Sequence[str] = (), prepare: Callable[..., tuple[Tensor, Tensor]] = _given):
         self.net, self.encoder, self.objective, self.bf16 = net, encoder, objective, bf16
+        self.prepare = prepare
         self.optimizers = list(optimizers)
         self.ema, self.names = ema, list(names)  # --ema: the averages of these targets follow each step
         self.accumulate, self.pending = accumulate, 0  # --grad-accum: batches per optimizer step
@@ -83,13 +93,16 @@ class EagerStep:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
             return self.objective(self.net(self.encoder(x), seed), y, x, self.encoder)
 
-    def __call__(self, x: Tensor, y: Tensor, seed: int, update: bool = True) -> Tensor:
-        """One batch; the optimizers step where `update` (every batch, or with --grad-accum N the
-        N-th batch and an epoch's last). Returns the loss terms as a device tensor (no host sync)."""
-        torch.manual_seed(seed)  # dropout
+    def __call__(self, *inputs: Tensor, seed: int, update: bool = True) -> Tensor:
+        """One batch (`inputs`: what `prepare` takes); the optimizers step where `update` (every
+        batch, or with --grad-accum N the N-th batch and an epoch's last). Every draw — the
+        augmentation's, then dropout's — comes from the default generator seeded with `seed`.
+        Returns the loss terms as a device tensor (no host sync)."""
+        torch.manual_seed(seed)
         if self.pending == 0:
             for opt in self.optimizers:
                 opt.zero_grad()
+        x, y = self.prepare(*inputs)
         terms = self.terms(x, y, seed)
         (terms[-1] if self.accumulate == 1 else terms[-1] / self.accumulate).backward()
         self.pending += 1
@@ -113,12 +126,12 @@ class GraphStep(EagerStep):
     def __init__(self, net: nn.Module, encoder: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
                  objective: Objective, bf16: bool = False, capture: bool = True, warmup: int = 3,
                  warn: Callable[[str], None] | None = None, accumulate: int = 1, ema=None,
-                 names: Sequence[str] = ()):
-        super().__init__(net, encoder, optimizers, objective, bf16, accumulate, ema, names)
+                 names: Sequence[str] = (), prepare: Callable[..., tuple[Tensor, Tensor]] = _given):
+        super().__init__(net, encoder, optimizers, objective, bf16, accumulate, ema, names, prepare)
         self.capture, self.warmup = capture, warmup
         self.warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.static: tuple[Tensor, Tensor, Tensor] | None = None
+        self.static: tuple[tuple[Tensor, ...], Tensor] | None = None  # the inputs' buffers, the loss terms
         self.uncaptured_steps = 0
         for module in net.modules():
             if hasattr(module, "graph_safe_dropout"):
@@ -128,38 +141,39 @@ class GraphStep(EagerStep):
     def captured(self) -> bool:  # type: ignore[override]
         return self.graph is not None
 
-    def __call__(self, x: Tensor, y: Tensor, seed: int, update: bool = True) -> Tensor:
-        if self.capture and x.device.type == "cuda" and self.graph is None and self.accumulate == 1:
-            self._try_capture(x, y)  # (accumulating steps are not captured: see build.graph_step_wanted)
-        if self.graph is None or x.shape != self.static[0].shape or y.shape != self.static[1].shape:
+    def __call__(self, *inputs: Tensor, seed: int, update: bool = True) -> Tensor:
+        if self.capture and inputs[0].device.type == "cuda" and self.graph is None and self.accumulate == 1:
+            self._try_capture(inputs)  # (accumulating steps are not captured: see build.graph_step_wanted)
+        if self.graph is None or [i.shape for i in inputs] != [s.shape for s in self.static[0]]:
             self.uncaptured_steps += 1
-            return super().__call__(x, y, seed, update)
-        sx, sy, terms = self.static
-        sx.copy_(x)
-        sy.copy_(y)
+            return super().__call__(*inputs, seed=seed, update=update)
+        buffers, terms = self.static
+        for buffer, value in zip(buffers, inputs):
+            buffer.copy_(value)
         torch.manual_seed(seed)  # the graph's philox draws take the generator's seed at replay
         self.graph.replay()
         return terms.clone()
 
-    def _try_capture(self, x: Tensor, y: Tensor) -> None:
+    def _try_capture(self, inputs: tuple[Tensor, ...]) -> None:
         try:
-            self._capture(x, y)
+            self._capture(inputs)
         except Exception as e:  # noqa: BLE001 (anything capture refuses: run eager from here on)
             self.graph, self.static, self.capture = None, None, False
             self.warn(f"could not capture the training step as a CUDA graph ({type(e).__name__}: {e}); "
                       "training continues with the uncaptured step")
 
-    def _capture(self, x: Tensor, y: Tensor) -> None:
+    def _capture(self, inputs: tuple[Tensor, ...]) -> None:
         model, opts = self.net, self.optimizers
         saved_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
         had_state = [{p: {k: v.detach().clone() for k, v in s.items()} for p, s in o.state.items()} for o in opts]
-        sx, sy = x.detach().clone(), y.detach().clone()
+        buffers = tuple(i.detach().clone() for i in inputs)
         saved_ema = self.ema.snapshot() if self.ema is not None else None
+        device = inputs[0].device
 
         def step() -> Tensor:
             for o in opts:
                 o.zero_grad(set_to_none=True)
-            terms = self.terms(sx, sy)
+            terms = self.terms(*self.prepare(*buffers))  # augmentation and mixing are captured too
             terms[-1].backward()
             for o in opts:
                 o.step()
@@ -167,12 +181,12 @@ class GraphStep(EagerStep):
                 self.ema.update(self.names)
             return terms
 
-        side = torch.cuda.Stream(device=x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # warm-up: plans, workspaces and the optimizer's state
             for _ in range(self.warmup):
                 step()
-        torch.cuda.current_stream(x.device).wait_stream(side)
+        torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         for o in opts:
             o.zero_grad(set_to_none=True)
@@ -191,7 +205,7 @@ class GraphStep(EagerStep):
                             v.copy_(before[k]) if before is not None else v.zero_()
             if saved_ema is not None:
                 self.ema.restore(saved_ema)
-        self.graph, self.static = graph, (sx, sy, terms.detach())
+        self.graph, self.static = graph, (buffers, terms.detach())
 
 
 class LossLog:

@@ -65,6 +65,25 @@ class TrainData:
     out_len: int | None = None  # the model's crop length: seq_len less what augmentations trim (shift, speed, pitch)
 
 
+@dataclass(frozen=True)
+class Mixer:
+    """The step's `prepare`: int16 crops `[batch, slots, channels, time]` → (mixture, targets) on the
+    device — the augmentations (drawing from the default generator the step seeds per batch), then
+    the mix. Run inside the step, so the CUDA graph captures it too."""
+
+    augment: Augment
+    input_slot: bool
+    targets: tuple  # slots.TargetSlot of the targets trained
+    out_len: int | None  # the crops' length after the augmentations (None: what they deliver)
+
+    def __call__(self, pcm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return mix_and_target(self.augment(pcm, None, self.out_len), self.input_slot, targets=self.targets)
+
+    def restricted(self, names: list[str]) -> "Mixer":
+        """The same, with the targets of `names` only (those still training)."""
+        return dataclasses.replace(self, targets=tuple(t for t in self.targets if t.name in names))
+
+
 @dataclass
 class Optimisation:
     model: Joint  # every target's network
@@ -75,6 +94,7 @@ class Optimisation:
     objective: Objective
     graph: bool  # the step is the CUDA-graph step
     ema: EMA | None = None  # --ema: moving averages of the weights
+    mixer: Mixer | None = None  # the batch preparation inside the step (all targets; make_step restricts it)
 
 
 @dataclass
@@ -118,15 +138,12 @@ class Trainer:
         return batch.audio.to(self.device, non_blocking=True)
 
     def train_step(self, pcm: torch.Tensor, epoch: int, index: int, update: bool = True) -> torch.Tensor:
-        """One optimisation step on an int16 batch; every draw seeded by (seed, epoch, index), the
-        batch's global index in the epoch (so it is the same on any topology). Returns the loss row
-        (each training target's loss, then the objective) on the device: reading it is the caller's
-        choice (a host sync)."""
-        cfg, key, slots = self.cfg, (epoch, index), self.data.slots
-        gen = sampling.torch_generator(cfg.seed, sampling.AUGMENT, *key, device=self.device)
-        out_len = self.data.out_len if self.augment.changes_length else None
-        x, y = mix_and_target(self.augment(pcm, gen, out_len), slots.input_slot, targets=self._slots(self.active))
-        return self.parts.step(x, y, sampling.torch_seed(cfg.seed, sampling.DROPOUT, *key), update)
+        """One optimisation step on an int16 batch. The step augments and mixes the batch itself
+        (Mixer, inside the CUDA graph where there is one); every draw comes from one seed of (seed,
+        epoch, index), the batch's global index in the epoch, so it is the same on any topology.
+        Returns the loss row (each training target's loss, then the objective) on the device:
+        reading it is the caller's choice (a host sync)."""
+        return self.parts.step(pcm, seed=sampling.torch_seed(self.cfg.seed, sampling.STEP, epoch, index), update=update)
 
     # --- one epoch -------------------------------------------------------
     def _loader(self) -> DataLoader:
