@@ -47,7 +47,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 $py -c "import os, torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'available', torch.cuda.is_available(), '| cpus', len(os.sched_getaffinity(0)))"
 
-[[ "${SKIP_TESTS:-0}" == 1 ]] || step "tests of the CUDA-graph step on this device" $py -m pytest -q -p no:cacheprovider "$here/../tests/test_step.py"
+[[ "${SKIP_TESTS:-0}" == 1 ]] || step "tests of the CUDA-graph step on this device" $py -m pytest -q -p no:cacheprovider "$here/../tests/test_step.py" \
+  "$here/../tests/test_joint.py::test_joint_cuda_graph_replays_the_uncaptured_step" "$here/../tests/test_bss.py::test_cuda_matches_museval"
 
 step "host → device copies of one umxhq batch (68 MB int16), pinned and pageable" $py -c "
 import time, torch

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -280,7 +281,8 @@ def test_a_hung_rank_ends_the_run_within_dist_timeout(shard_set, tmp_path):
             time.sleep(0.1)
         took = time.time() - stopped
         assert took < timeout + 30, log.read_text()[-3000:]
-        assert "Timed out waiting" in log.read_text(errors="replace")
+        # gloo's words for the collective that gave up, depending on where it waited
+        assert re.search(r"Timed out waiting|Application timeout caused pair closure", log.read_text(errors="replace"))
         # torchrun then stops the hung rank (SIGTERM, and SIGKILL after its fixed 30 s grace): spare the wait
         os.kill(workers[1], signal.SIGKILL)
         assert proc.wait(60) != 0
