@@ -153,3 +153,18 @@ def test_a_checkpoint_position_is_checked_like_any_input(field, value):
 
     with pytest.raises(ValueError, match=f"position.{field} must be an integer >= 0"):
         Progress.from_dict({"epoch": 1, "step": 2, field: value})
+
+
+def test_timed_checkpoints_under_torchrun_are_taken_by_every_rank_at_once(shard_set, tmp_path):
+    """--save-every by time under torchrun: rank 0's clock decides, every SYNC_EVERY (8) steps, so both
+    ranks save at the same step (a save gathers every rank's losses: a rank that disagreed would hang
+    the other until --dist-timeout)."""
+    # 5 tracks × 8 = 40 samples in batches of 2: 10 steps per rank; the timed check comes at step 8
+    opts = dict(TINY, epochs=1, samples_per_track=8, batch_size=2, save_every="0.01s", dist_timeout=60)
+    out = tmp_path / "timed"
+    r = subprocess.run(_cmd(2, shard_set, out, killed_at=(1, 9), **opts), env=_env(tmp_path), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0  # killed at step 9, after the timed checkpoint of step 8
+    position = torch.load(out / "vocals.chkpnt", weights_only=True)["umx"]["position"]
+    assert (position["epoch"], position["step"], position["world"], position["consumed"]) == (1, 8, 2, 16)
+    assert len(position["losses"]) == 16  # both ranks' step losses
