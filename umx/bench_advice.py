@@ -106,7 +106,7 @@ def report(r: dict) -> str:
         f"  end to end  {r['train_samples_per_s']:8.1f} samples/s training with the loader"
         + (f" ({r['train_target_samples_per_s']:.1f} target-samples/s)" if joint else "")
         + f"; the device steps take {100 * r['gpu_busy']:.0f} % of the wall time",
-        *([f"  augment     " + ", ".join(f"{a['augmentation']} {a['ms']:.1f} ms ({100 * a['share_of_step']:.1f} %)"
+        *(["  augment     " + ", ".join(f"{a['augmentation']} {a['ms']:.1f} ms ({100 * a['share_of_step']:.1f} %)"
                                         for a in r["augmentations"]) + " of the step"]
           if r.get("augmentations") else []),
         f"  memory      {memory_line(wm, r['pool'])}",

@@ -131,8 +131,9 @@ class TrainConfig:
                                                 "(the same switch as --random-track-mix)", "data")
     sampling: str = option("auto", "global: an epoch's samples depend on (seed, epoch) alone, so a run resumes on "
                            "other ranks/workers exactly (needs random access); pool: each worker draws from a pool "
-                           "of the shards it streams (resumes exactly only on the same topology); auto: global "
-                           "unless the shards are remote and larger than --cache-size", "data", choices=SAMPLING)
+                           "of the shards it streams (resumes exactly only on the same topology; aligned tracks only: "
+                           "source files are always global); auto: global unless the shards are remote and larger "
+                           "than --cache-size", "data", choices=SAMPLING)
     pool_size: int = option(8, "tracks each worker holds for random crops (--sampling pool)", "data", low=1)
 
     cache_dir: str | None = option(None, "local cache of remote shards (default $UMX_CACHE/shards)", "buckets")

@@ -36,6 +36,7 @@ from . import crops, plan, sampling
 from .batches import Batch
 from .slots import make_slots
 
+
 def choose_plan(wanted: str, manifest: Manifest, split: str, cache_bytes: int, resident: object | None) -> str:
     """--sampling auto: the global plan wherever every track can be read at any time — the
     device-resident split, a zarr store, local shards, remote shards the cache holds whole;
