@@ -211,3 +211,18 @@ def test_nan_loss_stops_with_epoch_and_step(shard_set, tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "train_step", lambda self, pcm, epoch, step, *rest: torch.tensor([float("nan") if step == 1 else 1.0] * 2))
     with pytest.raises(UmxError, match="loss became nan at epoch 1, step 2"):
         build_trainer(TrainConfig(shards=str(shard_set), output=str(tmp_path), **TINY)).fit()
+
+
+def test_nan_loss_after_a_resume_names_the_epochs_step(shard_set, tmp_path, monkeypatch):
+    """After a mid-epoch resume the message still counts the epoch's steps, not those since the resume."""
+    from conftest import interrupted
+    from umx.train import TrainConfig, Trainer, train
+
+    cfg = dict(shards=str(shard_set), output=str(tmp_path), save_every=2, samples_per_track=3, **TINY)
+    with interrupted(monkeypatch, (1, 3)):
+        train(TrainConfig(**cfg))
+    step = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, pcm, epoch, i, *rest:
+                        torch.tensor([float("nan")] * 2) if i == 3 else step(self, pcm, epoch, i, *rest))
+    with pytest.raises(UmxError, match="loss became nan at epoch 1, step 4"):
+        train(TrainConfig(**cfg, resume="auto"))

@@ -170,6 +170,8 @@ class TrainStream(_Stream):
                  rank: int = 0, world_size: int = 1, silence_missing_targets: bool = False,
                  reader: ShardReader | None = None, resident: Mapping[str, int] | None = None,
                  plan: str = "global"):
+        if plan not in ("global", "pool"):
+            raise ValueError(f"plan must be 'global' or 'pool' (choose_plan resolves 'auto'), got {plan!r}")
         self.manifest, self.split, self.plan = manifest, split, plan
         self.reader = reader or ShardReader(manifest)
         self.slots = make_slots(manifest, target, silence_missing_targets)

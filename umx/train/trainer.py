@@ -441,6 +441,7 @@ class _Meter:
         self.start, self.before = time.time(), known.seconds
         self.io = dict(known.io)
         self.checked = 0  # of this rank's losses since the start (or the resume)
+        self.first_step = known.step  # the epoch's step the first of them belongs to
         self.losses: list[list[float]] = []
         self.seen, self.batch_size = 0, batch_size
 
@@ -454,7 +455,7 @@ class _Meter:
         for i in range(self.checked, len(losses)):
             bad = next((v for v in losses[i] if not math.isfinite(v)), None)
             if bad is not None:
-                raise UmxError(f"loss became {bad} at epoch {epoch}, step {i + 1}; stopping")
+                raise UmxError(f"loss became {bad} at epoch {epoch}, step {self.first_step + i + 1}; stopping")
         self.checked = len(losses)
 
     def seconds(self) -> float:
