@@ -1,4 +1,6 @@
-"""Seeded random streams: every draw is a function of (seed, epoch, rank, worker, …).
+"""Seeded random streams: every draw is a function of (seed, purpose, epoch, …) — the global
+batch index for the crops of the global plan and for a step's augmentation and dropout,
+(rank, worker) for the pool plan's crops.
 
 Because nothing depends on how far a previous run got, a run resumed from a
 checkpoint at epoch e draws exactly what an uninterrupted run draws at epoch e.
