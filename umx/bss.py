@@ -133,6 +133,25 @@ def _frames(win: float, hop: float, n: int) -> list[tuple[int, int]]:
     return out
 
 
+def _inputs(references: ArrayLike, estimates: ArrayLike, padding: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The arrays as museval takes them: estimates cut or zero-padded to the references' length
+    (`padding`), then museval's checks."""
+    refs, ests = _host(references), _host(estimates)
+    if padding and refs.ndim == 3 and ests.ndim == 3 and ests.shape[1] != refs.shape[1]:
+        if ests.shape[1] > refs.shape[1]:
+            ests = ests[:, :refs.shape[1]]
+        else:
+            ests = np.pad(ests, [(0, 0), (0, refs.shape[1] - ests.shape[1]), (0, 0)])
+    _validate(refs, ests)
+    return refs, ests
+
+
+def _silent_frames(refs: np.ndarray, ests: np.ndarray, frames: list[tuple[int, int]]) -> np.ndarray:
+    """[nframes] bool: museval leaves a frame out (NaN for every source) where any reference or
+    estimate is silent in it."""
+    return np.array([_silent(refs[:, a:b]).any() or _silent(ests[:, a:b]).any() for a, b in frames], dtype=bool)
+
+
 def _segment(x: torch.Tensor, start: int, stop: int, out: torch.Tensor) -> torch.Tensor:
     """Write `x[:, start:stop]` of a `[nsrc, n, nchan]` tensor into `out`
     `[nsrc * nchan, stop - start]` (its dtype), zero outside `[0, n)`: only this chunk is
@@ -336,18 +355,12 @@ def evaluate(references: ArrayLike, estimates: ArrayLike, win: float = 44100, ho
     if device is None:
         device = estimates.device if isinstance(estimates, torch.Tensor) else "cpu"
     device = torch.device(device)
-    refs, ests = _host(references), _host(estimates)
-    if padding and refs.ndim == 3 and ests.ndim == 3 and ests.shape[1] != refs.shape[1]:
-        if ests.shape[1] > refs.shape[1]:
-            ests = ests[:, :refs.shape[1]]
-        else:
-            ests = np.pad(ests, [(0, 0), (0, refs.shape[1] - ests.shape[1]), (0, 0)])
-    _validate(refs, ests)
+    refs, ests = _inputs(references, estimates, padding)
     if refs.size == 0:
         return np.array([]), np.array([]), np.array([]), np.array([])
     nsrc, n, _ = refs.shape
     frames = _frames(win, hop, n)
-    silent = np.array([_silent(refs[:, a:b]).any() or _silent(ests[:, a:b]).any() for a, b in frames])
+    silent = _silent_frames(refs, ests, frames)
 
     def on_device(x: np.ndarray) -> torch.Tensor:
         """The caller's array itself where torch can view it (any layout): no track-sized copy."""
@@ -375,20 +388,15 @@ def sdr(references: ArrayLike, estimates: ArrayLike, win: float = 44100, hop: fl
     museval's SDR needs no distortion filters: the four error terms sum to estimate − reference,
     so SDR = 10 log10(‖ref‖² / ‖est − ref‖²) per frame (only ISR, SIR and SAR need the
     projections). That makes it a few energy sums — what `--eval-every` needs for cSDR."""
-    refs, ests = _host(references), _host(estimates)
-    if padding and refs.ndim == 3 and ests.ndim == 3 and ests.shape[1] != refs.shape[1]:
-        ests = ests[:, :refs.shape[1]] if ests.shape[1] > refs.shape[1] else \
-            np.pad(ests, [(0, 0), (0, refs.shape[1] - ests.shape[1]), (0, 0)])
-    _validate(refs, ests)
+    refs, ests = _inputs(references, estimates, padding)
     if refs.size == 0:
         return np.array([])
     frames = _frames(win, hop, refs.shape[1])
     out = np.full((refs.shape[0], len(frames)), np.nan)
-    for k, (a, b) in enumerate(frames):
-        ref, est = refs[:, a:b], ests[:, a:b]
-        if _silent(ref).any() or _silent(est).any():
+    for k, ((a, b), silent) in enumerate(zip(frames, _silent_frames(refs, ests, frames))):
+        if silent:
             continue
-        ref = ref.astype(np.float64)
+        ref, est = refs[:, a:b].astype(np.float64), ests[:, a:b]
         e_ref = np.square(ref).sum(axis=(1, 2))
         e_err = np.square(est.astype(np.float64) - ref).sum(axis=(1, 2))
         with np.errstate(divide="ignore"):

@@ -145,11 +145,11 @@ def wiener(
     """
     # frames outermost in memory (the Separator passes permuted views): EM works through frame chunks
     mix_stft, targets_spectrograms = mix_stft.contiguous(), targets_spectrograms.contiguous()
+    size = mix_stft.abs()
     if softmask:
         total = eps + targets_spectrograms.sum(dim=-1, keepdim=True)
         y = mix_stft[..., None] * (targets_spectrograms / total).to(mix_stft.dtype)
     else:  # the mixture's phase as a unit phasor: cos/sin(atan2(im, re)) without the three transcendentals
-        size = mix_stft.abs()
         phasor = torch.where(size > 0, mix_stft / torch.where(size > 0, size, 1), 1)[..., None]
         y = targets_spectrograms * phasor
     if y.shape[-2] != mix_stft.shape[-1]:  # mono spectrogram model on a multichannel mixture
@@ -158,7 +158,7 @@ def wiener(
         y = torch.cat([y, mix_stft[..., None] - y.sum(dim=-1, keepdim=True)], dim=-1)
     if iterations == 0:
         return y
-    max_abs = torch.clamp(mix_stft.abs().max() / scale_factor, min=1.0)
+    max_abs = torch.clamp(size.max() / scale_factor, min=1.0)
     y = y.div_(max_abs) if y.is_contiguous() else y / max_abs  # (y is this function's own tensor)
     y = expectation_maximization(y, mix_stft / max_abs, iterations, eps=eps)[0]
     return y.mul_(max_abs)

@@ -106,15 +106,15 @@ def resume_mode(cfg: TrainConfig, dist: distributed.Context,
     Every rank takes rank 0's decision: after a node is lost, torchrun's agents may count their
     restarts differently (an agent that saw the new node join before its own worker died restarts
     with count 0), and one rank starting afresh beside resumed ones would hang the group."""
+    device = device or torch.device("cpu")
     count = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
-    restarted = max(distributed.sum_all([count], dist, device or torch.device("cpu"))[0], count) > 0 \
-        if dist.active else count > 0
+    restarted = distributed.sum_all([count], dist, device)[0] > 0  # any rank restarted
     mode = cfg.resume or ("auto" if restarted else "never")
     if mode != "auto" or cfg.checkpoint:
         return cfg, False
     out = Path(cfg.output).expanduser()
     present = [t for t in cfg.targets if (out / f"{t}.chkpnt").is_file() or (out / f"{t}.chkpnt.next").is_file()]
-    if dist.active and not distributed.agree(bool(present), dist, device or torch.device("cpu")):
+    if dist.active and not distributed.agree(bool(present), dist, device):
         return cfg, False  # rank 0 (the writer) sees nothing to continue
     if not present:
         if dist.active:

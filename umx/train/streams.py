@@ -45,8 +45,9 @@ def choose_plan(wanted: str, manifest: Manifest, split: str, cache_bytes: int, r
         return wanted
     if resident is not None or manifest.storage.format == "zarr" or manifest.sampling.records == "source_files":
         return "global"
-    remote = storage.is_remote(manifest.shard_url(manifest.shards(split)[0])) if manifest.shards(split) else False
-    return "pool" if remote and sum(e.bytes for e in manifest.shards(split)) > cache_bytes else "global"
+    shards = manifest.shards(split)
+    remote = bool(shards) and storage.is_remote(manifest.shard_url(shards[0]))
+    return "pool" if remote and sum(e.bytes for e in shards) > cache_bytes else "global"
 
 
 def _consumer() -> tuple[int, int]:

@@ -203,8 +203,7 @@ class Trainer:
                 since = time.time()
                 meter.check(log.values(), epoch)  # never checkpoint weights a NaN step has spoiled
                 rows = known.losses + distributed.gather_all(log.values(), self.dist)
-                consumed = (known.consumed if known.world else known.step * self.dist.world_size) \
-                    + (step + 1 - known.step) * self.dist.world_size
+                consumed = self.stream.consumed + (step + 1 - known.step) * self.dist.world_size
                 self.state.progress = Progress(epoch, step + 1, rows, meter.seconds(), meter.io, consumed,
                                                self.dist.world_size, cfg.nb_workers)
                 self._save_checkpoint()
