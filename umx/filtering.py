@@ -14,6 +14,8 @@ Shapes (per track; the Separator loops over the batch):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -49,8 +51,8 @@ def expectation_maximization(
     """
     nb_frames, nb_bins, nb_channels = x.shape
     nb_sources = y.shape[-1]
-    if nb_channels == 2:
-        return _em_stereo(y, x, iterations, eps)
+    if nb_channels == 2 and iterations > 0:
+        return _em_stereo(x, lambda t: y[t], nb_sources, iterations, eps)
     real = x.real.dtype
     batch_size = batch_size or nb_frames
     regularization = math.sqrt(eps) * torch.eye(nb_channels, dtype=x.dtype, device=x.device)
@@ -79,51 +81,79 @@ def expectation_maximization(
     return y, v, R
 
 
-EM_CHUNK = 32  # frames per pass of the stereo EM: its temporaries stay in the CPU's cache
+EM_CHUNK = 64  # frames per pass of the stereo EM: its temporaries stay in the CPU's cache
 
 
-def _em_stereo(y: Tensor, x: Tensor, iterations: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+@dataclass
+class _StereoSums:
+    """Σ_t over frames of |y_0|², |y_1|² and y_0 conj(y_1) per bin and source: R_j's entries, unnormalised."""
+
+    s00: Tensor
+    s11: Tensor
+    s01: Tensor
+
+    @classmethod
+    def zeros(cls, nb_bins: int, nb_sources: int, like: Tensor) -> "_StereoSums":
+        real = torch.zeros((nb_bins, nb_sources), dtype=like.real.dtype, device=like.device)
+        return cls(real, torch.zeros_like(real), torch.zeros(real.shape, dtype=like.dtype, device=like.device))
+
+    def add(self, y0: Tensor, y1: Tensor, psd_out: Tensor) -> None:
+        """Add one chunk of estimates (channels 0 and 1, [frames, bins, sources]); write its PSDs
+        (the channel mean of |y|²) into `psd_out`."""
+        p0, p1 = y0.real.square() + y0.imag.square(), y1.real.square() + y1.imag.square()
+        self.s00 += p0.sum(0)
+        self.s11 += p1.sum(0)
+        self.s01 += (y0 * y1.conj()).sum(0)
+        torch.add(p0, p1, out=psd_out).mul_(0.5)
+
+
+def _em_stereo(x: Tensor, initial: Callable[[slice], Tensor], nb_sources: int, iterations: int, eps: float,
+               scale: Tensor | float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
     """`expectation_maximization` for two channels, written out: R_j and Cxx are Hermitian 2×2, so
     their entries are sums of elementwise products over frames, Cxx⁻¹ x is the closed form, and
     y_j = v_j R_j (Cxx⁻¹ x). The same quantities as the general path (to float rounding), without
-    complex batched products of tiny matrices, which dominate the general path on a CPU. Two passes
-    over EM_CHUNK frames at a time (the sums for R, then the filter), so the many elementwise
-    temporaries are cache-sized rather than track-sized: the work is memory traffic otherwise."""
+    complex batched products of tiny matrices, which dominate the general path on a CPU.
+
+    The estimates are never stored whole: `initial(frames)` gives the initial ones chunk by
+    chunk, and an iteration needs only their PSDs and the sums for R, which the previous pass
+    leaves behind. Passes go EM_CHUNK frames at a time, so the many elementwise temporaries are
+    cache-sized rather than track-sized (the work is memory traffic otherwise). Only the last
+    iteration's estimates are written, times `scale`.
+    """
     nb_frames, nb_bins, _ = x.shape
-    nb_sources = y.shape[-1]
+    chunks = [slice(t, t + EM_CHUNK) for t in range(0, nb_frames, EM_CHUNK)]
     reg = math.sqrt(eps)
-    real = x.real.dtype
-    R = torch.zeros((nb_sources, nb_bins, 2, 2), dtype=x.dtype, device=x.device)
-    v = torch.zeros(y.shape[:2] + (nb_sources,), dtype=real, device=x.device)
-    for _ in range(iterations):
-        s00 = torch.zeros((nb_bins, nb_sources), dtype=real, device=x.device)
-        s11, s01 = torch.zeros_like(s00), torch.zeros((nb_bins, nb_sources), dtype=x.dtype, device=x.device)
-        v = torch.empty(y.shape[:2] + (nb_sources,), dtype=real, device=x.device)
-        for t in range(0, nb_frames, EM_CHUNK):
-            a, b = y[t:t + EM_CHUNK, :, 0], y[t:t + EM_CHUNK, :, 1]  # [frames, bins, sources]
-            pa, pb = a.real.square() + a.imag.square(), b.real.square() + b.imag.square()
-            s00 += pa.sum(0)
-            s11 += pb.sum(0)
-            s01 += (a * b.conj()).sum(0)
-            torch.add(pa, pb, out=v[t:t + EM_CHUNK]).mul_(0.5)  # PSD: the channel mean
+    v = torch.empty((nb_frames, nb_bins, nb_sources), dtype=x.real.dtype, device=x.device)
+    sums = _StereoSums.zeros(nb_bins, nb_sources, x)
+    for t in chunks:
+        y = initial(t)
+        sums.add(y[:, :, 0], y[:, :, 1], v[t])
+    out = torch.empty((nb_frames, nb_bins, 2, nb_sources), dtype=x.dtype, device=x.device)
+    for it in range(iterations):
+        last = it == iterations - 1
         weight = eps + v.sum(0)  # [bins, sources]
-        r00, r11, r01 = s00 / weight, s11 / weight, s01 / weight
-        out = torch.empty_like(y)
-        for t in range(0, nb_frames, EM_CHUNK):
-            vt = v[t:t + EM_CHUNK]
+        r00, r11, r01 = sums.s00 / weight, sums.s11 / weight, sums.s01 / weight
+        if not last:
+            next_v, sums = torch.empty_like(v), _StereoSums.zeros(nb_bins, nb_sources, x)
+        for t in chunks:
+            vt = v[t]
             c00 = reg + (vt * r00).sum(-1)  # Cxx, [frames, bins]
             c11 = reg + (vt * r11).sum(-1)
             c01 = (vt * r01).sum(-1)
             det = c00 * c11 - (c01.real.square() + c01.imag.square())
-            x0, x1 = x[t:t + EM_CHUNK, :, 0], x[t:t + EM_CHUNK, :, 1]
+            x0, x1 = x[t, :, 0], x[t, :, 1]
             w0 = ((c11 * x0 - c01 * x1) / det)[..., None]  # Cxx⁻¹ x
             w1 = ((c00 * x1 - c01.conj() * x0) / det)[..., None]
-            out[t:t + EM_CHUNK, :, 0] = vt * (r00 * w0 + r01 * w1)
-            out[t:t + EM_CHUNK, :, 1] = vt * (r01.conj() * w0 + r11 * w1)
-        y = out
-        R = torch.stack([torch.stack([r00, r01], -1), torch.stack([r01.conj(), r11], -1)], -2).permute(1, 0, 2, 3)
-        R = R.to(x.dtype)
-    return y, v, R
+            y0 = vt * (r00 * w0 + r01 * w1)
+            y1 = vt * (r01.conj() * w0 + r11 * w1)
+            if last:
+                out[t, :, 0], out[t, :, 1] = y0.mul_(scale), y1.mul_(scale)
+            else:
+                sums.add(y0, y1, next_v[t])
+        if not last:
+            v = next_v
+    R = torch.stack([torch.stack([r00, r01], -1), torch.stack([r01.conj(), r11], -1)], -2).permute(1, 0, 2, 3)
+    return out, v, R
 
 
 def wiener(
@@ -146,19 +176,30 @@ def wiener(
     # frames outermost in memory (the Separator passes permuted views): EM works through frame chunks
     mix_stft, targets_spectrograms = mix_stft.contiguous(), targets_spectrograms.contiguous()
     size = mix_stft.abs()
-    if softmask:
-        total = eps + targets_spectrograms.sum(dim=-1, keepdim=True)
-        y = mix_stft[..., None] * (targets_spectrograms / total).to(mix_stft.dtype)
-    else:  # the mixture's phase as a unit phasor: cos/sin(atan2(im, re)) without the three transcendentals
-        phasor = torch.where(size > 0, mix_stft / torch.where(size > 0, size, 1), 1)[..., None]
-        y = targets_spectrograms * phasor
-    if y.shape[-2] != mix_stft.shape[-1]:  # mono spectrogram model on a multichannel mixture
-        y = y.expand(*mix_stft.shape, y.shape[-1])
-    if residual:
-        y = torch.cat([y, mix_stft[..., None] - y.sum(dim=-1, keepdim=True)], dim=-1)
-    if iterations == 0:
+
+    def initial(t: slice = slice(None)) -> Tensor:
+        """The initial estimates of frames `t`, [frames, bins, channels, sources(+1)]: made chunk
+        by chunk for the stereo EM, which never needs them whole."""
+        x, spec = mix_stft[t], targets_spectrograms[t]
+        if softmask:
+            y = x[..., None] * (spec / (eps + spec.sum(dim=-1, keepdim=True))).to(x.dtype)
+        else:  # the mixture's phase as a unit phasor: cos/sin(atan2(im, re)) without the three transcendentals
+            magnitude = size[t]
+            y = spec * torch.where(magnitude > 0, x / torch.where(magnitude > 0, magnitude, 1), 1)[..., None]
+        if y.shape[-2] != x.shape[-1]:  # mono spectrogram model on a multichannel mixture
+            y = y.expand(*x.shape, y.shape[-1])
+        if residual:
+            y = torch.cat([y, x[..., None] - y.sum(dim=-1, keepdim=True)], dim=-1)
         return y
+
+    if iterations == 0:
+        return initial()
     max_abs = torch.clamp(size.max() / scale_factor, min=1.0)
+    nb_sources = targets_spectrograms.shape[-1] + bool(residual)
+    if mix_stft.shape[-1] == 2:
+        return _em_stereo(mix_stft / max_abs, lambda t: initial(t) / max_abs, nb_sources, iterations, eps,
+                          scale=max_abs)[0]
+    y = initial()
     y = y.div_(max_abs) if y.is_contiguous() else y / max_abs  # (y is this function's own tensor)
     y = expectation_maximization(y, mix_stft / max_abs, iterations, eps=eps)[0]
     return y.mul_(max_abs)

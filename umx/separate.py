@@ -19,7 +19,7 @@ import math
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Mapping, Optional, Sequence
+from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 import click
 import numpy as np
@@ -119,55 +119,55 @@ def _load_target(model_dir: str | Path, target: str, device) -> nn.Module:
 
 
 class OverlapAdd:
-    """Inverse of a centred Hann STFT, fed a block of frames at a time.
+    """Inverse of a Hann STFT, fed a block of frames at a time.
 
-    The same computation as `torch.istft(center=True, length=...)` (irfft,
-    window, overlap-add, divide by the summed squared window, drop the
-    centring pad), but the complex input never needs to exist as a whole:
-    memory is the output signal plus one block of `block` frames.
+    The same computation as `torch.istft(length=...)` (irfft, window, overlap-add, divide by the
+    summed squared window, drop the centring pad where `centred`), but the complex input never
+    needs to exist as a whole: memory is the output signal plus one block of `block` frames.
+    Every one of the `n_frames` frames is expected to be added once (the envelope counts them all).
     """
 
     def __init__(self, n_fft: int, n_hop: int, window: Tensor, n_frames: int, lead: tuple[int, ...],
-                 block: int = 256):
-        self.n_fft, self.n_hop, self.window, self.block = n_fft, n_hop, window, block
-        total = n_fft + n_hop * (n_frames - 1)
-        self.buffer = torch.zeros(lead + (total,), dtype=window.dtype, device=window.device)
-        self.envelope = torch.zeros(total, dtype=window.dtype, device=window.device)
+                 block: int = 256, centred: bool = True):
+        self.n_fft, self.n_hop, self.window, self.block, self.centred = n_fft, n_hop, window, block, centred
+        self.total = n_fft + n_hop * (n_frames - 1)
+        self.buffer = torch.zeros(lead + (self.total,), dtype=window.dtype, device=window.device)
+        squares = (window**2)[None, None].expand(1, n_frames, n_fft)
+        self.envelope = self._fold(squares)[0]
 
     def _fold(self, frames: Tensor) -> Tensor:
-        """Overlap-add `[M, n_fft, n]` frames → `[M, n_fft + hop (n - 1)]`. Where the hop divides the
-        window (every STFT here), as n_fft / hop shifted slice additions: several times faster
-        than `fold`'s general col2im, the same sums."""
-        m, _, n = frames.shape
+        """Overlap-add `[M, n, n_fft]` frames → `[M, n_fft + hop (n - 1)]`. Where the hop divides the
+        window (every STFT here), as n_fft / hop shifted additions of contiguous rows: several
+        times faster than `fold`'s general col2im, the same sums."""
+        m, n, _ = frames.shape
         if self.n_fft % self.n_hop:
-            out = torch.nn.functional.fold(frames, output_size=(1, self.n_fft + self.n_hop * (n - 1)),
+            out = torch.nn.functional.fold(frames.transpose(1, 2), output_size=(1, self.n_fft + self.n_hop * (n - 1)),
                                            kernel_size=(1, self.n_fft), stride=(1, self.n_hop))
             return out.reshape(m, -1)
         k = self.n_fft // self.n_hop
-        parts = frames.reshape(m, k, self.n_hop, n).transpose(2, 3)  # [M, k, n, hop]
+        parts = frames.reshape(m, n, k, self.n_hop)
         out = frames.new_zeros(m, n + k - 1, self.n_hop)
         for j in range(k):
-            out[:, j:j + n] += parts[:, j]
+            out[:, j:j + n] += parts[:, :, j]
         return out.reshape(m, -1)
 
     def add(self, spec: Tensor, first_frame: int) -> None:
-        """Add frames `first_frame, first_frame + 1, …` given as `[*lead, bins, n]` complex."""
+        """Add frames `first_frame, first_frame + 1, …` given as `[*lead, bins, n]` complex (any strides)."""
         lead = spec.shape[:-2]
-        for pos in range(0, spec.shape[-1], self.block):
-            chunk = spec[..., pos:pos + self.block]
-            n = chunk.shape[-1]
-            frames = torch.fft.irfft(chunk, n=self.n_fft, dim=-2) * self.window[:, None]
-            ola = self._fold(frames.reshape(-1, self.n_fft, n))
+        by_frame = spec.transpose(-1, -2)  # [*lead, n, bins]: each frame's bins in a row for the FFT
+        for pos in range(0, by_frame.shape[-2], self.block):
+            chunk = by_frame[..., pos:pos + self.block, :]
+            n = chunk.shape[-2]
+            frames = torch.fft.irfft(chunk, n=self.n_fft, dim=-1).mul_(self.window)
+            ola = self._fold(frames.reshape(-1, n, self.n_fft))
             start = (first_frame + pos) * self.n_hop
             self.buffer[..., start:start + ola.shape[-1]] += ola.reshape(lead + ola.shape[-1:])
-            sq = (self.window**2)[None, :, None].expand(1, self.n_fft, n).contiguous()
-            self.envelope[start:start + ola.shape[-1]] += self._fold(sq)[0]
 
     def finish(self, length: int) -> Tensor:
         """The signal of `length` samples (zero-padded where the frames end earlier, as istft does)."""
         ok = self.envelope > 1e-11
         out = self.buffer.div_(torch.where(ok, self.envelope, 1.0))  # in place: no second copy
-        start = self.n_fft // 2
+        start = self.n_fft // 2 if self.centred else 0
         out = out[..., start:start + length]
         if out.shape[-1] < length:
             out = torch.nn.functional.pad(out, (0, length - out.shape[-1]))
@@ -283,30 +283,41 @@ class Separator(nn.Module):
             raise UmxError(f"audio of {length} samples is too short for nfft {self.n_fft} "
                            f"(needs more than {self.n_fft // 2})")
         mix_stft = self.stft(audio)  # [B, C, F, N] complex
+        return self.from_estimates(mix_stft, self.magnitudes(mix_stft), length)
+
+    def magnitudes(self, mix_stft: Tensor) -> Iterator[Tensor]:
+        """Each target network's magnitude estimate `[B, C', F, N]` of the mixture's STFT, one at a
+        time (so that one target's output is alive at a time where the networks run apart); each
+        network sees the whole track, as open-unmix runs it."""
         mag = mix_stft.abs()
         if self.nb_channels == 1:
             mag = mag.mean(1, keepdim=True)
-        # [B, C', F, N, J]: each model sees the whole track, as open-unmix runs it
-        spectrograms = torch.empty(mag.shape + (len(self.target_models),), dtype=audio.dtype, device=mag.device)
         if self.bridge:  # the networks run together
-            for j, est in enumerate(estimate(list(self.target_models.values()), mag, bridge=True)):
-                spectrograms[..., j] = est
-        else:  # one at a time: only one target's output is alive besides `spectrograms`
-            for j, model in enumerate(self.target_models.values()):
-                spectrograms[..., j] = model(mag)
-        del mag
-        nb_frames = mix_stft.shape[-1]
+            yield from estimate(list(self.target_models.values()), mag, bridge=True)
+        else:
+            for model in self.target_models.values():
+                yield model(mag)
+
+    def from_estimates(self, mix_stft: Tensor, magnitudes: Iterable[Tensor], length: int) -> Tensor:
+        """The separated signals `[B, targets(+residual), C, length]` of a mixture's (centred) STFT
+        `[B, C, F, N]`, given each target's magnitude estimate `[B, C', F, N]` in `target_models`'
+        order: Wiener filtering, window by window, then the inverse STFT."""
+        batch, nb_channels, _, nb_frames = mix_stft.shape
+        spectrograms = None  # [B, N, F, C', J]: frames outermost, as the filter works through them
+        for j, est in enumerate(magnitudes):
+            if spectrograms is None:
+                spectrograms = est.new_empty((batch, nb_frames, est.shape[2], est.shape[1], len(self.target_models)))
+            spectrograms[..., j] = est.permute(0, 3, 2, 1)
+            del est
         win = self.wiener_win_len or nb_frames
         nb_out = len(self.target_names)
-        window = self.stft.window.to(audio.dtype)
-        estimates = torch.empty((audio.shape[0], nb_out, audio.shape[1], length), dtype=audio.dtype,
-                                device=audio.device)
-        for b in range(audio.shape[0]):
-            spec_b = spectrograms[b].permute(2, 1, 0, 3)  # [N, F, C', J]
+        window = self.stft.window.to(spectrograms.dtype)
+        estimates = torch.empty((batch, nb_out, nb_channels, length), dtype=window.dtype, device=mix_stft.device)
+        for b in range(batch):
             mix_b = mix_stft[b].permute(2, 1, 0)  # [N, F, C]
-            ola = OverlapAdd(self.n_fft, self.n_hop, window, nb_frames, (nb_out, audio.shape[1]))
+            ola = OverlapAdd(self.n_fft, self.n_hop, window, nb_frames, (nb_out, nb_channels))
             for pos in range(0, nb_frames, win):
-                y = wiener(spec_b[pos:pos + win], mix_b[pos:pos + win], self.niter,
+                y = wiener(spectrograms[b, pos:pos + win], mix_b[pos:pos + win], self.niter,
                            softmask=self.softmask, residual=self.residual)
                 ola.add(y.permute(3, 2, 1, 0), pos)  # [J, C, F, n]
             estimates[b] = ola.finish(length)
