@@ -10,7 +10,7 @@ umx-prep trackfolder_fix "$work/data" --out "$work/shards" --overwrite --quiet \
     --target-file vocals.wav --interferer-files bass.wav drums.wav other.wav
 umx-train --shards "$work/shards" --target vocals --output "$work/model" \
     --epochs 12 --batch-size 8 --seq-dur 4 --hidden-size 64 --samples-per-track 4 \
-    --source-augmentations gain channelswap --random-track-mix --nb-workers 2 --lr 0.003
+    --source-augmentations gain channelswap --random-track-mix --nb-workers 2 --lr 0.003 --eval-every 4
 python - "$work/model/vocals.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

@@ -31,7 +31,7 @@ SPEC_OPTIONS = sorted({"--dataset", "--root", "--is-wav", "--samples-per-track",
 
 # options added after argparse was removed: the record cannot hold them; their defaults keep the old behaviour
 ADDED_SINCE = {"targets": None, "loss": "independent", "mix_coef": 10.0, "combination": False, "bridge": False,
-               "eval_every": 0, "select_by": "loss", "metrics": (), "grad_accum": 1, "ema": None,
+               "eval_every": 0, "eval_separation": "fast", "select_by": "loss", "metrics": (), "grad_accum": 1, "ema": None,
                "resume": None, "dist_timeout": 600.0, "data_timeout": 600.0, "sampling": "auto"}
 
 

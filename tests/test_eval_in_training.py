@@ -27,13 +27,16 @@ def test_eval_every_records_sdr_where_evaluated(shard_set, tmp_path):
     assert (tmp_path / "vocals_loss.png").stat().st_size > 0
 
 
-def test_in_training_scores_are_umx_evals(shard_set, tmp_path):
-    """The cSDR recorded for an epoch is what umx-eval (fast BSSv4) gives the weights of that epoch."""
-    train(TrainConfig(shards=str(shard_set), output=str(tmp_path), epochs=1, eval_every=1, **TINY))
+@pytest.mark.parametrize("separation, tolerance", [("exact", 1e-3), ("fast", 0.05)])
+def test_in_training_scores_are_umx_evals(shard_set, tmp_path, separation, tolerance):
+    """The cSDR recorded for an epoch is what umx-eval (fast BSSv4) gives the weights of that epoch:
+    to rounding with exact; with fast (the loss pass's network outputs), within 0.05 dB."""
+    train(TrainConfig(shards=str(shard_set), output=str(tmp_path), epochs=1, eval_every=1,
+                      eval_separation=separation, **TINY))
     r = _results(tmp_path, "vocals")
     res = evaluate(tmp_path, str(shard_set), "valid", workers=1, progress=False, metrics=("bssv4", "usdr"))
-    assert r["valid_sdr_history"][0] == pytest.approx(res["scores"]["vocals"]["SDR"], abs=1e-3)
-    assert r["valid_usdr_history"][0] == pytest.approx(res["usdr"]["scores"]["vocals"], abs=1e-3)
+    assert r["valid_sdr_history"][0] == pytest.approx(res["scores"]["vocals"]["SDR"], abs=tolerance)
+    assert r["valid_usdr_history"][0] == pytest.approx(res["usdr"]["scores"]["vocals"], abs=tolerance)
 
 
 def test_select_by_sdr(shard_set, tmp_path):
@@ -48,3 +51,70 @@ def test_select_by_sdr(shard_set, tmp_path):
 def test_select_by_sdr_needs_eval_every(shard_set, tmp_path):
     with pytest.raises(UmxError, match="--select-by sdr follows the SDR of --eval-every"):
         build_trainer(TrainConfig(shards=str(shard_set), output=str(tmp_path), select_by="sdr", **TINY))
+
+
+# --- one pass for both, and the two separations -------------------------------------------------
+
+def _trained(shard_set, out, **kw):
+    """A trainer whose networks have learnt something (scores that are not all alike)."""
+    trainer = build_trainer(TrainConfig(shards=str(shard_set), output=str(out), epochs=2, lr=0.01,
+                                        **{**TINY, **kw}))
+    trainer.fit()
+    return trainer
+
+
+@pytest.mark.parametrize("separation, nhop", [("exact", 512), ("fast", 512), ("exact", 384)])
+def test_scored_pass_gives_the_losses_of_the_plain_pass(shard_set, tmp_path, separation, nhop):
+    """The loss pass takes its input from the centred STFT the separation needs (where the frames
+    align; nhop 384 does not divide nfft / 2): the losses are bit-equal to validate()'s."""
+    trainer = build_trainer(TrainConfig(shards=str(shard_set), output=str(tmp_path), eval_every=1,
+                                        eval_separation=separation, **{**TINY, "nhop": nhop}))
+    scored, (csdr, usdr) = trainer.validate_scored()
+    assert scored == trainer.validate()
+    assert math.isfinite(csdr["vocals"]) and math.isfinite(usdr["vocals"])
+
+
+def test_fast_separation_is_close_to_exact(shard_set, tmp_path):
+    """fast reuses the loss pass's network outputs: on these 4-s tracks (edges weigh more than on
+    songs) the scores differ from umx-separate's by a few thousandths of a dB (measured: cSDR
+    0.002, uSDR 0.0006), though they are not equal."""
+    trainer = _trained(shard_set, tmp_path)
+    trainer.cfg.eval_separation = "exact"
+    exact = trainer.validate_scored()[1]
+    trainer.cfg.eval_separation = "fast"
+    fast = trainer.validate_scored()[1]
+    for got, want in zip(fast, exact):
+        assert got["vocals"] == pytest.approx(want["vocals"], abs=0.05)
+    assert fast != exact
+
+
+def test_shared_forward_takes_the_loss_pass_frames_and_estimates_the_edges_again():
+    import torch
+
+    from umx.model import OpenUnmix, Spectrogram
+    from umx.separate import Separator
+    from umx.train.scoring import EDGE_CONTEXT, SharedForward, track_for
+
+    torch.manual_seed(0)
+    net = OpenUnmix(nb_bins=257, nb_channels=2, hidden_size=8).eval()
+    separator = Separator({"vocals": net}, niter=1, residual=True, n_fft=512, n_hop=128)
+    x = torch.randn(1, 2, 20000)
+    track = track_for(x, separator, Spectrogram(512, 128))
+    assert torch.equal(track.spectrogram, Spectrogram(512, 128)(x)) and track.lead == 2
+    with torch.no_grad():
+        est = net(track.spectrogram)
+        (full,) = SharedForward()(separator, track, [est])
+        head = net(track.magnitude[..., :2 + EDGE_CONTEXT])
+        tail = net(track.magnitude[..., -(2 + EDGE_CONTEXT):])
+        (exact,) = separator.magnitudes(track.stft, track.magnitude)
+    n = est.shape[-1]
+    assert full.shape == track.magnitude.shape and torch.equal(full[..., 2:2 + n], est)
+    assert torch.equal(full[..., :2], head[..., :2]) and torch.equal(full[..., 2 + n:], tail[..., -2:])
+    assert (full - exact).abs().max() < 0.05 * exact.abs().max()  # close to umx-separate's, not equal
+    assert not torch.equal(full, exact)
+
+
+def test_fast_separation_needs_aligned_frames(shard_set, tmp_path):
+    with pytest.raises(UmxError, match="--eval-separation fast needs --nhop to divide --nfft / 2"):
+        build_trainer(TrainConfig(shards=str(shard_set), output=str(tmp_path), eval_every=1,
+                                  eval_separation="fast", **{**TINY, "nhop": 384}))

@@ -164,8 +164,10 @@ def wiener(
     residual: bool = False,
     scale_factor: float = 10.0,
     eps: float = 1e-10,
+    mix_magnitude: Tensor | None = None,
 ) -> Tensor:
-    """Separate `mix_stft` given magnitude estimates of the targets.
+    """Separate `mix_stft` given magnitude estimates of the targets (`mix_magnitude`: |mix_stft|,
+    where the caller has it already).
 
     Initial estimates: the target magnitudes with the mixture phase (or, with
     `softmask`, ratio masks of the mixture); `residual` adds the mixture minus
@@ -175,7 +177,7 @@ def wiener(
     """
     # frames outermost in memory (the Separator passes permuted views): EM works through frame chunks
     mix_stft, targets_spectrograms = mix_stft.contiguous(), targets_spectrograms.contiguous()
-    size = mix_stft.abs()
+    size = mix_stft.abs() if mix_magnitude is None else mix_magnitude.contiguous()
 
     def initial(t: slice = slice(None)) -> Tensor:
         """The initial estimates of frames `t`, [frames, bins, channels, sources(+1)]: made chunk

@@ -283,13 +283,14 @@ class Separator(nn.Module):
             raise UmxError(f"audio of {length} samples is too short for nfft {self.n_fft} "
                            f"(needs more than {self.n_fft // 2})")
         mix_stft = self.stft(audio)  # [B, C, F, N] complex
-        return self.from_estimates(mix_stft, self.magnitudes(mix_stft), length)
+        mix_magnitude = mix_stft.abs()
+        return self.from_estimates(mix_stft, self.magnitudes(mix_stft, mix_magnitude), length, mix_magnitude)
 
-    def magnitudes(self, mix_stft: Tensor) -> Iterator[Tensor]:
-        """Each target network's magnitude estimate `[B, C', F, N]` of the mixture's STFT, one at a
-        time (so that one target's output is alive at a time where the networks run apart); each
-        network sees the whole track, as open-unmix runs it."""
-        mag = mix_stft.abs()
+    def magnitudes(self, mix_stft: Tensor, mix_magnitude: Tensor | None = None) -> Iterator[Tensor]:
+        """Each target network's magnitude estimate `[B, C', F, N]` of the mixture's STFT (whose
+        magnitude may be given), one at a time (so that one target's output is alive at a time
+        where the networks run apart); each network sees the whole track, as open-unmix runs it."""
+        mag = mix_stft.abs() if mix_magnitude is None else mix_magnitude
         if self.nb_channels == 1:
             mag = mag.mean(1, keepdim=True)
         if self.bridge:  # the networks run together
@@ -298,10 +299,12 @@ class Separator(nn.Module):
             for model in self.target_models.values():
                 yield model(mag)
 
-    def from_estimates(self, mix_stft: Tensor, magnitudes: Iterable[Tensor], length: int) -> Tensor:
+    def from_estimates(self, mix_stft: Tensor, magnitudes: Iterable[Tensor], length: int,
+                       mix_magnitude: Tensor | None = None) -> Tensor:
         """The separated signals `[B, targets(+residual), C, length]` of a mixture's (centred) STFT
-        `[B, C, F, N]`, given each target's magnitude estimate `[B, C', F, N]` in `target_models`'
-        order: Wiener filtering, window by window, then the inverse STFT."""
+        `[B, C, F, N]` (and its magnitude, if at hand), given each target's magnitude estimate
+        `[B, C', F, N]` in `target_models`' order: Wiener filtering, window by window, then the
+        inverse STFT."""
         batch, nb_channels, _, nb_frames = mix_stft.shape
         spectrograms = None  # [B, N, F, C', J]: frames outermost, as the filter works through them
         for j, est in enumerate(magnitudes):
@@ -315,10 +318,12 @@ class Separator(nn.Module):
         estimates = torch.empty((batch, nb_out, nb_channels, length), dtype=window.dtype, device=mix_stft.device)
         for b in range(batch):
             mix_b = mix_stft[b].permute(2, 1, 0)  # [N, F, C]
+            size_b = None if mix_magnitude is None else mix_magnitude[b].permute(2, 1, 0)
             ola = OverlapAdd(self.n_fft, self.n_hop, window, nb_frames, (nb_out, nb_channels))
             for pos in range(0, nb_frames, win):
                 y = wiener(spectrograms[b, pos:pos + win], mix_b[pos:pos + win], self.niter,
-                           softmask=self.softmask, residual=self.residual)
+                           softmask=self.softmask, residual=self.residual,
+                           mix_magnitude=None if size_b is None else size_b[pos:pos + win])
                 ola.add(y.permute(3, 2, 1, 0), pos)  # [J, C, F, n]
             estimates[b] = ola.finish(length)
         return estimates

@@ -87,7 +87,7 @@ def build_trainer(config: TrainConfig, dist: distributed.Context | None = None,
 
 # options that do not change what a run computes: a run resumed with other values is the same run
 NOT_TRAJECTORY = {"output", "checkpoint", "quiet", "epochs", "trace", "resume", "save_every", "cache_dir",
-                  "cache_size", "storage_options", "anon", "no_cuda", "eval_every", "patience",
+                  "cache_size", "storage_options", "anon", "no_cuda", "eval_every", "eval_separation", "patience",
                   "nb_workers", "dist_timeout", "data_timeout"}  # the topology may change: elastic resume
 
 

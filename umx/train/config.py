@@ -23,6 +23,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 MODES = ("auto", "on", "off")  # --cuda-graph, --device-cache
 LOSSES = ("independent", "multidomain")  # --loss: see losses.py
 SELECT_BY = ("loss", "sdr")  # --select-by
+EVAL_SEPARATIONS = ("fast", "exact")  # --eval-separation: see scoring.SEPARATIONS
 RESUME = ("auto", "never")  # --resume
 SAMPLING = ("auto", "global", "pool")  # --sampling: see streams.choose_plan
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
@@ -94,6 +95,11 @@ class TrainConfig:
     eval_every: int = option(0, "every N epochs also separate the validation tracks (Wiener filtering, as "
                              "umx-separate) and score them: cSDR (BSSv4) and uSDR into <target>.json; 0: never",
                              "training", low=0)
+    eval_separation: str = option("fast", "how --eval-every separates: fast: from the validation pass's own "
+                                  "network outputs (one forward pass fewer; differs from umx-separate at the track "
+                                  "edges only); exact: as umx-separate (the networks run again on the centred "
+                                  "STFT), so the scores are umx-eval's on those weights", "training",
+                                  choices=EVAL_SEPARATIONS)
     select_by: str = option("loss", "what best weights and early stopping follow: the validation loss "
                             "(open-unmix) or the cSDR of --eval-every (patience then counts evaluations)",
                             "training", choices=SELECT_BY)
@@ -185,6 +191,9 @@ class TrainConfig:
                            "(a checkpoint between two optimizer steps would lose the gradients gathered so far)")
         if self.select_by == "sdr" and not self.eval_every:
             raise UmxError("--select-by sdr follows the SDR of --eval-every N: give --eval-every (e.g. 1)")
+        if self.eval_separation == "fast" and (self.nfft // 2) % self.nhop:
+            raise UmxError(f"--eval-separation fast needs --nhop to divide --nfft / 2 (the loss pass's frames are "
+                           f"then centred frames), got --nfft {self.nfft} --nhop {self.nhop}: use exact")
         if self.nhop > self.nfft:
             raise UmxError(f"--nhop {self.nhop} is larger than --nfft {self.nfft}: frames would leave gaps")
         out = Path(self.output).expanduser()

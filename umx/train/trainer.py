@@ -242,22 +242,41 @@ class Trainer:
     def _scores(self, row: list[float]) -> Scores:
         return Scores(dict(zip(self.active, row[:-1])), row[-1])
 
-    @torch.no_grad()
     def validate(self) -> Scores:
         """Mean losses over every validation item, whichever rank scored it."""
+        return self._validation_pass(None)[0]
+
+    def validate_scored(self) -> tuple[Scores, tuple[dict[str, float], dict[str, float]]]:
+        """`validate`, with the validation tracks also separated by the current networks and scored
+        in the same pass (scoring.py): the losses, and (cSDR, uSDR) per target still training,
+        over every rank's tracks."""
+        from . import scoring
+
+        m, cfg = self.manifest, self.cfg
+        scorer = scoring.make_scorer(self.model, self.encoder, self.active, self.data.slots, list(m.sources),
+                                     cfg.eval_separation, m.sample_rate, cfg.nfft, cfg.nhop, cfg.nb_channels)
+        losses, mine = self._validation_pass(scorer)
+        return losses, scoring.aggregate(distributed.gather_all(mine, self.dist), self.active)
+
+    @torch.no_grad()
+    def _validation_pass(self, scorer) -> tuple[Scores, list]:
         self.model.eval()
         net, targets = self.model.subset(self.active), self._slots(self.active)
-        totals = [0.0] * (len(targets) + 1)
+        totals, scored = [0.0] * (len(targets) + 1), []
         for item in self.data.valid_items:
             wav = item.sources.to(self.device).float()[None] / 32768.0
             x, y = mix_and_target(wav, targets=targets)
             if item.mixture is not None:  # the real mixture (musdb) or the stored input (aligned)
                 x = item.mixture.to(self.device).float()[None] / 32768.0
+            track = scorer.track(x) if scorer else None  # the centred STFT, once for both
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
-                terms = self.parts.objective(net(self.encoder(x)), y, x, self.encoder)
+                estimates = net(track.spectrogram if track else self.encoder(x))
+                terms = self.parts.objective(estimates, y, x, self.encoder)
             totals = [a + b for a, b in zip(totals, terms.tolist())]
+            if scorer:
+                scored.append(scorer.score(track, y, estimates))
         sums = distributed.sum_all(totals, self.dist, self.device)
-        return self._scores([v / self.data.n_valid for v in sums])
+        return self._scores([v / self.data.n_valid for v in sums]), scored
 
     def _validate_averages(self) -> dict[str, Scores]:
         """--ema: the validation losses of every set of moving averages (label → Scores)."""
@@ -277,19 +296,6 @@ class Trainer:
         chosen = min(options, key=lambda k: (options[k], k != "raw"))  # ties: the raw weights
         return chosen, options[chosen]
 
-    def validate_sdr(self) -> tuple[dict[str, float], dict[str, float]]:
-        """The validation tracks separated with the current networks and scored (scoring.py):
-        (cSDR, uSDR) per target still training, over every rank's tracks."""
-        from . import scoring
-
-        self.model.eval()
-        names, m = self.active, self.manifest
-        separator = scoring.separator_for(self.model, names, scoring.needs_residual(self.data.slots, list(m.sources)),
-                                          m.sample_rate, self.cfg.nfft, self.cfg.nhop, self.cfg.nb_channels)
-        mine = [scoring.score_item(separator, item, self.data.slots, names, m.sample_rate, self.device)
-                for item in self.data.valid_items]
-        return scoring.aggregate(distributed.gather_all(mine, self.dist), names)
-
     # --- the run ---------------------------------------------------------
     def fit(self) -> Path:
         cfg, main = self.cfg, self.dist.is_main
@@ -302,10 +308,10 @@ class Trainer:
             start = time.time() - self.state.progress.within(epoch).seconds
             active = self.active
             train, io = self.train_epoch(epoch)
-            valid = self.validate()
+            evaluating = cfg.eval_every and epoch % cfg.eval_every == 0
+            valid, sdr = self.validate_scored() if evaluating else (self.validate(), None)
             averaged = self._validate_averages()
             seconds, io = time.time() - start, self._loader_metrics(io)
-            sdr = self.validate_sdr() if cfg.eval_every and epoch % cfg.eval_every == 0 else None
             best = {}
             for target in active:  # every rank holds the same reduced losses
                 t = self.state.target(target)
