@@ -217,3 +217,9 @@ def test_usdr_is_the_mdx_formula():
                                                    / (1e-7 + ((r - e)[..., 0] ** 2).sum(1))), atol=1e-10)
     with pytest.raises(ValueError):
         bss.usdr(r, e[:, :10])
+    long_r = rng.standard_normal((2, 3 * bss.USDR_CHUNK + 123, 2)).astype(np.float32)  # several chunks
+    long_e = long_r + 0.1 * rng.standard_normal(long_r.shape).astype(np.float32)
+    r64, e64 = long_r.astype(np.float64), long_e.astype(np.float64)
+    want = 10 * np.log10((1e-7 + (r64**2).sum((1, 2))) / (1e-7 + ((r64 - e64) ** 2).sum((1, 2))))
+    channels_first = np.ascontiguousarray(long_r.transpose(0, 2, 1)).transpose(0, 2, 1)  # a strided view
+    np.testing.assert_allclose(bss.usdr(channels_first, long_e), want, rtol=0, atol=1e-10)

@@ -70,6 +70,7 @@ import torch
 __all__ = ["evaluate", "usdr", "FILTERS_LEN", "USDR_DELTA"]
 
 FILTERS_LEN = 512  # museval's distortion filter length (taps)
+USDR_CHUNK = 1 << 16  # samples per float64 chunk of bss.usdr's sums
 USDR_DELTA = 1e-7  # MDX challenge / Demucs `new_sdr`
 WORK_BYTES = 32 * 2**20  # one chunk of working buffers (smaller is no slower: allocation churn)
 MAX_SOURCES = 100  # museval.metrics.MAX_SOURCES
@@ -407,12 +408,20 @@ def sdr(references: ArrayLike, estimates: ArrayLike, win: float = 44100, hop: fl
 def usdr(references: ArrayLike, estimates: ArrayLike, eps: float = USDR_DELTA) -> np.ndarray:
     """The MDX/SDX challenges' global SDR ("uSDR", Demucs' `new_sdr`) of each source:
     `10 log10((eps + sum ref^2) / (eps + sum (ref - est)^2))` over the whole track and all
-    channels, in float64. references/estimates `[nsrc, nsamples(, nchan)]`; returns `[nsrc]`."""
-    r = torch.as_tensor(references).detach().to("cpu", torch.float64)
-    e = torch.as_tensor(estimates).detach().to("cpu", torch.float64)
+    channels, in float64. references/estimates `[nsrc, nsamples(, nchan)]`; returns `[nsrc]`.
+    The sums go through time chunks converted one at a time: no track-sized float64 copies,
+    whose memory traffic would be most of the cost."""
+    r = torch.as_tensor(references).detach().cpu()
+    e = torch.as_tensor(estimates).detach().cpu()
     if r.shape != e.shape:
         raise ValueError(f"references {tuple(r.shape)} and estimates {tuple(e.shape)} differ in shape")
+    if r.ndim < 2:
+        raise ValueError(f"references must be [nsrc, nsamples(, nchan)], got shape {tuple(r.shape)}")
     dims = tuple(range(1, r.ndim))
-    num = r.square().sum(dims) + eps
-    den = (r - e).square().sum(dims) + eps
-    return (10 * torch.log10(num / den)).numpy()
+    num = torch.zeros(r.shape[0], dtype=torch.float64)
+    den = torch.zeros_like(num)
+    for a in range(0, r.shape[1], USDR_CHUNK):
+        ref, est = r[:, a:a + USDR_CHUNK].to(torch.float64), e[:, a:a + USDR_CHUNK].to(torch.float64)
+        num += ref.square().sum(dims)
+        den += (ref - est).square().sum(dims)
+    return (10 * torch.log10((num + eps) / (den + eps))).numpy()

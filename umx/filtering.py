@@ -52,7 +52,7 @@ def expectation_maximization(
     nb_frames, nb_bins, nb_channels = x.shape
     nb_sources = y.shape[-1]
     if nb_channels == 2 and iterations > 0:
-        return _em_stereo(x, lambda t: y[t], nb_sources, iterations, eps)
+        return _em_stereo(x, lambda t: y[t], nb_sources, iterations, eps, math.sqrt(eps))
     real = x.real.dtype
     batch_size = batch_size or nb_frames
     regularization = math.sqrt(eps) * torch.eye(nb_channels, dtype=x.dtype, device=x.device)
@@ -107,8 +107,8 @@ class _StereoSums:
         torch.add(p0, p1, out=psd_out).mul_(0.5)
 
 
-def _em_stereo(x: Tensor, initial: Callable[[slice], Tensor], nb_sources: int, iterations: int, eps: float,
-               scale: Tensor | float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+def _em_stereo(x: Tensor, initial: Callable[[slice], Tensor], nb_sources: int, iterations: int, eps: Tensor | float,
+               reg: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
     """`expectation_maximization` for two channels, written out: R_j and Cxx are Hermitian 2×2, so
     their entries are sums of elementwise products over frames, Cxx⁻¹ x is the closed form, and
     y_j = v_j R_j (Cxx⁻¹ x). The same quantities as the general path (to float rounding), without
@@ -118,11 +118,10 @@ def _em_stereo(x: Tensor, initial: Callable[[slice], Tensor], nb_sources: int, i
     chunk, and an iteration needs only their PSDs and the sums for R, which the previous pass
     leaves behind. Passes go EM_CHUNK frames at a time, so the many elementwise temporaries are
     cache-sized rather than track-sized (the work is memory traffic otherwise). Only the last
-    iteration's estimates are written, times `scale`.
+    iteration's estimates are written. `eps` regularises R's normalisation, `reg` Cxx's diagonal.
     """
     nb_frames, nb_bins, _ = x.shape
     chunks = [slice(t, t + EM_CHUNK) for t in range(0, nb_frames, EM_CHUNK)]
-    reg = math.sqrt(eps)
     v = torch.empty((nb_frames, nb_bins, nb_sources), dtype=x.real.dtype, device=x.device)
     sums = _StereoSums.zeros(nb_bins, nb_sources, x)
     for t in chunks:
@@ -147,7 +146,7 @@ def _em_stereo(x: Tensor, initial: Callable[[slice], Tensor], nb_sources: int, i
             y0 = vt * (r00 * w0 + r01 * w1)
             y1 = vt * (r01.conj() * w0 + r11 * w1)
             if last:
-                out[t, :, 0], out[t, :, 1] = y0.mul_(scale), y1.mul_(scale)
+                out[t, :, 0], out[t, :, 1] = y0, y1
             else:
                 sums.add(y0, y1, next_v[t])
         if not last:
@@ -184,23 +183,27 @@ def wiener(
         by chunk for the stereo EM, which never needs them whole."""
         x, spec = mix_stft[t], targets_spectrograms[t]
         if softmask:
-            y = x[..., None] * (spec / (eps + spec.sum(dim=-1, keepdim=True))).to(x.dtype)
+            weights = (spec / (eps + spec.sum(dim=-1, keepdim=True))).to(x.dtype)
+            factor = x[..., None]
         else:  # the mixture's phase as a unit phasor: cos/sin(atan2(im, re)) without the three transcendentals
             magnitude = size[t]
-            y = spec * torch.where(magnitude > 0, x / torch.where(magnitude > 0, magnitude, 1), 1)[..., None]
-        if y.shape[-2] != x.shape[-1]:  # mono spectrogram model on a multichannel mixture
-            y = y.expand(*x.shape, y.shape[-1])
-        if residual:
-            y = torch.cat([y, x[..., None] - y.sum(dim=-1, keepdim=True)], dim=-1)
-        return y
+            weights, factor = spec, torch.where(magnitude > 0, x / torch.where(magnitude > 0, magnitude, 1), 1)[..., None]
+        if weights.shape[-2] != x.shape[-1]:  # mono spectrogram model on a multichannel mixture
+            weights = weights.expand(*x.shape, weights.shape[-1])
+        y = weights * factor
+        return torch.cat([y, x[..., None] - y.sum(dim=-1, keepdim=True)], dim=-1) if residual else y
 
     if iterations == 0:
         return initial()
     max_abs = torch.clamp(size.max() / scale_factor, min=1.0)
     nb_sources = targets_spectrograms.shape[-1] + bool(residual)
     if mix_stft.shape[-1] == 2:
-        return _em_stereo(mix_stft / max_abs, lambda t: initial(t) / max_abs, nb_sources, iterations, eps,
-                          scale=max_abs)[0]
+        # open-unmix runs the EM on y / max_abs and x / max_abs (float32 headroom), then scales back.
+        # The EM is homogeneous but for its two regularisers, so the same iterations on y and x
+        # themselves, with eps and √eps scaled by max_abs², give the same estimates (to rounding)
+        # without three passes over the window.
+        scale2 = max_abs * max_abs
+        return _em_stereo(mix_stft, initial, nb_sources, iterations, eps * scale2, math.sqrt(eps) * scale2)[0]
     y = initial()
     y = y.div_(max_abs) if y.is_contiguous() else y / max_abs  # (y is this function's own tensor)
     y = expectation_maximization(y, mix_stft / max_abs, iterations, eps=eps)[0]
