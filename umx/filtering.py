@@ -52,7 +52,10 @@ def expectation_maximization(
     nb_frames, nb_bins, nb_channels = x.shape
     nb_sources = y.shape[-1]
     if nb_channels == 2 and iterations > 0:
-        return _em_stereo(x, lambda t: y[t], nb_sources, iterations, eps, math.sqrt(eps))
+        planes = y.permute(3, 2, 0, 1)
+        out, v, R = _em_stereo(_planes(x.permute(2, 0, 1)), lambda t: planes[:, :, t], nb_sources, iterations, eps,
+                               math.sqrt(eps))
+        return out.permute(2, 3, 1, 0), v.permute(1, 2, 0), R
     real = x.real.dtype
     batch_size = batch_size or nb_frames
     regularization = math.sqrt(eps) * torch.eye(nb_channels, dtype=x.dtype, device=x.device)
@@ -84,26 +87,32 @@ def expectation_maximization(
 EM_CHUNK = 64  # frames per pass of the stereo EM: its temporaries stay in the CPU's cache
 
 
+def _planes(t: Tensor) -> Tensor:
+    """`t` itself where its last two axes are one contiguous block (elementwise work on it is
+    then as fast as on a contiguous tensor), else a contiguous copy."""
+    return t if t.stride(-1) == 1 and t.stride(-2) == t.shape[-1] else t.contiguous()
+
+
 @dataclass
 class _StereoSums:
-    """Σ_t over frames of |y_0|², |y_1|² and y_0 conj(y_1) per bin and source: R_j's entries, unnormalised."""
+    """Σ_t over frames of |y_0|², |y_1|² and y_0 conj(y_1) per source and bin: R_j's entries, unnormalised."""
 
     s00: Tensor
     s11: Tensor
     s01: Tensor
 
     @classmethod
-    def zeros(cls, nb_bins: int, nb_sources: int, like: Tensor) -> "_StereoSums":
-        real = torch.zeros((nb_bins, nb_sources), dtype=like.real.dtype, device=like.device)
+    def zeros(cls, nb_sources: int, nb_bins: int, like: Tensor) -> "_StereoSums":
+        real = torch.zeros((nb_sources, nb_bins), dtype=like.real.dtype, device=like.device)
         return cls(real, torch.zeros_like(real), torch.zeros(real.shape, dtype=like.dtype, device=like.device))
 
     def add(self, y0: Tensor, y1: Tensor, psd_out: Tensor) -> None:
-        """Add one chunk of estimates (channels 0 and 1, [frames, bins, sources]); write its PSDs
+        """Add one chunk of estimates (channels 0 and 1, [sources, frames, bins]); write its PSDs
         (the channel mean of |y|²) into `psd_out`."""
         p0, p1 = y0.real.square() + y0.imag.square(), y1.real.square() + y1.imag.square()
-        self.s00 += p0.sum(0)
-        self.s11 += p1.sum(0)
-        self.s01 += (y0 * y1.conj()).sum(0)
+        self.s00 += p0.sum(1)
+        self.s11 += p1.sum(1)
+        self.s01 += (y0 * y1.conj()).sum(1)
         torch.add(p0, p1, out=psd_out).mul_(0.5)
 
 
@@ -114,45 +123,82 @@ def _em_stereo(x: Tensor, initial: Callable[[slice], Tensor], nb_sources: int, i
     y_j = v_j R_j (Cxx⁻¹ x). The same quantities as the general path (to float rounding), without
     complex batched products of tiny matrices, which dominate the general path on a CPU.
 
-    The estimates are never stored whole: `initial(frames)` gives the initial ones chunk by
-    chunk, and an iteration needs only their PSDs and the sums for R, which the previous pass
-    leaves behind. Passes go EM_CHUNK frames at a time, so the many elementwise temporaries are
+    Everything is in planes of [frames, bins] (x: [2, frames, bins]; `initial(frames)`:
+    [sources, 2, frames, bins]; returns y [sources, 2, frames, bins], v [sources, frames, bins]
+    and R [sources, bins, 2, 2]): sums over the sources are then additions of whole planes, many
+    times faster than reductions over a short last axis, and the output is what the inverse FFT
+    reads. The estimates are never stored whole: `initial` gives the initial ones chunk by chunk,
+    and an iteration needs only their PSDs and the sums for R, which the previous pass leaves
+    behind. Passes go EM_CHUNK frames at a time, so the many elementwise temporaries are
     cache-sized rather than track-sized (the work is memory traffic otherwise). Only the last
     iteration's estimates are written. `eps` regularises R's normalisation, `reg` Cxx's diagonal.
     """
-    nb_frames, nb_bins, _ = x.shape
+    _, nb_frames, nb_bins = x.shape
     chunks = [slice(t, t + EM_CHUNK) for t in range(0, nb_frames, EM_CHUNK)]
-    v = torch.empty((nb_frames, nb_bins, nb_sources), dtype=x.real.dtype, device=x.device)
-    sums = _StereoSums.zeros(nb_bins, nb_sources, x)
+    v = torch.empty((nb_sources, nb_frames, nb_bins), dtype=x.real.dtype, device=x.device)
+    sums = _StereoSums.zeros(nb_sources, nb_bins, x)
     for t in chunks:
         y = initial(t)
-        sums.add(y[:, :, 0], y[:, :, 1], v[t])
-    out = torch.empty((nb_frames, nb_bins, 2, nb_sources), dtype=x.dtype, device=x.device)
+        sums.add(y[:, 0], y[:, 1], v[:, t])
+    out = torch.empty((nb_sources, 2, nb_frames, nb_bins), dtype=x.dtype, device=x.device)
     for it in range(iterations):
         last = it == iterations - 1
-        weight = eps + v.sum(0)  # [bins, sources]
+        weight = eps + v.sum(1)  # [sources, bins]
         r00, r11, r01 = sums.s00 / weight, sums.s11 / weight, sums.s01 / weight
+        a00, a11, a01, a10 = r00[:, None], r11[:, None], r01[:, None], r01.conj().resolve_conj()[:, None]
         if not last:
-            next_v, sums = torch.empty_like(v), _StereoSums.zeros(nb_bins, nb_sources, x)
+            next_v, sums = torch.empty_like(v), _StereoSums.zeros(nb_sources, nb_bins, x)
         for t in chunks:
-            vt = v[t]
-            c00 = reg + (vt * r00).sum(-1)  # Cxx, [frames, bins]
-            c11 = reg + (vt * r11).sum(-1)
-            c01 = (vt * r01).sum(-1)
+            vt = v[:, t]  # [sources, frames, bins]
+            c00 = reg + (vt * a00).sum(0)  # Cxx, [frames, bins]
+            c11 = reg + (vt * a11).sum(0)
+            c01 = (vt * a01).sum(0)
             det = c00 * c11 - (c01.real.square() + c01.imag.square())
-            x0, x1 = x[t, :, 0], x[t, :, 1]
-            w0 = ((c11 * x0 - c01 * x1) / det)[..., None]  # Cxx⁻¹ x
-            w1 = ((c00 * x1 - c01.conj() * x0) / det)[..., None]
-            y0 = vt * (r00 * w0 + r01 * w1)
-            y1 = vt * (r01.conj() * w0 + r11 * w1)
+            x0, x1 = x[0, t], x[1, t]
+            w0 = (c11 * x0 - c01 * x1) / det  # Cxx⁻¹ x
+            w1 = (c00 * x1 - c01.conj() * x0) / det
+            y0 = vt * (a00 * w0 + a01 * w1)
+            y1 = vt * (a10 * w0 + a11 * w1)
             if last:
-                out[t, :, 0], out[t, :, 1] = y0, y1
+                out[:, 0, t], out[:, 1, t] = y0, y1
             else:
-                sums.add(y0, y1, next_v[t])
+                sums.add(y0, y1, next_v[:, t])
         if not last:
             v = next_v
-    R = torch.stack([torch.stack([r00, r01], -1), torch.stack([r01.conj(), r11], -1)], -2).permute(1, 0, 2, 3)
+    R = torch.stack([torch.stack([r00, r01], -1), torch.stack([r01.conj(), r11], -1)], -2)
     return out, v, R
+
+
+def _wiener_stereo(targets_spectrograms: Tensor, mix_stft: Tensor, iterations: int, softmask: bool, residual: bool,
+                   scale_factor: float, eps: float, mix_magnitude: Tensor | None) -> Tensor:
+    """`wiener` for two channels and at least one EM iteration, on [frames, bins] planes."""
+    x = _planes(mix_stft.permute(2, 0, 1))  # [2, frames, bins]
+    size = x.abs() if mix_magnitude is None else _planes(mix_magnitude.permute(2, 0, 1))
+    spec = _planes(targets_spectrograms.permute(3, 2, 0, 1))  # [targets, 1 or 2, frames, bins]
+    nb_targets = spec.shape[0]
+
+    def initial(t: slice) -> Tensor:
+        """The initial estimates of frames `t`, [sources, 2, frames, bins], made chunk by chunk."""
+        xt, st = x[:, t], spec[:, :, t]
+        y = torch.empty((nb_targets + residual, 2) + xt.shape[1:], dtype=x.dtype, device=x.device)
+        if softmask:
+            torch.mul((st / (eps + st.sum(0))).to(x.dtype), xt, out=y[:nb_targets])
+        else:  # the mixture's phase as a unit phasor: cos/sin(atan2(im, re)) without the three transcendentals
+            magnitude = size[:, t]
+            torch.mul(st, torch.where(magnitude > 0, xt / torch.where(magnitude > 0, magnitude, 1), 1),
+                      out=y[:nb_targets])
+        if residual:
+            torch.sub(xt, y[:nb_targets].sum(0), out=y[nb_targets])
+        return y
+
+    # open-unmix runs the EM on y / max_abs and x / max_abs (float32 headroom), then scales back.
+    # The EM is homogeneous but for its two regularisers, so the same iterations on y and x
+    # themselves, with eps and √eps scaled by max_abs², give the same estimates (to rounding)
+    # without passes over the window to scale.
+    max_abs = torch.clamp(size.max() / scale_factor, min=1.0)
+    scale2 = max_abs * max_abs
+    y = _em_stereo(x, initial, nb_targets + residual, iterations, eps * scale2, math.sqrt(eps) * scale2)[0]
+    return y.permute(2, 3, 1, 0)  # [frames, bins, 2, sources]; the memory stays in planes
 
 
 def wiener(
@@ -173,38 +219,26 @@ def wiener(
     their sum as one more source; then `iterations` EM steps, on a copy scaled
     so the largest mixture magnitude is at most `scale_factor` (numerical
     stability), scaled back afterwards.
+
+    The result may be a permuted view (stereo: sources and channels outermost in memory).
     """
-    # frames outermost in memory (the Separator passes permuted views): EM works through frame chunks
+    if mix_stft.shape[-1] == 2 and iterations > 0:
+        return _wiener_stereo(targets_spectrograms, mix_stft, iterations, softmask, residual, scale_factor, eps,
+                              mix_magnitude)
     mix_stft, targets_spectrograms = mix_stft.contiguous(), targets_spectrograms.contiguous()
     size = mix_stft.abs() if mix_magnitude is None else mix_magnitude.contiguous()
-
-    def initial(t: slice = slice(None)) -> Tensor:
-        """The initial estimates of frames `t`, [frames, bins, channels, sources(+1)]: made chunk
-        by chunk for the stereo EM, which never needs them whole."""
-        x, spec = mix_stft[t], targets_spectrograms[t]
-        if softmask:
-            weights = (spec / (eps + spec.sum(dim=-1, keepdim=True))).to(x.dtype)
-            factor = x[..., None]
-        else:  # the mixture's phase as a unit phasor: cos/sin(atan2(im, re)) without the three transcendentals
-            magnitude = size[t]
-            weights, factor = spec, torch.where(magnitude > 0, x / torch.where(magnitude > 0, magnitude, 1), 1)[..., None]
-        if weights.shape[-2] != x.shape[-1]:  # mono spectrogram model on a multichannel mixture
-            weights = weights.expand(*x.shape, weights.shape[-1])
-        y = weights * factor
-        return torch.cat([y, x[..., None] - y.sum(dim=-1, keepdim=True)], dim=-1) if residual else y
-
+    if softmask:
+        y = mix_stft[..., None] * (targets_spectrograms / (eps + targets_spectrograms.sum(dim=-1, keepdim=True))
+                                   ).to(mix_stft.dtype)
+    else:  # the mixture's phase as a unit phasor: cos/sin(atan2(im, re)) without the three transcendentals
+        y = targets_spectrograms * torch.where(size > 0, mix_stft / torch.where(size > 0, size, 1), 1)[..., None]
+    if y.shape[-2] != mix_stft.shape[-1]:  # mono spectrogram model on a multichannel mixture
+        y = y.expand(*mix_stft.shape, y.shape[-1])
+    if residual:
+        y = torch.cat([y, mix_stft[..., None] - y.sum(dim=-1, keepdim=True)], dim=-1)
     if iterations == 0:
-        return initial()
+        return y
     max_abs = torch.clamp(size.max() / scale_factor, min=1.0)
-    nb_sources = targets_spectrograms.shape[-1] + bool(residual)
-    if mix_stft.shape[-1] == 2:
-        # open-unmix runs the EM on y / max_abs and x / max_abs (float32 headroom), then scales back.
-        # The EM is homogeneous but for its two regularisers, so the same iterations on y and x
-        # themselves, with eps and √eps scaled by max_abs², give the same estimates (to rounding)
-        # without three passes over the window.
-        scale2 = max_abs * max_abs
-        return _em_stereo(mix_stft, initial, nb_sources, iterations, eps * scale2, math.sqrt(eps) * scale2)[0]
-    y = initial()
     y = y.div_(max_abs) if y.is_contiguous() else y / max_abs  # (y is this function's own tensor)
     y = expectation_maximization(y, mix_stft / max_abs, iterations, eps=eps)[0]
     return y.mul_(max_abs)

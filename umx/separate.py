@@ -306,24 +306,25 @@ class Separator(nn.Module):
         `[B, C', F, N]` in `target_models`' order: Wiener filtering, window by window, then the
         inverse STFT."""
         batch, nb_channels, _, nb_frames = mix_stft.shape
-        spectrograms = None  # [B, N, F, C', J]: frames outermost, as the filter works through them
+        spectrograms = None  # [B, J, C', N, F]: planes of [frames, bins], as the filter works through them
         for j, est in enumerate(magnitudes):
             if spectrograms is None:
-                spectrograms = est.new_empty((batch, nb_frames, est.shape[2], est.shape[1], len(self.target_models)))
-            spectrograms[..., j] = est.permute(0, 3, 2, 1)
+                spectrograms = est.new_empty((batch, len(self.target_models), est.shape[1], nb_frames, est.shape[2]))
+            spectrograms[:, j] = est.transpose(-1, -2)
             del est
         win = self.wiener_win_len or nb_frames
         nb_out = len(self.target_names)
         window = self.stft.window.to(spectrograms.dtype)
         estimates = torch.empty((batch, nb_out, nb_channels, length), dtype=window.dtype, device=mix_stft.device)
         for b in range(batch):
-            mix_b = mix_stft[b].permute(2, 1, 0)  # [N, F, C]
-            size_b = None if mix_magnitude is None else mix_magnitude[b].permute(2, 1, 0)
+            mix_b = mix_stft[b].transpose(-1, -2).contiguous()  # [C, N, F]
+            size_b = None if mix_magnitude is None else mix_magnitude[b].transpose(-1, -2).contiguous()
             ola = OverlapAdd(self.n_fft, self.n_hop, window, nb_frames, (nb_out, nb_channels))
             for pos in range(0, nb_frames, win):
-                y = wiener(spectrograms[b, pos:pos + win], mix_b[pos:pos + win], self.niter,
-                           softmask=self.softmask, residual=self.residual,
-                           mix_magnitude=None if size_b is None else size_b[pos:pos + win])
+                frames = slice(pos, pos + win)  # the filter takes [frames, bins, channels(, sources)]
+                y = wiener(spectrograms[b, :, :, frames].permute(2, 3, 1, 0), mix_b[:, frames].permute(1, 2, 0),
+                           self.niter, softmask=self.softmask, residual=self.residual,
+                           mix_magnitude=None if size_b is None else size_b[:, frames].permute(1, 2, 0))
                 ola.add(y.permute(3, 2, 1, 0), pos)  # [J, C, F, n]
             estimates[b] = ola.finish(length)
         return estimates
