@@ -16,7 +16,11 @@
 #      (target: ≥ 3× end to end);
 #   4. scripts/bench_joint.py --umxhq: 4 targets jointly against 4 single-target runs and open-unmix's loop
 #      for one target (goals: <= 1/2 the wall time of 4 runs, < open-unmix's loop for one);
-#   5. umx-train for 3 short epochs with each step (loss curves, wall time), and its start to its first step.
+#   5. the recipe's augmentations and --ema: umx-bench's per-augmentation share of the step (#19: goal, all
+#      together at most 10 % of the step);
+#   6. fast BSSv4 on the GPU against museval (scripts/bench_bss.py --device cuda) and what --eval-every costs
+#      there, both --eval-separation modes (scripts/bench_valid_sdr.py --umxhq, 1 and 4 targets) (#18);
+#   7. umx-train for 3 short epochs with each step (loss curves, wall time), and its start to its first step.
 # Needs: the umx package importable (pip install -e ., or PYTHONPATH=.), openunmix 1.3.0 (--no-deps).
 set -uo pipefail
 work=${1:-bench-gpu}
@@ -94,6 +98,23 @@ if [[ "${QUICK:-0}" == 1 ]]; then joint=(--tracks 3 --duration 2.5 --samples-per
 step "joint training of 4 targets against 4 single-target runs and open-unmix's loop for one, fp32 (#17)" \
   $py "$here/bench_joint.py" --work "$work/joint-data" --nb-workers "$workers" --reference "${joint[@]}" \
   --json "$work/bench-joint.json"
+
+augs=(gain channelswap flipsign scale shift speed pitch)
+step "umx-bench, umxhq recipe with every augmentation and --ema 0.999: each augmentation's share of the step (#19)" \
+  bash -c "$py -m umx.bench_cli $(printf '%q ' --shards "$work/data/fix-shards" --target vocals --random-track-mix \
+--samples-per-track 64 "${model[@]}" "${timing[@]}") --source-augmentations ${augs[*]} --ema 0.999 \
+--nb-workers $workers --json > $work/umx-bench-augmentations.json && $py -c 'import json, sys; \
+r = json.load(open(sys.argv[1])); print(json.dumps(r.get(\"augmentations\"), indent=1))' $work/umx-bench-augmentations.json"
+
+if [[ "${QUICK:-0}" == 1 ]]; then bss=(--seconds 3 --full-seconds 6 --no-second-point); valid=(--duration 5 --repeats 1)
+else bss=(); valid=(--umxhq --repeats 3); fi
+step "fast BSSv4 on the GPU against museval (#18)" $py "$here/bench_bss.py" --device cuda "${bss[@]}" \
+  --json "$work/bench-bss-cuda.json"
+for targets in "vocals" "vocals drums bass other"; do
+  step "--eval-every's validation pass on the GPU, --eval-separation fast and exact, targets: $targets (#18)" \
+    $py "$here/bench_valid_sdr.py" --work "$work/valid-sdr" --targets $targets "${valid[@]}" \
+    --json "$work/bench-valid-sdr-${targets// /-}.json"
+done
 
 for graph in auto off; do
   [[ "${SKIP_TRAIN:-0}" == 1 ]] && break

@@ -157,11 +157,11 @@ def _em_stereo(x: Tensor, initial: Callable[[slice], Tensor], nb_sources: int, i
             x0, x1 = x[0, t], x[1, t]
             w0 = (c11 * x0 - c01 * x1) / det  # Cxx⁻¹ x
             w1 = (c00 * x1 - c01.conj() * x0) / det
-            y0 = vt * (a00 * w0 + a01 * w1)
-            y1 = vt * (a10 * w0 + a11 * w1)
-            if last:
-                out[:, 0, t], out[:, 1, t] = y0, y1
-            else:
+            # the last iteration writes straight into the output planes
+            y0, y1 = (out[:, 0, t], out[:, 1, t]) if last else (None, None)
+            y0 = torch.mul(vt, a00 * w0 + a01 * w1, out=y0)
+            y1 = torch.mul(vt, a10 * w0 + a11 * w1, out=y1)
+            if not last:
                 sums.add(y0, y1, next_v[:, t])
         if not last:
             v = next_v

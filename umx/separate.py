@@ -128,7 +128,7 @@ class OverlapAdd:
     """
 
     def __init__(self, n_fft: int, n_hop: int, window: Tensor, n_frames: int, lead: tuple[int, ...],
-                 block: int = 256, centred: bool = True):
+                 block: int = 512, centred: bool = True):
         self.n_fft, self.n_hop, self.window, self.block, self.centred = n_fft, n_hop, window, block, centred
         self.total = n_fft + n_hop * (n_frames - 1)
         self.buffer = torch.zeros(lead + (self.total,), dtype=window.dtype, device=window.device)

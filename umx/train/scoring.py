@@ -126,10 +126,16 @@ class SharedForward:
         head, tail = first + EDGE_CONTEXT, frames - last + EDGE_CONTEXT
         if head + tail >= frames:  # a short track: the whole of it is hardly more
             return SeparateForward()(separator, track, loss_estimates)
-        heads = separator.magnitudes(track.stft[..., :head], track.magnitude[..., :head])
-        tails = separator.magnitudes(track.stft[..., -tail:], track.magnitude[..., -tail:])
+        batch = track.stft.shape[0]
+        if head == tail:  # (always, where the frames align): both ends in one call, as a batch
+            ends = separator.magnitudes(torch.cat([track.stft[..., :head], track.stft[..., -tail:]]),
+                                        torch.cat([track.magnitude[..., :head], track.magnitude[..., -tail:]]))
+            pairs = ((est[:batch], est[batch:]) for est in ends)
+        else:
+            pairs = zip(separator.magnitudes(track.stft[..., :head], track.magnitude[..., :head]),
+                        separator.magnitudes(track.stft[..., -tail:], track.magnitude[..., -tail:]))
         out = []
-        for inner, start, end in zip(loss_estimates, heads, tails):
+        for inner, (start, end) in zip(loss_estimates, pairs):
             full = start.new_empty(start.shape[:-1] + (frames,))
             full[..., :first], full[..., first:last], full[..., last:] = start[..., :first], inner, end[..., last - frames:]
             out.append(full)
