@@ -96,7 +96,7 @@ class TrainConfig:
                              "umx-separate) and score them: cSDR (BSSv4) and uSDR into <target>.json; 0: never",
                              "training", low=0)
     eval_separation: str = option("fast", "how --eval-every separates: fast: from the validation pass's own "
-                                  "network outputs (one forward pass fewer; differs from umx-separate at the track "
+                                  "network outputs (one forward pass fewer; differs from umx-separate near the track "
                                   "edges only); exact: as umx-separate (the networks run again on the centred "
                                   "STFT), so the scores are umx-eval's on those weights", "training",
                                   choices=EVAL_SEPARATIONS)
