@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     r = run(args)
     print(f"{r['seconds']:g} s stereo, {r['targets']} target(s){' + residual' if r['residual'] else ''}, hidden "
           f"{r['hidden_size']}, niter {r['niter']}, {r['device']} ({r['threads']} threads): umx {r['umx_s']:.2f} s, "
-          f"open-unmix {r['openunmix_s']:.2f} s = {r['speedup']:.2f}x; largest difference {r['max_rel_difference']:.1e} "
-          "of the largest sample")
+          f"open-unmix {r['openunmix_s']:.2f} s = {r['speedup']:.2f}x; largest difference "
+          f"{r['max_rel_difference']:.1e} of the largest sample")
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=1) + "\n")
     return 0

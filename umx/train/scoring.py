@@ -137,7 +137,8 @@ class SharedForward:
         out = []
         for inner, (start, end) in zip(loss_estimates, pairs):
             full = start.new_empty(start.shape[:-1] + (frames,))
-            full[..., :first], full[..., first:last], full[..., last:] = start[..., :first], inner, end[..., last - frames:]
+            full[..., :first], full[..., last:] = start[..., :first], end[..., last - frames:]
+            full[..., first:last] = inner
             out.append(full)
         return out
 
