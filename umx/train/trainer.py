@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -48,6 +49,9 @@ from .slots import Slots
 from .state import Epoch, Progress, RunState
 from .step import LossLog
 from .validation import ValidItem
+
+if TYPE_CHECKING:  # imported where used: the scoring stack is only needed with --eval-every
+    from . import scoring
 
 
 @dataclass
@@ -259,7 +263,8 @@ class Trainer:
         return losses, scoring.aggregate(distributed.gather_all(mine, self.dist), self.active)
 
     @torch.no_grad()
-    def _validation_pass(self, scorer) -> tuple[Scores, list]:
+    def _validation_pass(self, scorer: "scoring.Scorer | None") -> tuple[Scores, list["scoring.TrackScores"]]:
+        """The mean losses, and with a scorer each of this rank's tracks' scores (from the same pass)."""
         self.model.eval()
         net, targets = self.model.subset(self.active), self._slots(self.active)
         totals, scored = [0.0] * (len(targets) + 1), []
