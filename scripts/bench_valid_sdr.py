@@ -40,7 +40,8 @@ def run(args) -> dict:
                                   duration=args.duration, seed=5)
         prepare("musdb", root, shards, progress=False, overwrite=True)
     cfg = TrainConfig(shards=str(shards), output=str(work / "out"), targets=args.targets, debug=True, quiet=True,
-                      eval_every=1, **(UMXHQ if args.umxhq else CPU))
+                      eval_every=1, seq_dur=min(6.0, args.duration / 2),  # (training crops fit short tracks)
+                      **(UMXHQ if args.umxhq else CPU))
     trainer = build_trainer(cfg)
     modes = ("exact", "fast")
     try:
