@@ -122,3 +122,21 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_history(shard_set, tmp_pat
     wb = torch.load(part / "vocals.pth", weights_only=True)
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
+
+
+def test_eval_every_scores_every_ranks_tracks(shard_set, tmp_path):
+    """--eval-every under 2 ranks: each rank separates its own validation tracks (one each here),
+    and the recorded cSDR is umx-eval's over all of them, not rank 0's alone."""
+    from umx.evaluate import evaluate
+
+    out = tmp_path / "ddp-eval"
+    r = _torchrun(tmp_path, 2, ["--shards", str(shard_set), "--output", str(out), "--epochs", "1",
+                                "--samples-per-track", "2", "--eval-every", "1", "--eval-separation", "exact", *SMALL])
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "vocals.json").read_text())
+    ours = evaluate(out, str(shard_set), "valid", workers=1, progress=False, metrics=("bssv4", "usdr"))
+    assert len(ours["tracks"]) == 2
+    assert res["valid_sdr_history"][0] == pytest.approx(ours["scores"]["vocals"]["SDR"], abs=1e-3)
+    assert res["valid_usdr_history"][0] == pytest.approx(ours["usdr"]["scores"]["vocals"], abs=1e-3)
+    alone = [t["usdr"]["vocals"] for t in ours["tracks"]]
+    assert alone[0] != pytest.approx(alone[1], abs=1e-3)  # the tracks differ: one rank's would not do
