@@ -109,7 +109,8 @@ class _StereoSums:
     def add(self, y0: Tensor, y1: Tensor, psd_out: Tensor) -> None:
         """Add one chunk of estimates (channels 0 and 1, [sources, frames, bins]); write its PSDs
         (the channel mean of |y|²) into `psd_out`."""
-        p0, p1 = y0.real.square() + y0.imag.square(), y1.real.square() + y1.imag.square()
+        p0 = torch.addcmul(y0.real.square(), y0.imag, y0.imag)  # |y|², a fused multiply-add
+        p1 = torch.addcmul(y1.real.square(), y1.imag, y1.imag)
         self.s00 += p0.sum(1)
         self.s11 += p1.sum(1)
         self.s01 += (y0 * y1.conj()).sum(1)
@@ -149,18 +150,19 @@ def _em_stereo(x: Tensor, initial: Callable[[slice], Tensor], nb_sources: int, i
         if not last:
             next_v, sums = torch.empty_like(v), _StereoSums.zeros(nb_sources, nb_bins, x)
         for t in chunks:
+            # (fused multiply-adds and in-place ops where they save a pass over the chunk)
             vt = v[:, t]  # [sources, frames, bins]
-            c00 = reg + (vt * a00).sum(0)  # Cxx, [frames, bins]
-            c11 = reg + (vt * a11).sum(0)
+            c00 = (vt * a00).sum(0).add_(reg)  # Cxx, [frames, bins]
+            c11 = (vt * a11).sum(0).add_(reg)
             c01 = (vt * a01).sum(0)
-            det = c00 * c11 - (c01.real.square() + c01.imag.square())
+            det = torch.addcmul(c01.real.square(), c01.imag, c01.imag).neg_().addcmul_(c00, c11)
             x0, x1 = x[0, t], x[1, t]
-            w0 = (c11 * x0 - c01 * x1) / det  # Cxx⁻¹ x
-            w1 = (c00 * x1 - c01.conj() * x0) / det
+            w0 = torch.addcmul(c11 * x0, c01, x1, value=-1).div_(det)  # Cxx⁻¹ x
+            w1 = torch.addcmul(c00 * x1, c01.conj(), x0, value=-1).div_(det)
             # the last iteration writes straight into the output planes
             y0, y1 = (out[:, 0, t], out[:, 1, t]) if last else (None, None)
-            y0 = torch.mul(vt, a00 * w0 + a01 * w1, out=y0)
-            y1 = torch.mul(vt, a10 * w0 + a11 * w1, out=y1)
+            y0 = torch.mul(vt, (a00 * w0).addcmul_(a01, w1), out=y0)
+            y1 = torch.mul(vt, (a10 * w0).addcmul_(a11, w1), out=y1)
             if not last:
                 sums.add(y0, y1, next_v[:, t])
         if not last:
@@ -185,8 +187,8 @@ def _wiener_stereo(targets_spectrograms: Tensor, mix_stft: Tensor, iterations: i
             torch.mul((st / (eps + st.sum(0))).to(x.dtype), xt, out=y[:nb_targets])
         else:  # the mixture's phase as a unit phasor: cos/sin(atan2(im, re)) without the three transcendentals
             magnitude = size[:, t]
-            torch.mul(st, torch.where(magnitude > 0, xt / torch.where(magnitude > 0, magnitude, 1), 1),
-                      out=y[:nb_targets])
+            live = magnitude > 0
+            torch.mul(st, torch.where(live, xt / torch.where(live, magnitude, 1), 1), out=y[:nb_targets])
         if residual:
             torch.sub(xt, y[:nb_targets].sum(0), out=y[nb_targets])
         return y
