@@ -246,18 +246,17 @@ def test_separator_api(model_dir, mixture):
         sep(torch.zeros(1, 2, 1000))
 
 
-@pytest.mark.parametrize("hop, centred", [(256, True), (256, False), (300, True)])
-def test_overlap_add_is_istft(hop, centred):
-    """Block by block, any strides, hop dividing the window or not, centred or not: torch.istft's signal."""
+@pytest.mark.parametrize("hop", [256, 300])
+def test_overlap_add_is_istft(hop):
+    """Block by block, any strides, hop dividing the window or not: torch.istft's signal."""
     torch.manual_seed(0)
-    window = torch.hann_window(1024) + (0 if centred else 0.01)  # istft refuses an uncentred envelope of 0
+    window = torch.hann_window(1024)
     spec = torch.randn(61, 513, 2, 3, dtype=torch.complex64).permute(3, 2, 1, 0)  # frames-first memory
-    length = 15000 if centred else 1024 + hop * 60  # istft's uncentred signal is only what the frames cover
-    ref = torch.istft(spec.reshape(6, 513, 61), 1024, hop, window=window, center=centred, length=length)
-    ola = OverlapAdd(1024, hop, window, 61, (3, 2), block=7, centred=centred)
+    ref = torch.istft(spec.reshape(6, 513, 61), 1024, hop, window=window, center=True, length=15000)
+    ola = OverlapAdd(1024, hop, window, 61, (3, 2), block=7)
     for pos in range(0, 61, 20):  # windows of 20 frames, blocks of 7 inside
         ola.add(spec[..., pos:pos + 20], pos)
-    torch.testing.assert_close(ola.finish(length), ref.reshape(3, 2, -1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(ola.finish(15000), ref.reshape(3, 2, -1), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("spec_channels", [2, 1])

@@ -119,19 +119,19 @@ def _load_target(model_dir: str | Path, target: str, device) -> nn.Module:
 
 
 class OverlapAdd:
-    """Inverse of a Hann STFT, fed a block of frames at a time.
+    """Inverse of a centred Hann STFT, fed a block of frames at a time.
 
-    The same computation as `torch.istft(length=...)` (irfft, window, overlap-add, divide by the
-    summed squared window, drop the centring pad where `centred`), but the complex input never
+    The same computation as `torch.istft(center=True, length=...)` (irfft, window, overlap-add,
+    divide by the summed squared window, drop the centring pad), but the complex input never
     needs to exist as a whole: memory is the output signal plus one block of `block` frames.
     Every one of the `n_frames` frames is expected to be added once (the envelope counts them all).
     """
 
     def __init__(self, n_fft: int, n_hop: int, window: Tensor, n_frames: int, lead: tuple[int, ...],
-                 block: int = 512, centred: bool = True):
-        self.n_fft, self.n_hop, self.window, self.block, self.centred = n_fft, n_hop, window, block, centred
-        self.total = n_fft + n_hop * (n_frames - 1)
-        self.buffer = torch.zeros(lead + (self.total,), dtype=window.dtype, device=window.device)
+                 block: int = 512):
+        self.n_fft, self.n_hop, self.window, self.block = n_fft, n_hop, window, block
+        total = n_fft + n_hop * (n_frames - 1)
+        self.buffer = torch.zeros(lead + (total,), dtype=window.dtype, device=window.device)
         squares = (window**2)[None, None].expand(1, n_frames, n_fft)
         self.envelope = self._fold(squares)[0]
 
@@ -167,7 +167,7 @@ class OverlapAdd:
         """The signal of `length` samples (zero-padded where the frames end earlier, as istft does)."""
         ok = self.envelope > 1e-11
         out = self.buffer.div_(torch.where(ok, self.envelope, 1.0))  # in place: no second copy
-        start = self.n_fft // 2 if self.centred else 0
+        start = self.n_fft // 2
         out = out[..., start:start + length]
         if out.shape[-1] < length:
             out = torch.nn.functional.pad(out, (0, length - out.shape[-1]))

@@ -123,19 +123,15 @@ class SharedForward:
             raise UmxError("--eval-separation fast needs --nhop to divide --nfft / 2")
         frames, first = track.stft.shape[-1], track.lead
         last = first + track.spectrogram.shape[-1]
-        head, tail = first + EDGE_CONTEXT, frames - last + EDGE_CONTEXT
-        if head + tail >= frames:  # a short track: the whole of it is hardly more
+        edge = first + EDGE_CONTEXT  # frames re-run at each end (the ends are alike: frames - last == first)
+        if 2 * edge >= frames:  # a short track: the whole of it is hardly more
             return SeparateForward()(separator, track, loss_estimates)
-        batch = track.stft.shape[0]
-        if head == tail:  # (always, where the frames align): both ends in one call, as a batch
-            ends = separator.magnitudes(torch.cat([track.stft[..., :head], track.stft[..., -tail:]]),
-                                        torch.cat([track.magnitude[..., :head], track.magnitude[..., -tail:]]))
-            pairs = ((est[:batch], est[batch:]) for est in ends)
-        else:
-            pairs = zip(separator.magnitudes(track.stft[..., :head], track.magnitude[..., :head]),
-                        separator.magnitudes(track.stft[..., -tail:], track.magnitude[..., -tail:]))
+        batch = track.stft.shape[0]  # both ends in one call, as one batch
+        ends = separator.magnitudes(torch.cat([track.stft[..., :edge], track.stft[..., -edge:]]),
+                                    torch.cat([track.magnitude[..., :edge], track.magnitude[..., -edge:]]))
         out = []
-        for inner, (start, end) in zip(loss_estimates, pairs):
+        for inner, both in zip(loss_estimates, ends):
+            start, end = both[:batch], both[batch:]
             full = start.new_empty(start.shape[:-1] + (frames,))
             full[..., :first], full[..., last:] = start[..., :first], end[..., last - frames:]
             full[..., first:last] = inner
