@@ -31,7 +31,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "umx=umx.cli:main",
+            "umxt=umx.cli:main",  # not `umx`: openunmix installs a script of that name
             "umx-synth=umx.synth:main",
             "umx-prep=umx.prep.cli:main",
             "umx-train=umx.train.cli:main",

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from umx.evaluate import evaluate, median_over_frames, median_over_tracks, score_track
+from umx.evaluate import evaluate, median_over_frames, median_over_tracks, museval_track_json, score_track
 from umx.evaluate_cli import main as eval_main
 from umx.train import TrainConfig, train
 
@@ -15,6 +15,10 @@ SMALL = dict(hidden_size=16, seq_dur=1.0, batch_size=4, nfft=2048, nhop=512, qui
 # the shortest budget that separates: ~4 s of CPU training on the 5 synthetic train tracks
 QUICK = dict(epochs=12, samples_per_track=4, lr=0.01)
 
+
+# A ratio above this is float rounding over signal: the mixture scored as its own separation has an
+# artifact error of rounding alone (its SAR is 180-195 dB, depending on the CPU's vector kernels).
+NOISE_FLOOR_DB = 100.0
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -86,8 +90,11 @@ def test_model_beats_mixture_baseline(vocals_model, shard_set, cli_run):
     pooled = json.loads((cli_run[1] / "eval_valid.json").read_text())
     for key in ("scores", "mixture_baseline"):
         for target, scores in res[key].items():
-            # (the mixture's SAR, ~180 dB, is float noise: BLAS threading moves it a little)
-            assert pooled[key][target] == pytest.approx(scores, rel=1e-2, abs=1e-3)
+            for metric, value in scores.items():
+                if value > NOISE_FLOOR_DB:  # the mixture's SAR: an error of float rounding alone, whose
+                    assert pooled[key][target][metric] > NOISE_FLOOR_DB  # dB value is the CPU's kernels'
+                else:
+                    assert pooled[key][target][metric] == pytest.approx(value, rel=1e-2, abs=1e-3), metric
 
 
 @pytest.mark.slow
@@ -144,6 +151,32 @@ def test_aggregation_matches_museval_evalstore():
     for target in ("vocals", "accompaniment"):
         for metric in ("SDR", "SIR", "ISR", "SAR"):
             assert ours[target][metric] == pytest.approx(theirs[(target, metric)], abs=1e-4)
+
+
+def test_track_files_are_musevals_format(tmp_path):
+    """umx writes museval's per-track JSON itself (museval imports ffmpeg-bound stempeg): the same
+    document as `museval.TrackStore.json`, read back by `museval.EvalStore` as museval's own files."""
+    museval = pytest.importorskip("museval")
+    rng = np.random.default_rng(1)
+    frames = {}
+    for target in ("vocals", "residual"):
+        frames[target] = {m: list(rng.normal(5, 30, 6)) for m in ("SDR", "SIR", "ISR", "SAR")}
+        frames[target]["SDR"][2] = math.nan
+        frames[target]["SAR"][3] = math.inf
+    store = museval.TrackStore(track_name="t0", win=1.0, hop=1.0)
+    for target, values in frames.items():
+        store.add_target(target_name=target, values=values)
+    ours, theirs = json.loads(museval_track_json(frames)), json.loads(store.json)
+    assert json.dumps(ours, sort_keys=True) == json.dumps(theirs, sort_keys=True)  # NaN as NaN, values quantised
+    folder = tmp_path / "test"
+    folder.mkdir()
+    (folder / "t0.json").write_text(museval_track_json(frames))
+    loaded = museval.EvalStore()
+    loaded.add_eval_dir(tmp_path)
+    want = store.df.sort_values(["target", "metric", "time"]).reset_index(drop=True)
+    got = loaded.df.sort_values(["target", "metric", "time"]).reset_index(drop=True)
+    assert got[["target", "metric", "time", "track"]].equals(want[["target", "metric", "time", "track"]])
+    np.testing.assert_array_equal(got["score"].to_numpy(float), want["score"].to_numpy(float))
 
 
 def test_museval_metric_and_the_fast_one_agree(vocals_model, shard_set, tmp_path):

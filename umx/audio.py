@@ -7,6 +7,7 @@ the compute form (int16 / 32768, exactly what soundfile returns for PCM16).
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,13 +163,31 @@ def to_float32(audio: np.ndarray) -> np.ndarray:
     return audio.astype(np.float32) / np.float32(INT16_SCALE)
 
 
+FFMPEG_HINT = "install ffmpeg (Debian: apt-get install ffmpeg)"
+
+
+def ffmpeg_missing() -> str | None:
+    """None where ffmpeg and ffprobe are on PATH; else which are missing. stempeg (and so musdb and
+    museval, which import it) raises at import time without them; ask before importing."""
+    missing = [c for c in ("ffmpeg", "ffprobe") if shutil.which(c) is None]
+    return " and ".join(missing) or None
+
+
+def _stempeg(path: str | Path):
+    missing = ffmpeg_missing()
+    if missing:
+        raise AudioError(path, f".stem.mp4 files are decoded by ffmpeg; {missing} not found on PATH: {FFMPEG_HINT}")
+    import stempeg
+
+    return stempeg
+
+
 def read_stems(path: str | Path) -> tuple[np.ndarray, int]:
     """Decode every stream of a multistream `.stem.mp4` once: float32 `[stems, channels, frames]`.
 
     Uses stempeg (Debian's ffmpeg underneath), as the `musdb` package does.
     """
-    import stempeg
-
+    stempeg = _stempeg(path)
     if not Path(path).is_file():
         raise AudioError(path, "file not found")
     try:
@@ -180,7 +199,7 @@ def read_stems(path: str | Path) -> tuple[np.ndarray, int]:
 
 def write_stems(path: str | Path, stems: np.ndarray, sample_rate: int, bitrate: int = 256000) -> None:
     """Write float `[stems, channels, frames]` as a multistream AAC `.stem.mp4` (MUSDB18's format)."""
-    import stempeg
+    stempeg = _stempeg(path)
 
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}")

@@ -1,6 +1,9 @@
-"""`umx COMMAND …`: every umx command line as a subcommand of one click group (`umx prep`,
-`umx train`, …); the hyphenated scripts (`umx-prep`, `umx-train`, …) run the same commands.
-Subcommands are imported when used, so `umx --help` does not load torch."""
+"""`umxt COMMAND …`: every umx command line as a subcommand of one click group (`umxt prep`,
+`umxt train`, …); the hyphenated scripts (`umx-prep`, `umx-train`, …) run the same commands.
+Subcommands are imported when used, so `umxt --help` does not load torch.
+
+The group is not called `umx`: the openunmix package installs a `umx` script (its separator), and
+whichever package was installed last would own the name."""
 
 from __future__ import annotations
 
@@ -36,14 +39,16 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, short) for name, (_, short) in COMMANDS.items()])
 
 
-cli = LazyGroup("umx", context_settings=CONTEXT_SETTINGS,
-                help="Open-Unmix training, data first: `umx COMMAND --help` for each command.",
-                epilog="\b\nExample:\n  umx synth trackfolder_fix /tmp/data && umx prep trackfolder_fix /tmp/data "
-                       "--out /tmp/shards\n  umx train --shards /tmp/shards --epochs 1")
+GROUP = "umxt"  # the console script's name (setup.py)
+
+cli = LazyGroup(GROUP, context_settings=CONTEXT_SETTINGS,
+                help="Open-Unmix training, data first: `umxt COMMAND --help` for each command.",
+                epilog="\b\nExample:\n  umxt synth trackfolder_fix /tmp/data && umxt prep trackfolder_fix /tmp/data "
+                       "--out /tmp/shards\n  umxt train --shards /tmp/shards --epochs 1")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(cli, argv, "umx")
+    return run_command(cli, argv, GROUP)
 
 
 if __name__ == "__main__":

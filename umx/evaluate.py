@@ -31,11 +31,13 @@ Separation runs in this process (on CUDA where available); scoring runs in
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import sys
 import warnings
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -59,6 +61,13 @@ def check_metrics(metrics) -> tuple[str, ...]:
     unknown = [m for m in metrics if m not in METRIC_CHOICES]
     if unknown:
         raise UmxError(f"--metric must be among {', '.join(METRIC_CHOICES)}, not {', '.join(unknown)}")
+    if "museval" in metrics:
+        from .audio import FFMPEG_HINT, ffmpeg_missing
+
+        missing = ffmpeg_missing()
+        if missing:  # museval imports musdb → stempeg, which raises at import without them
+            raise UmxError(f"--metric museval runs the museval package, which needs ffmpeg; {missing} not found "
+                           f"on PATH: {FFMPEG_HINT}, or score with the default bssv4 (the same numbers)")
     return metrics
 
 
@@ -196,17 +205,29 @@ def _json_safe(obj):
     return obj
 
 
-def _write_museval_json(path: Path, name: str, frames: dict) -> None:
-    """Per-track frame scores in museval's own JSON format (museval.TrackStore)."""
-    from museval import TrackStore
+MUSEVAL_FORMAT = "0.4.1"  # the museval version whose TrackStore JSON layout this writes
 
+
+def _museval_value(x: float) -> float:
+    """museval's TrackStore quantisation: 5 decimals (Decimal, half-even), an infinity as NaN."""
+    return float(Decimal(x).quantize(Decimal(".00001"))) if math.isfinite(x) else math.nan
+
+
+def museval_track_json(frames: dict) -> str:
+    """Per-track frame scores as museval's `TrackStore.json` writes them (its schema, its quantisation),
+    without importing museval: museval pulls musdb and stempeg, which refuse to import without ffmpeg."""
+    targets = [{"name": target, "frames": [
+        {"time": i * WINDOW_S, "duration": WINDOW_S,
+         "metrics": {m: _museval_value(values[m][i]) for m in ("SDR", "SIR", "SAR", "ISR")}}
+        for i in range(len(values["SDR"]))]} for target, values in frames.items()]
+    return json.dumps({"targets": targets, "museval_version": MUSEVAL_FORMAT}, indent=2, allow_nan=True)
+
+
+def _write_museval_json(path: Path, frames: dict) -> None:
     from .shards.storage import atomic_writer
 
-    store = TrackStore(track_name=name, win=WINDOW_S, hop=WINDOW_S)
-    for target, values in frames.items():
-        store.add_target(target_name=target, values=values)
     with atomic_writer(path, "w") as f:
-        f.write(store.json)
+        f.write(museval_track_json(frames))
 
 
 # --- the run -------------------------------------------------------------------
@@ -440,7 +461,7 @@ def evaluate(
             folder.mkdir(parents=True, exist_ok=True)
             for t in done:  # track ids come from the shard set: checked before they name a file
                 name = safe_name(t["id"], "track id", manifest.location)
-                _write_museval_json(inside(folder, f"{name}.json", "track id", manifest.location), t["name"],
+                _write_museval_json(inside(folder, f"{name}.json", "track id", manifest.location),
                                     t["frames"][metric])
         results["json"] = str(out / f"eval_{split}.json")
         write_json(results["json"], _json_safe(results))

@@ -11,17 +11,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import audio
 from ..errors import LayoutError
 from . import Scan, Track, sampling
 
 
 def _setup() -> dict:
-    import os
+    """musdb's own configuration (sources, validation tracks, stem ids), read from its package folder
+    without importing it: musdb imports stempeg, which refuses to import without ffmpeg, and WAV
+    folders need no ffmpeg."""
+    import importlib.util
 
-    import musdb
     import yaml
 
-    with open(os.path.join(musdb.__path__[0], "configs", "mus.yaml")) as f:
+    spec = importlib.util.find_spec("musdb")
+    if spec is None or not spec.submodule_search_locations:
+        raise LayoutError("the musdb layout needs the musdb package (pip install musdb)")
+    with open(Path(next(iter(spec.submodule_search_locations))) / "configs" / "mus.yaml") as f:
         return yaml.safe_load(f)
 
 
@@ -66,6 +72,10 @@ def _tracks(folder: Path, is_wav: bool, setup: dict, sources: list[str], result:
                 continue
             yield track_dir.name, Track(subset, track_dir.name, files, mixture=mixture)
     else:
+        missing = audio.ffmpeg_missing()
+        if missing:  # one line for the set, not one skipped track per file
+            raise LayoutError(f"{folder}: MUSDB18 .stem.mp4 files are decoded by ffmpeg; {missing} not found on "
+                              f"PATH: {audio.FFMPEG_HINT} (MUSDB18-HQ wav folders need neither: --is-wav)")
         for path in sorted(folder.glob("*.stem.mp4")):
             name = path.name[: -len(".stem.mp4")]
             ids = dict(setup["stem_ids"])
