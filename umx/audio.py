@@ -117,12 +117,12 @@ def write(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str | 
         raise ValueError(f"{path}: audio must be [channels, frames], got shape {audio.shape}")
     if subtype is None and path.suffix.lower() in (".wav", ".flac"):
         subtype = "PCM_16"
-    tmp = path.with_name(f".{path.name}.tmp")
+    from .shards.storage import atomic_writer  # an exclusive temp file at an unpredictable name
+
     try:
-        sf.write(str(tmp), audio.T, sample_rate, subtype=subtype, format=_format_of(path))
-        tmp.replace(path)
+        with atomic_writer(path) as f:
+            sf.write(f, audio.T, sample_rate, subtype=subtype, format=_format_of(path))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        tmp.unlink(missing_ok=True)
         raise AudioError(path, f"cannot write audio ({e})") from None
 
 

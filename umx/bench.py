@@ -279,6 +279,7 @@ def bench(config, steps: int = 10, warmup: int = 2, loader_batches: int = 20) ->
     from .train import distributed
     from .train import build_trainer
 
+    config.check()  # the options as given, refused as umx-train refuses them (some are replaced below)
     with tempfile.TemporaryDirectory(prefix="umx-bench-") as tmp:
         cfg = dataclasses.replace(config, debug=True, output=tmp, trace=False, save_every=0, quiet=True,
                                   checkpoint=None)

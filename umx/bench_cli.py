@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 import sys
 
-import click
 
 from . import bench, bench_advice
-from .cli_util import command, option, run_command
+from .cli_util import IntRange, command, option, run_command
 from .layouts.options import layout_options
 from .train.options import SECTIONS, train_config, train_options
 
@@ -24,11 +23,11 @@ Examples:
          help="Measure a training run (loader samples/s, device step time, end-to-end samples/s) on your "
               "shard set and umx-train options, and say whether it is data-bound.")
 @train_options
-@option("--steps", type=click.IntRange(min=1), default=10, group="bench",
+@option("--steps", type=IntRange(1, 10**5), default=10, group="bench",
         help="timed device steps, with and without the loader")
-@option("--warmup", type=click.IntRange(min=0), default=2, group="bench",
+@option("--warmup", type=IntRange(0, 10**4), default=2, group="bench",
         help="untimed steps first (compilation, worker start)")
-@option("--loader-batches", type=click.IntRange(min=1), default=20, group="bench",
+@option("--loader-batches", type=IntRange(1, 10**5), default=20, group="bench",
         help="timed batches of the loader alone")
 @option("--json", "as_json", is_flag=True, group="bench", help="print one JSON object instead of the summary")
 def cli(steps: int, warmup: int, loader_batches: int, as_json: bool, **params) -> int:

@@ -9,6 +9,9 @@ open-unmix's variadic form, and the error handling of every entry point.
 - underscore spellings (`--no_cuda`, `--input_file`) through click's `token_normalize_func`;
 - `--help` in sections, one per option group (`format_options`), defaults shown.
 
+`IntRange` / `FloatRange`: click's, refusing NaN and quoting a refused value cut short (a
+5001-digit number is one short line); every number option takes one (train/options.py).
+
 `run_command` runs one with `standalone_mode=False` and turns every failure into one line:
 a value click's types refuse (`--epochs 0`, a choice not offered) and `UmxError` as `error: …`
 (exit 2), an `OSError` of the machine as `error: <path>: no space left on device` etc. (exit 1);
@@ -23,7 +26,7 @@ from typing import Any, Callable
 
 import click
 
-from .errors import UmxError
+from .errors import UmxError, shown
 
 
 def normalize_token(token: str) -> str:
@@ -55,6 +58,42 @@ class Choice(click.Choice):
 
     def normalize_choice(self, choice, ctx):
         return super().normalize_choice(choice, None)
+
+
+class _Bounded:
+    """click's IntRange / FloatRange, but refusing NaN where there is a range (NaN compares as inside
+    any) and quoting a refused value cut short (`errors.shown`): a 5001-digit `--seed` gives one
+    short line. Without bounds, a number parsed for a library function to range-check."""
+
+    kind: type = float
+    what = "number"
+
+    def convert(self, value, param, ctx):
+        number = value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                number = self.kind(value)  # int(): ValueError for over 4300 digits too
+            except (TypeError, ValueError):
+                self.fail(f"{shown(value)} is not a {self.what}.", param, ctx)
+        below = self.min is not None and (number <= self.min if self.min_open else number < self.min)
+        above = self.max is not None and (number >= self.max if self.max_open else number > self.max)
+        if (number != number and (self.min is not None or self.max is not None)) or below or above:
+            low = "" if self.min is None else f"{self.min}{'<' if self.min_open else '<='}"
+            high = "" if self.max is None else f"{'<' if self.max_open else '<='}{self.max}"
+            self.fail(f"{shown(number)} is not in the range {low}x{high}.", param, ctx)
+        return self.kind(number)
+
+
+class IntRange(_Bounded, click.IntRange):
+    """A whole-number option within a range."""
+
+    kind, what = int, "whole number"
+
+
+class FloatRange(_Bounded, click.FloatRange):
+    """A number option within a range (finite: the range's bounds are)."""
+
+    kind, what = float, "number"
 
 
 def _as_list(ctx: click.Context, param: click.Parameter, value):

@@ -44,7 +44,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .errors import UmxError
-from .names import inside, safe_name
+from .names import safe_name, subfolder
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
 WINDOW_S = 1.0  # museval's default frame (window = hop = 1 s)
@@ -78,12 +78,17 @@ def score_track(references: dict[str, np.ndarray], estimates: dict[str, np.ndarr
     """BSSEval v4 of one track: name → `[frames, channels]` references and estimates (same names),
     computed by museval or (`metric="bssv4"`) by umx.bss.
 
-    Returns name → metric → list of per-frame values (NaN for silent frames).
+    Returns name → metric → list of per-frame values (NaN for silent frames). A source silent
+    over the whole track (museval refuses it) makes every frame silent: all NaN, as museval scores
+    a frame in which any reference or estimate is silent.
     """
     names = list(references)
     refs = np.stack([references[n] for n in names]).astype(np.float64)
     ests = np.stack([estimates[n] for n in names]).astype(np.float64)
     win = int(WINDOW_S * rate)
+    if silent_sources(dict(zip(names, refs))) or silent_sources(dict(zip(names, ests))):
+        frames = refs.shape[1] // win if win < refs.shape[1] else 1  # museval's Framing (hop = win)
+        return {name: {m: [math.nan] * frames for m in METRICS} for name in names}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         if metric == "museval":
@@ -102,6 +107,22 @@ def score_track(references: dict[str, np.ndarray], estimates: dict[str, np.ndarr
     return out
 
 
+def silent_sources(signals: dict[str, np.ndarray]) -> list[str]:
+    """The names whose `[frames, channels]` signal is silent over the whole track by museval's rule
+    (the sum over channels is zero at every sample): BSSv4 is undefined there, museval raises."""
+    return [n for n, x in signals.items() if not np.any(np.sum(x, axis=-1) != 0)]
+
+
+def silence_note(track_id: str, references: dict[str, np.ndarray], estimates: dict[str, np.ndarray]) -> str | None:
+    """One line naming the track and its sources silent over the whole track, or None."""
+    what = [f"reference '{n}'" for n in silent_sources(references)]
+    what += [f"estimate '{n}'" for n in silent_sources(estimates)]
+    if not what:
+        return None
+    return (f"track '{track_id}': {', '.join(what)} silent over the whole track: its BSSv4 frames are NaN for "
+            f"every source (museval's rule for a silent frame), left out of the medians")
+
+
 def usdr_track(references: dict[str, np.ndarray], estimates: dict[str, np.ndarray]) -> dict[str, float]:
     """name → the track's uSDR (umx.bss.usdr) of that source."""
     from . import bss
@@ -117,6 +138,8 @@ def score_job(track: dict) -> dict:
     refs, ests, mix, rate = track.pop("references"), track.pop("estimates"), track.pop("mixture"), track["rate"]
     baseline = {n: mix for n in refs}
     metrics = track.get("metrics", ("museval",))
+    if any(m in FRAME_METRICS for m in metrics):
+        track["note"] = silence_note(track["id"], refs, ests)
     track["frames"] = {m: score_track(refs, ests, rate, m) for m in metrics if m in FRAME_METRICS}
     track["mixture_frames"] = {m: score_track(refs, baseline, rate, m) for m in metrics if m in FRAME_METRICS}
     if "usdr" in metrics:
@@ -282,6 +305,16 @@ def _score_in_pool(prepare, records, workers: int, done: list, bar) -> None:
             bar.update()
 
 
+def _output_folders(outdir: str | Path | None, split: str, frame_metrics: list[str]
+                    ) -> tuple[Path | None, dict[str, Path]]:
+    """`outdir` (made if missing) and its `<metric>/<split>/` folders: real folders, never a symbolic
+    link followed out of it (the default outdir is a model directory someone handed over)."""
+    if outdir is None:
+        return None, {}
+    out = subfolder(Path(outdir).expanduser(), [], str(outdir))
+    return out, {m: subfolder(out, [m, split], str(out)) for m in frame_metrics}
+
+
 @dataclass
 class EvalSet:
     """What is scored: the split's tracks, wherever they come from."""
@@ -359,6 +392,8 @@ def evaluate(
     format, which museval.EvalStore reads). `results["scores"]` is the first frame metric's.
     """
     metrics = check_metrics(metrics)
+    split = safe_name(split, "split name", "--split")  # it names eval_<split>.json and <metric>/<split>/
+    frame_metrics = [m for m in metrics if m in FRAME_METRICS]
     import torch
     from tqdm import tqdm
 
@@ -385,9 +420,11 @@ def evaluate(
     if rest_name in manifest.sources:
         raise UmxError(f"residual name '{rest_name}' is a source of the shard set: "
                        f"pick another with --residual-name")
+    out, folders = _output_folders(outdir, split, frame_metrics)  # before the work: a refusal costs nothing
     rate = manifest.sample_rate
 
     def prepare(rec) -> dict:
+        safe_name(rec.id, "track id", manifest.location)  # it names a file: refused before the work, not after
         mixture = audio_io.force_stereo(rec.mixture_or_sum())
         lacking = [t for t in targets if t not in rec.sources]
         if lacking:
@@ -422,8 +459,10 @@ def evaluate(
             _score_in_pool(prepare, manifest.records(), workers, done, bar)
     bar.close()
     done.sort(key=lambda t: t["id"])
+    for t in done:
+        if t.get("note"):
+            print(f"warning: {t['note']}", file=sys.stderr)
 
-    frame_metrics = [m for m in metrics if m in FRAME_METRICS]
     per_track = []
     for t in done:
         entry = {"id": t["id"], "name": t["name"],
@@ -455,14 +494,10 @@ def evaluate(
                            "mixture_baseline": mean_over_tracks([t["mixture_usdr"] for t in per_track]),
                            "mixture_median": median_of_values([t["mixture_usdr"] for t in per_track])}
     if outdir is not None:
-        out = Path(outdir).expanduser()
-        for metric in frame_metrics:
-            folder = out / metric / safe_name(split, "split name", "--split")
-            folder.mkdir(parents=True, exist_ok=True)
-            for t in done:  # track ids come from the shard set: checked before they name a file
+        for metric, folder in folders.items():
+            for t in done:  # a real folder, a checked name: the rename replaces whatever is there, a link too
                 name = safe_name(t["id"], "track id", manifest.location)
-                _write_museval_json(inside(folder, f"{name}.json", "track id", manifest.location),
-                                    t["frames"][metric])
+                _write_museval_json(folder / f"{name}.json", t["frames"][metric])
         results["json"] = str(out / f"eval_{split}.json")
         write_json(results["json"], _json_safe(results))
     return results

@@ -17,6 +17,7 @@ from .cli_util import Choice, command, option, run_command
 from .errors import UmxError
 from .layouts import STRUCTURE, check_options
 from .layouts.options import GROUP, HEADING, LAYOUTS, given_layout_options, layout_click_options
+from .names import safe_name
 from .separate import filter_options
 
 
@@ -57,6 +58,7 @@ def cli(**args) -> int:
 
     if bool(args["shards"]) == bool(args["root"]):
         raise UmxError("give a shard set (--shards) or a dataset folder (--root), one of the two")
+    safe_name(args["split"], "split name", "--split")  # it names eval_<split>.json: checked before any work
     data = args["shards"]
     if args["root"]:
         layout = args["dataset"] or "musdb"

@@ -6,16 +6,21 @@ names, cache entries, evaluation outputs) may be hostile. `safe_name` checks one
 path component and `safe_key` a relative key of several; `inside` joins a
 checked name to a folder and confirms that the result stays in it, so a name
 that slipped past a check still cannot write elsewhere (defence in depth).
+`subfolder` makes the folders umx writes into below an output folder, and refuses
+a symbolic link planted at one of them: it would carry every write below it out.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import unicodedata
 from pathlib import Path
+from typing import Sequence
 
 from .errors import UmxError
 
-MAX_NAME_BYTES = 200  # below NAME_MAX (255): room for the suffixes umx adds (.json, .part, .tmp<pid>)
+MAX_NAME_BYTES = 200  # below NAME_MAX (255): room for the suffixes umx adds (.json, .part, .tmp<16 hex>)
 MAX_KEY_BYTES = 1024
 MAX_KEY_DEPTH = 16
 
@@ -92,3 +97,26 @@ def inside(folder: str | Path, key: str, what: str = "name", where: str | None =
     if not path.resolve().is_relative_to(base):
         raise UnsafeNameError(f"{where or folder}: {what} {_shown(key)} leads outside {folder}")
     return path
+
+
+def subfolder(base: str | Path, names: Sequence[str], where: str) -> Path:
+    """`base/names[0]/names[1]/…`, each component a real folder (made here where missing).
+
+    `base` is the output folder the user named (made if missing, wherever a link of theirs leads);
+    below it umx follows no symbolic link: a link (or a file) planted at a component is refused,
+    naming it, since every file written below would otherwise land where the link points."""
+    folder = Path(base)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        folder = folder / safe_name(name, "folder name", where)
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            pass
+        mode = os.lstat(folder).st_mode
+        if stat.S_ISLNK(mode):
+            raise UnsafeNameError(f"{folder}: is a symbolic link; umx writes only into real folders below "
+                                  f"{base} (remove the link, or write elsewhere)")
+        if not stat.S_ISDIR(mode):
+            raise UnsafeNameError(f"{folder}: exists and is not a folder (remove it, or write elsewhere)")
+    return folder

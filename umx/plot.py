@@ -10,12 +10,18 @@ objective on a second axis). `umx-plot OUTPUT_DIR [--target T]` redraws them.
 
 matplotlib's object API with the Agg canvas: no pyplot, no global backend
 switch, safe in a training process without a display.
+
+A model directory may come from anyone: its JSON is read through the model layer's
+bounded reader (train.outputs.read_json: 64 MiB, nesting, encoding) and checked into a
+`History` (lists of numbers, whole numbers, strings) before anything is drawn, and
+target names pass `safe_name` before they name a file.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +29,10 @@ import click
 
 from .cli_util import command, option, run_command
 from .errors import UmxError
+from .names import safe_name
+
+MAX_EPOCHS = 100_000  # longer histories than any run (open-unmix's default is 1000 epochs): refused
+MAX_LR_MARKS = 200  # learning-rate reductions marked on a plot; more would only blacken it
 
 
 def lr_drops(lr_history: Sequence[float], initial_lr: float | None = None) -> list[int]:
@@ -41,27 +51,102 @@ def lr_drops(lr_history: Sequence[float], initial_lr: float | None = None) -> li
     return drops
 
 
-def read_history(model_dir: str | Path, target: str) -> dict:
+class HistoryError(UmxError):
+    """A `<target>.json` whose histories are not what a training run writes (names the file and key)."""
+
+
+def _numbers(results: dict, key: str, where: str) -> list[float]:
+    """`results[key]` as floats, a missing key as no epochs; None and non-finite values as NaN (a gap)."""
+    values = results.get(key)
+    if values is None:
+        return []
+    if not isinstance(values, list):
+        raise HistoryError(f"{where}: '{key}' must be a list of numbers, not {type(values).__name__}")
+    if len(values) > MAX_EPOCHS:
+        raise HistoryError(f"{where}: '{key}' has {len(values)} epochs, more than {MAX_EPOCHS}")
+    out = []
+    for i, v in enumerate(values):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise HistoryError(f"{where}: '{key}'[{i}] must be a number, not {type(v).__name__}")
+        out.append(_float(v))
+    return out
+
+
+def _float(value: int | float | None) -> float:
+    """A finite float, or NaN (None, infinities, and whole numbers beyond a float's range)."""
+    try:
+        x = math.nan if value is None else float(value)
+    except OverflowError:
+        return math.nan
+    return x if math.isfinite(x) else math.nan
+
+
+def _optional(value, kinds: tuple[type, ...], key: str, where: str):
+    """`value` if it is None or of `kinds` (a bool is no number here), else one line naming the key."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+        raise HistoryError(f"{where}: '{key}' must be {' or '.join(k.__name__ for k in kinds)}, "
+                           f"not {type(value).__name__}")
+    return value
+
+
+@dataclass
+class History:
+    """What the plots draw from a `<target>.json` (umx's or open-unmix's), every value checked."""
+
+    train: list[float]
+    valid: list[float]
+    lr: list[float]
+    best_epoch: int | None
+    initial_lr: float | None
+    dataset: str | None
+    valid_sdr: list[float]
+    valid_usdr: list[float]
+    objective_valid: list[float]
+
+    @classmethod
+    def from_results(cls, results: dict, where: str) -> "History":
+        """The histories of a results object, or HistoryError naming `where` and the key."""
+        if not isinstance(results, dict) or "train_loss_history" not in results:
+            raise HistoryError(f"{where}: has no train_loss_history (not a training results file)")
+        args = _optional(results.get("args"), (dict,), "args", where) or {}
+        lr = _optional(args.get("lr"), (int, float), "args.lr", where)
+        return cls(train=_numbers(results, "train_loss_history", where),
+                   valid=_numbers(results, "valid_loss_history", where),
+                   lr=_numbers(results, "lr_history", where),
+                   best_epoch=_optional(results.get("best_epoch"), (int,), "best_epoch", where),
+                   initial_lr=None if lr is None else _float(lr),
+                   dataset=_optional(args.get("dataset"), (str,), "args.dataset", where),
+                   valid_sdr=_numbers(results, "valid_sdr_history", where),
+                   valid_usdr=_numbers(results, "valid_usdr_history", where),
+                   objective_valid=_numbers(results, "objective_valid_history", where))
+
+    def best(self) -> int | None:
+        """The best epoch where it has a validation loss to mark, else None."""
+        return self.best_epoch if self.best_epoch is not None and 1 <= self.best_epoch <= len(self.valid) else None
+
+
+def read_history(model_dir: str | Path, target: str) -> History:
+    """`<model_dir>/<target>.json`'s histories: the target name checked before it names a file,
+    the file read by the model layer's bounded reader, every value checked."""
     from .train.outputs import read_json
 
+    target = safe_name(target, "target name", "--target")
     path = Path(model_dir).expanduser() / f"{target}.json"
-    results = read_json(path, f"is {path.parent} the output folder of a '{target}' run?")
-    if not isinstance(results, dict) or "train_loss_history" not in results:
-        raise UmxError(f"{path}: has no train_loss_history (not a training results file)")
-    return results
+    return History.from_results(read_json(path, f"is {path.parent} the output folder of a '{target}' run?"),
+                                str(path))
 
 
 def draw_history(results: dict, target: str):
     """The loss-curve figure (a matplotlib Figure on an Agg canvas) of a `<target>.json` object."""
+    return draw_curves(History.from_results(results, f"{target}.json"), target)
+
+
+def draw_curves(history: History, target: str):
+    """The loss-curve figure of one target's checked histories."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    train = [float(x) for x in results.get("train_loss_history", [])]
-    valid = [float(x) for x in results.get("valid_loss_history", [])]
-    lrs = [float(x) for x in results.get("lr_history", [])]
-    best = results.get("best_epoch")
-    initial_lr = (results.get("args") or {}).get("lr")
-
+    train, valid, lrs = history.train, history.valid, history.lr
     fig = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -74,19 +159,21 @@ def draw_history(results: dict, target: str):
     values = [v for v in train + valid if v == v]  # no NaN
     if values and min(values) > 0 and max(values) / min(values) > 20:
         ax.set_yscale("log")
-    drops = lr_drops(lrs, initial_lr)
-    for k, epoch in enumerate(drops):
+    drops = lr_drops(lrs, history.initial_lr)
+    for k, epoch in enumerate(drops[:MAX_LR_MARKS]):
         ax.axvline(epoch + 0.5, color="tab:gray", linestyle=":", linewidth=1,
-                   label="LR reduced" if k == 0 else None)
+                   label=(f"LR reduced (first {MAX_LR_MARKS} of {len(drops)})" if len(drops) > MAX_LR_MARKS
+                          else "LR reduced") if k == 0 else None)
         ax.annotate(f"lr {lrs[epoch - 1]:.2g}", xy=(epoch + 0.5, 0.0), xycoords=("data", "axes fraction"),
                     xytext=(-8, 4), textcoords="offset points", fontsize=7, color="tab:gray", rotation=90,
                     ha="center", va="bottom")
-    if isinstance(best, int) and 1 <= best <= len(valid):
+    best = history.best()
+    if best is not None:
         ax.axvline(best, color="tab:green", linestyle="--", linewidth=1)
         ax.plot([best], [valid[best - 1]], marker="*", markersize=14, color="tab:green", linestyle="none",
                 label=f"best epoch {best} ({valid[best - 1]:.4g})")
-    sdr = [(i + 1, float(v)) for i, v in enumerate(results.get("valid_sdr_history") or []) if v is not None]
-    usdr = [(i + 1, float(v)) for i, v in enumerate(results.get("valid_usdr_history") or []) if v is not None]
+    sdr = [(i + 1, v) for i, v in enumerate(history.valid_sdr) if v == v]  # NaN: not evaluated that epoch
+    usdr = [(i + 1, v) for i, v in enumerate(history.valid_usdr) if v == v]
     if sdr or usdr:  # --eval-every: separation quality on a second axis
         ax2 = ax.twinx()
         for points, color, label in ((sdr, "tab:purple", "validation cSDR"), (usdr, "tab:brown", "validation uSDR")):
@@ -94,8 +181,7 @@ def draw_history(results: dict, target: str):
                 ax2.plot(*zip(*points), color=color, marker="o", markersize=3, linewidth=1, label=label)
         ax2.set_ylabel("SDR (dB)")
         ax2.legend(loc="center right", fontsize=8)
-    args = results.get("args") or {}
-    ax.set_title(f"{target}: {len(train)} epochs" + (f", {args['dataset']}" if args.get("dataset") else ""))
+    ax.set_title(f"{target}: {len(train)} epochs" + (f", {history.dataset}" if history.dataset else ""))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (MSE of magnitude spectrograms)")
     ax.grid(True, alpha=0.3)
@@ -105,7 +191,7 @@ def draw_history(results: dict, target: str):
     return fig
 
 
-def draw_targets(histories: dict[str, dict]):
+def draw_targets(histories: dict[str, History]):
     """One figure of a joint run: every target's train (dashed) and validation curve, and the
     joint objective's where the run had one."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -115,19 +201,16 @@ def draw_targets(histories: dict[str, dict]):
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     values = []
-    for k, (target, results) in enumerate(histories.items()):
+    for k, (target, history) in enumerate(histories.items()):
         color = f"C{k}"
-        for key, style, label in (("train_loss_history", "--", "train"), ("valid_loss_history", "-", "validation")):
-            curve = [float(x) for x in results.get(key, [])]
+        for curve, style, label in ((history.train, "--", "train"), (history.valid, "-", "validation")):
             values += curve
             if curve:
                 ax.plot(range(1, len(curve) + 1), curve, linestyle=style, color=color, label=f"{target} {label}")
-        best = results.get("best_epoch")
-        valid = results.get("valid_loss_history", [])
-        if isinstance(best, int) and 1 <= best <= len(valid):
-            ax.plot([best], [valid[best - 1]], marker="*", markersize=10, color=color, linestyle="none")
-    objective = next((r.get("objective_valid_history") for r in histories.values()
-                      if r.get("objective_valid_history")), None)
+        best = history.best()
+        if best is not None:
+            ax.plot([best], [history.valid[best - 1]], marker="*", markersize=10, color=color, linestyle="none")
+    objective = next((h.objective_valid for h in histories.values() if h.objective_valid), None)
     if objective:
         ax2 = ax.twinx()
         ax2.plot(range(1, len(objective) + 1), objective, color="black", linewidth=1, label="joint objective (valid)")
@@ -162,11 +245,23 @@ def plot_history(model_dir: str | Path, target: str) -> Path:
     from .shards.storage import atomic_writer
 
     folder = Path(model_dir).expanduser()
-    fig = draw_history(read_history(folder, target), target)
+    fig = draw_curves(read_history(folder, target), target)
     out = folder / f"{target}_loss.png"
     with atomic_writer(out) as f:
         fig.savefig(f, format="png")
     return out
+
+
+def _has_history(path: Path) -> bool:
+    """Whether `path` is a target's results: other JSON, and files that are not JSON objects, are passed
+    over; a results file whose histories are damaged is kept, to be refused naming what is wrong."""
+    from .train.outputs import read_json
+
+    try:
+        safe_name(path.stem, "target name", str(path))
+        return "train_loss_history" in read_json(path, "a target's results")
+    except UmxError:
+        return False
 
 
 @command("umx-plot", epilog="\b\nExample:\n  umx-plot open-unmix --target vocals",
@@ -177,17 +272,11 @@ def plot_history(model_dir: str | Path, target: str) -> Path:
 def cli(output: str, target: str | None) -> int:
     folder = Path(output).expanduser()
     if target:
-        targets = [target]
+        targets = [safe_name(target, "target name", "--target")]
     else:
         if not folder.is_dir():
             raise UmxError(f"{folder}: directory not found")
-        targets = []
-        for path in sorted(folder.glob("*.json")):
-            try:
-                if "train_loss_history" in json.loads(path.read_text()):
-                    targets.append(path.stem)
-            except (json.JSONDecodeError, TypeError):
-                continue
+        targets = [p.stem for p in sorted(folder.glob("*.json")) if _has_history(p)]
         if not targets:
             raise UmxError(f"{folder}: no <target>.json with a loss history here")
     for target in targets:

@@ -15,7 +15,6 @@ writes `stems/song/vocals.wav`, … at the model's sample rate (as open-unmix do
 from __future__ import annotations
 
 import inspect
-import math
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,11 +29,14 @@ from . import audio as audio_io
 from .cli_util import apply, argument, command, option, run_command
 from .errors import UmxError
 from .filtering import wiener
-from .names import inside, safe_name
-from .model import STFT, estimate, load_target
+from .names import inside, safe_name, subfolder
+from .model import NB_CHANNELS, NFFT, NHOP, STFT, Range, check_bridge, check_stft, estimate, load_bridged, load_target
 
 SEPARATOR_JSON = "separator.json"
-SEPARATOR_BOUNDS = {"nb_channels": (1, 2), "nfft": (16, 2**16), "nhop": (1, 2**16), "sample_rate": (1000, 384000)}
+SAMPLE_RATE = Range(audio_io.MIN_RATE, audio_io.MAX_RATE)
+SEPARATOR_SIZES = {"nb_channels": NB_CHANNELS, "nfft": NFFT, "nhop": NHOP, "sample_rate": SAMPLE_RATE}
+NITER = Range(0, 100)  # EM iterations: time grows with them
+WIENER_WIN_LEN = Range(0, 2**16)  # frames filtered together (0: the whole track)
 OUTPUT_FORMATS = ("wav", "flac", "ogg", "aiff", "aif", "mp3")  # what umx.audio.write knows
 
 
@@ -62,15 +64,9 @@ def read_separator_json(model_dir: str | Path) -> dict:
     missing = [k for k in ("nb_channels", "nfft", "nhop", "sample_rate") if not isinstance(conf, dict) or k not in conf]
     if missing:
         raise UmxError(f"{path}: missing {', '.join(missing)}")
-    values = {}
-    for key, (lo, hi) in SEPARATOR_BOUNDS.items():  # a model directory is passed around: nothing is trusted
-        raw = conf[key]
-        number = raw if isinstance(raw, (int, float)) and not isinstance(raw, bool) else None
-        if number is None or not math.isfinite(number) or number != round(number) or not lo <= number <= hi:
-            raise UmxError(f"{path}: {key} must be a whole number in [{lo}, {hi}], got {raw!r}")
-        values[key] = int(round(number))
-    if values["nhop"] > values["nfft"]:
-        raise UmxError(f"{path}: nhop {values['nhop']} is larger than nfft {values['nfft']}")
+    # a model directory is passed around: nothing is trusted
+    values = {key: size.check(conf[key], f"{path}: {key}") for key, size in SEPARATOR_SIZES.items()}
+    check_stft(values["nfft"], values["nhop"], str(path))
     return values
 
 
@@ -90,32 +86,6 @@ def bridged_targets(model_dir: str | Path) -> list[str] | None:
     for name in names:
         safe_name(name, "bridged target", str(path))
     return names
-
-
-def _load_bridged(model_dir: str | Path, targets: list[str], device) -> dict[str, nn.Module]:
-    """Every network of a bridged model, from its one weights file."""
-    from .train.outputs import BRIDGED_WEIGHTS, load_plain
-
-    path = Path(model_dir).expanduser() / BRIDGED_WEIGHTS
-    if not path.is_file():
-        raise UmxError(f"{path}: not found (separator.json names a bridged model)")
-    states = load_plain(path, "model", map_location=device)
-    missing = [t for t in targets if not isinstance(states, dict) or not isinstance(states.get(t), dict)]
-    if missing:
-        raise UmxError(f"{path}: has no weights for {', '.join(missing)}")
-    return {t: load_target(str(model_dir), t, device, state=states[t]) for t in targets}
-
-
-def _load_target(model_dir: str | Path, target: str, device) -> nn.Module:
-    """`load_target`, with a damaged or mismatched `<target>.pth` reported as one clear line."""
-    import pickle
-
-    try:
-        return load_target(str(model_dir), target, device)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UmxError(f"{Path(model_dir).expanduser() / (target + '.pth')}: cannot be loaded with the sizes in "
-                       f"{target}.json ({first})") from None
 
 
 class OverlapAdd:
@@ -206,8 +176,10 @@ class Separator(nn.Module):
         self.bridge = bridge
         if not target_models:
             raise UmxError("a Separator needs at least one target model")
-        if niter < 0:
-            raise UmxError(f"niter must be >= 0, got {niter}")
+        NITER.check(niter, "niter")
+        WIENER_WIN_LEN.check(wiener_win_len or 0, "wiener_win_len")
+        if bridge:
+            check_bridge({n: m.hidden_size for n, m in target_models.items()}, "the bridged target models")
         nb_sources = len(target_models) + bool(residual)
         if niter > 0 and nb_sources < 2:
             raise UmxError(f"EM post-processing (niter={niter}) needs two sources at least: give several "
@@ -256,8 +228,8 @@ class Separator(nn.Module):
             raise UmxError(f"{Path(model_dir).expanduser()}: a bridged (X-UMX) model separates all its targets "
                            f"together ({', '.join(bridged)}), not {', '.join(targets)}")
         conf = read_separator_json(model_dir)
-        models = _load_bridged(model_dir, bridged, device) if bridged else \
-            {t: _load_target(model_dir, t, device) for t in targets}
+        models = load_bridged(model_dir, bridged, device) if bridged else \
+            {t: load_target(model_dir, t, device) for t in targets}
         separator = cls(models, niter=niter, softmask=softmask, residual=residual, sample_rate=conf["sample_rate"],
                         n_fft=conf["nfft"], n_hop=conf["nhop"], nb_channels=conf["nb_channels"],
                         wiener_win_len=wiener_win_len, bridge=bool(bridged))
@@ -357,6 +329,13 @@ def _subtype(ext: str) -> str | None:
     return {".wav": "FLOAT", ".flac": "PCM_24", ".aiff": "FLOAT", ".aif": "FLOAT"}.get(ext.lower())
 
 
+def stem_folder(outdir: str | Path, path: str | Path) -> Path:
+    """`outdir/<file stem>`, the folder of one input's stems. The stem is a name from outside:
+    `...wav`'s is `..`, which would put the stems beside `outdir`."""
+    stem = safe_name(Path(path).stem, "stem folder name", str(path))
+    return inside(outdir, stem, "stem folder name", str(path))
+
+
 def write_estimates(estimates: Mapping[str, np.ndarray], folder: Path, sample_rate: int,
                     ext: str = ".wav") -> dict[str, Path]:
     """Write `[channels, frames]` estimates as `folder/<target><ext>`."""
@@ -367,7 +346,7 @@ def write_estimates(estimates: Mapping[str, np.ndarray], folder: Path, sample_ra
         if subtype is not None and subtype.startswith("PCM") or ext.lower() in (".ogg", ".mp3"):
             est = np.clip(est, -1.0, 1.0)  # integer and lossy formats cannot hold peaks beyond full scale
         path = inside(folder, f"{safe_name(name, 'target name', str(folder))}{ext}", "target name")
-        audio_io.write(path, est, sample_rate, subtype=subtype)
+        audio_io.write(path, est, sample_rate, subtype=subtype)  # atomic: an exclusive temp file, renamed
         written[name] = path
     return written
 
@@ -379,8 +358,8 @@ def separate_file(separator: Separator, path: str | Path, outdir: str | Path, ex
     mix, _ = load_input(path, separator.sample_rate)
     device = device if device is not None else next(separator.parameters()).device
     est = separator(torch.from_numpy(mix)[None].to(device))[0].float().cpu().numpy()
-    return write_estimates(dict(zip(separator.target_names, est, strict=True)), Path(outdir) / Path(path).stem,
-                           separator.sample_rate, ext)
+    folder = subfolder(outdir, [stem_folder(outdir, path).name], str(path))  # a real folder, no planted link
+    return write_estimates(dict(zip(separator.target_names, est, strict=True)), folder, separator.sample_rate, ext)
 
 
 # --- CLI ---------------------------------------------------------------------
@@ -393,9 +372,10 @@ def filter_options(f):
     """`--niter` and `--wiener-win-len` (umx-separate, umx-eval), defaults from Separator.from_dir."""
     defaults = inspect.signature(Separator.from_dir).parameters
     return apply(
-        option("--niter", type=click.IntRange(min=0), default=defaults["niter"].default,
+        option("--niter", type=click.IntRange(NITER.low, NITER.high), default=defaults["niter"].default,
                help="EM iterations of the Wiener filter (0: none)"),
-        option("--wiener-win-len", type=click.IntRange(min=0), default=defaults["wiener_win_len"].default,
+        option("--wiener-win-len", type=click.IntRange(WIENER_WIN_LEN.low, WIENER_WIN_LEN.high),
+               default=defaults["wiener_win_len"].default,
                help="frames filtered together; 0: the whole track (more memory)"),
     )(f)
 
@@ -426,22 +406,20 @@ def cli(**params) -> int:
     ext = args.ext if args.ext.startswith(".") else "." + args.ext
     if ext.lower().lstrip(".") not in OUTPUT_FORMATS:
         raise UmxError(f"--ext {ext}: unknown audio format (use one of {', '.join(OUTPUT_FORMATS)})")
-    stems: dict[str, str] = {}
+    stems: dict[Path, str] = {}
     for f in args.input:  # every input is checked before the models load
         audio_io.info(f)
-        stem = Path(f).stem
-        if stem in stems:
-            raise UmxError(f"{f}: has the same name as {stems[stem]}; both would be written to "
-                           f"{Path(args.outdir) / stem}")
-        stems[stem] = f
+        folder = stem_folder(args.outdir, f)
+        if folder in stems:
+            raise UmxError(f"{f}: has the same name as {stems[folder]}; both would be written to {folder}")
+        stems[folder] = f
     device = device_for(args.no_cuda)
     separator = Separator.from_dir(args.model, args.targets, niter=args.niter,
                                    residual=args.residual_name if args.residual else False,
                                    wiener_win_len=args.wiener_win_len, device=device, softmask=args.softmask)
     for f in tqdm(args.input, desc="separating", disable=args.quiet or len(args.input) == 1):
         written = separate_file(separator, f, args.outdir, ext, device)
-        folder = Path(args.outdir) / Path(f).stem
-        print(f"{f} -> {folder}/ ({', '.join(p.name for p in written.values())})")
+        print(f"{f} -> {stem_folder(args.outdir, f)}/ ({', '.join(p.name for p in written.values())})")
     return 0
 
 

@@ -75,6 +75,25 @@ def assign_ids(tracks: list[Track]) -> None:
 
 RESERVED = {"mixture"}  # a record's real mixture is stored under this name
 
+# The model directory's files (train/outputs.py, plot.py; umx-eval writes there by default): each
+# target's own, `<target>` + one of TARGET_SUFFIXES, and the files the directory holds once. A
+# source or target named so that one of its own files is one of those (`separator` → separator.json,
+# `xumx` → xumx.pth, `targets` → targets_loss.png) would overwrite it: refused, by prep as a source
+# name and by umx-train as a target (`check_target_name`).
+TARGET_SUFFIXES = (".pth", ".chkpnt", ".chkpnt.next", ".json", "_loss.png")
+SHARED_FILES = ("separator.json", "xumx.pth", "targets_loss.png", "eval_train.json", "eval_valid.json",
+                "eval_test.json")
+RESERVED_TARGETS = frozenset(f[:-len(x)] for f in SHARED_FILES for x in TARGET_SUFFIXES if f.endswith(x))
+
+
+def check_target_name(name: str, where: str) -> None:
+    """Refuse (LayoutError, one line naming `where`) a source or target name whose model files would
+    overwrite the model directory's own; compared case-blind (macOS and Windows file systems are)."""
+    if name.casefold() in RESERVED_TARGETS:
+        clash = [f for f in SHARED_FILES for x in TARGET_SUFFIXES if f == name.casefold() + x]
+        raise LayoutError(f"{where}: '{name}' cannot be a source or target name: its model files would "
+                          f"overwrite the model directory's {', '.join(clash)}")
+
 
 def source_name(filename: str) -> str:
     """Source name of a file name pattern: its stem, lower-case and safe."""
@@ -126,6 +145,8 @@ def scan(layout: str, root: str | Path, **options) -> Scan:
     if not root.is_dir():
         raise LayoutError(f"{root}: dataset folder not found")
     result = scanners[layout](root, **{k: v for k, v in options.items() if v is not None})
+    for name in dict.fromkeys([result.target, *result.sources]):  # every layout's names, before any work
+        check_target_name(name, str(next((t.files[name] for t in result.tracks if name in t.files), root)))
     assign_ids(result.tracks)
     extra = complement(result)
     if extra is not None:

@@ -8,6 +8,7 @@ taken; the pipeline puts them in report.json. The outcomes:
   other sample rate                        → resampled (soxr)
   mono / more than two channels            → duplicated / first two kept
   sources of different length              → cut to the shortest up to --max-length-diff, else skipped
+  shorter than one STFT window (4096)      → track skipped
   clipping, all-silent source              → reported (a silent target is kept, or skipped with
                                              --skip-silent-targets)
 """
@@ -37,6 +38,7 @@ class Options:
     store_mixture: bool = False
     target: str = ""
     skip_silent_targets: bool = False
+    min_frames: int = 0  # shorter tracks are skipped (the pipeline: one window of its STFT)
 
 
 @dataclass
@@ -74,6 +76,16 @@ def _length_skip(out: Loaded, arrays: dict, lengths: dict[str, int], diff: float
     problem = f"sources differ in length by {diff:.3f} s ({lengths})"
     out.notes.append(note(where, "length", "skipped", problem + f" > --max-length-diff {opt.max_length_diff}",
                           "track skipped"))
+    return out
+
+
+def _short_skip(out: Loaded, arrays: dict, lengths: dict[str, int], opt: Options) -> Loaded:
+    """Skip a track too short for one STFT window: it could be neither trained on nor scored (a
+    validation track that short would stop training at its first validation pass)."""
+    name = min(lengths, key=lengths.get)
+    out.notes.append(note(arrays[name][2], "short", "skipped",
+                          f"{lengths[name]} samples at {opt.sample_rate} Hz: shorter than one STFT window "
+                          f"({opt.min_frames} samples), too short to train on or score", "track skipped"))
     return out
 
 
@@ -125,6 +137,8 @@ def load_track(track: Track, opt: Options) -> Loaded:
         where = arrays[max(lengths, key=lengths.get)][2]
         out.notes.append(note(where, "length", "repaired", problem, f"all sources cut to {shortest} frames"))
         pcm = {n: a[:, :shortest] for n, a in pcm.items()}
+    if shortest < opt.min_frames:
+        return _short_skip(out, arrays, lengths, opt)
 
     for name, a in pcm.items():
         path = arrays[name][2]

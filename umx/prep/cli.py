@@ -13,14 +13,16 @@ import sys
 
 import click
 
-from ..cli_util import Choice, command, option, run_command
+from .. import audio
+from ..cli_util import Choice, FloatRange, IntRange, command, option, run_command
 from ..errors import UmxError
 from ..layouts import check_options
 from ..layouts.options import GROUP, HEADING, LAYOUTS, given_layout_options, layout_click_options
 from ..shards import storage
 from ..shards.webdataset import DEFAULT_SHARD_BYTES
+from ..train.config import json_object
 from ..train.options import config_option
-from .pipeline import FORMATS, prepare, print_summary
+from .pipeline import FORMATS, MAX_LENGTH_DIFF, MAX_SHARD_MIB, WORKERS, prepare, print_summary
 
 
 EPILOG = """\b
@@ -39,13 +41,15 @@ Examples:
 @option("--format", type=Choice(FORMATS), default=FORMATS[0],
         help="WebDataset tar shards (faster for the umxhq recipe, 64 crops per track) or a zarr v3 store "
              "(random-access crops: faster with 1 crop per track; see docs/benchmarks.md)")
-@option("--sample-rate", type=int, default=44100,
-        help="rate of the shard set; other rates are resampled")
-@option("--workers", type=int, default=os.cpu_count() or 1, show_default="the CPU count",
-        help="parallel track readers")
-@option("--shard-size", type=float, default=DEFAULT_SHARD_BYTES / 2**20, help="shard size in MiB")
-@option("--max-length-diff", type=float, default=1.0,
-        help="sources of a track differing by up to this many seconds are cut to the shortest")
+@option("--sample-rate", type=IntRange(), default=44100,  # the ranges: prepare's (pipeline._check_settings)
+        help=f"rate of the shard set ({audio.MIN_RATE}–{audio.MAX_RATE} Hz); other rates are resampled")
+@option("--workers", type=IntRange(), default=min(os.cpu_count() or 1, WORKERS[1]), show_default="the CPU count",
+        help=f"parallel track readers ({WORKERS[0]}–{WORKERS[1]})")
+@option("--shard-size", type=FloatRange(), default=DEFAULT_SHARD_BYTES / 2**20,
+        help=f"shard size in MiB (up to {MAX_SHARD_MIB})")
+@option("--max-length-diff", type=FloatRange(), default=1.0,
+        help=f"sources of a track differing by up to this many seconds (at most {MAX_LENGTH_DIFF}) are cut to "
+             "the shortest")
 @option("--skip-silent-targets", is_flag=True,
         help="skip tracks whose target source is all silent (default: keep and report them)")
 @option("--strict", is_flag=True, help="fail instead of repairing or skipping any file")
@@ -71,20 +75,12 @@ def cli(**params) -> int:
 
 
 def _storage_options(text: str | None) -> dict | None:
-    if not text:
-        return None
-    try:
-        options = json.loads(text)
-    except ValueError as e:
-        raise UmxError(f"--storage-options: not valid JSON ({e})") from None
-    if not isinstance(options, dict):
-        raise UmxError("--storage-options: must be a JSON object, e.g. '{\"endpoint_url\": \"http://…\"}'")
-    return options
+    return json_object(text, "--storage-options") or None
 
 
 def _shard_bytes(mib: float) -> int:
-    if not math.isfinite(mib) or mib <= 0:
-        raise UmxError(f"--shard-size must be a positive number of MiB, got {mib}")
+    if not math.isfinite(mib) or not 0 < mib <= MAX_SHARD_MIB:
+        raise UmxError(f"--shard-size must be a positive number of MiB up to {MAX_SHARD_MIB}, got {mib}")
     return max(1, int(mib * 2**20))
 
 

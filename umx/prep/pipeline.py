@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__, audio
-from ..errors import UmxError
+from ..errors import UmxError, shown
 from ..layouts import Scan, safe_id, scan
 from ..names import inside, safe_key, safe_name
 from ..shards import manifest as mf
@@ -50,6 +50,10 @@ from .checks import Loaded, Options, load_track, note
 from .report import Report
 
 DEFAULT_STFT = (4096, 1024)
+MIN_FRAMES = DEFAULT_STFT[0]  # a track shorter than one window of open-unmix's STFT is skipped (checks.py)
+WORKERS = (1, 1024)  # --workers, as umx-train's --nb-workers
+MAX_SHARD_MIB = 2**16  # --shard-size (64 GiB)
+MAX_LENGTH_DIFF = 3600  # --max-length-diff (s)
 FORMATS = ("webdataset", "zarr")
 STAGING = ".staging"
 LEDGER = "owned.json"  # in the staging folder: what prep placed at --out beyond the manifest's reach
@@ -240,7 +244,7 @@ def prepare(
         with _named_os_errors(staging):
             tails = _write_shards(found, staging, done, workers, shard_bytes, progress, Options(
                 sample_rate=sample_rate, max_length_diff=max_length_diff, target=found.target,
-                skip_silent_targets=skip_silent_targets,
+                skip_silent_targets=skip_silent_targets, min_frames=MIN_FRAMES,
                 stft=DEFAULT_STFT if found.sampling["records"] == "tracks" else None))
             return _finish(layout, found, staging, out, done, tails, report, settings, fp, strict, root, progress,
                            format, owned)
@@ -262,13 +266,16 @@ def _check_settings(workers, sample_rate, shard_bytes, max_length_diff, format) 
         audio.check_rate(sample_rate)
     except ValueError as e:
         raise UmxError(f"--sample-rate: {e}") from None
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise UmxError(f"--workers must be a whole number >= 1, got {workers!r}")
-    if isinstance(shard_bytes, bool) or not isinstance(shard_bytes, int) or shard_bytes < 1:
-        raise UmxError(f"--shard-size must be a positive size, got {shard_bytes!r} bytes")
+    if isinstance(workers, bool) or not isinstance(workers, int) or not WORKERS[0] <= workers <= WORKERS[1]:
+        raise UmxError(f"--workers must be a whole number from {WORKERS[0]} to {WORKERS[1]}, got {shown(workers)}")
+    if isinstance(shard_bytes, bool) or not isinstance(shard_bytes, int) \
+            or not 1 <= shard_bytes <= MAX_SHARD_MIB * 2**20:
+        raise UmxError(f"--shard-size must be a positive size up to {MAX_SHARD_MIB} MiB, got {shown(shard_bytes)} "
+                       "bytes")
     if isinstance(max_length_diff, bool) or not isinstance(max_length_diff, (int, float)) \
-            or not math.isfinite(max_length_diff) or max_length_diff < 0:
-        raise UmxError(f"--max-length-diff must be a number of seconds >= 0, got {max_length_diff!r}")
+            or not math.isfinite(max_length_diff) or not 0 <= max_length_diff <= MAX_LENGTH_DIFF:
+        raise UmxError(f"--max-length-diff must be a number of seconds from 0 to {MAX_LENGTH_DIFF:g}, "
+                       f"got {shown(max_length_diff)}")
 
 
 def _check_apart(out: Path, root: Path, found: Scan) -> None:

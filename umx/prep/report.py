@@ -1,7 +1,7 @@
 """report.json: every file prep looked at, what was odd about it, what prep did.
 
 Each entry: split, track, file, class (ok, unreadable, truncated, nan, sample_rate,
-channels, length, silent, clipping, missing, empty, duplicate_id, unsafe_name),
+channels, length, short, silent, clipping, missing, empty, duplicate_id, unsafe_name),
 status (ok / repaired / reported / skipped), problem, action. The summary counts
 entries per class and tracks kept / repaired / skipped per split.
 """

@@ -409,7 +409,7 @@ def load(location: str) -> Manifest:
         raise ManifestError(url, "(file)", "no manifest here: is this a shard set written by umx-prep?") from None
     except IsADirectoryError:
         raise ManifestError(url, "(file)", "is a folder, not a manifest") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except ValueError as e:  # not UTF-8, not JSON, or a number over Python's 4300-digit limit
         raise ManifestError(url, "(file)", f"is not valid JSON ({e})") from None
     except RecursionError:
         raise ManifestError(url, "(file)", "is nested too deeply to be a umx manifest") from None

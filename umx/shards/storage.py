@@ -11,9 +11,11 @@ backoff; permanent ones become one clear error naming the URL.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import IO, Callable, Iterator, TypeVar
@@ -179,24 +181,52 @@ def remove(url: str) -> None:
         fs.rm_file(path)
 
 
+# a temp file is always a new file: O_EXCL fails on any name that exists, a planted symbolic link included
+_NEW_FILE = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+             | getattr(os, "O_BINARY", 0))
+TEMP_MARK = ".tmp"  # temp files are `.<name>.tmp<random>`: prep's clean-up finds them by it
+
+
+def new_temp(path: Path) -> tuple[int, Path]:
+    """(fd, path) of a file created here and now next to `path`, at a name no one can guess in advance
+    (every temp file umx writes should come from here): a link
+    or file planted in the folder can never become the file umx writes (a predictable name, such as
+    one with the pid, could be a link to anywhere)."""
+    for _ in range(64):
+        tmp = path.with_name(f".{path.name}{TEMP_MARK}{secrets.token_hex(8)}")
+        try:
+            return os.open(tmp, _NEW_FILE, 0o666), tmp
+        except FileExistsError:
+            continue
+        except OSError as e:  # permission denied, read-only, no space: name the file meant
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from None
+    raise OSError(errno.EEXIST, "no free temporary name next to it", str(path))
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Write to `path` via a temp file; the final name appears only when complete."""
+    """Write to `path` via a temp file; the final name appears only when complete.
+
+    The temp file is created exclusively (never an existing file or link); the rename replaces
+    whatever is at `path`, a symbolic link itself rather than the file it points to."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = None
     try:
-        with open(tmp, mode) as f:
+        fd, tmp = new_temp(path)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         if e.errno is not None and e.filename in (None, str(tmp)):  # name the file meant, not the temp file
             raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from None
         raise
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
 
 

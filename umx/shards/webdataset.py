@@ -58,8 +58,8 @@ class ShardWriter:
         if self.would_roll_over(record):
             self.close_shard()
         if self._open is None:
-            tmp = self.folder / f".{shard_name(self.split, self._index)}.tmp"
-            f = open(tmp, "wb")
+            fd, tmp = storage.new_temp(self.folder / shard_name(self.split, self._index))
+            f = os.fdopen(fd, "wb")
             self._open = (f, wds.TarWriter(f, encoder=True, mtime=0.0), tmp, [], [], [])
         f, tar, _, ids, frames, names = self._open
         sample = {"__key__": record.id, "meta.json": record.meta}

@@ -27,15 +27,17 @@ from ..shards.cache import cache_root
 from ..shards.reader import ShardReader, add_metrics
 from . import distributed, resident
 from .augment import Augment
-from .config import TrainConfig
+from .config import TrainConfig, json_object
 from .ema import EMA
 from .losses import make_objective
 from .outputs import load_checkpoints
 from .slots import Slots, make_slots
-from .state import RunState, TargetState
-from .step import EagerStep, GraphStep, make_optimizer, settle_lr
+from .state import Bounds, RunState, StateError, TargetState
+from .step import (EagerStep, GraphStep, checked_optimizer_state, checked_scheduler_state, make_optimizer,
+                   settle_lr)
 from .streams import SourceFileStream, TrainStream, choose_plan
 from .trainer import Mixer, Optimisation, Trainer, TrainData
+from .scoring import check_selectable
 from .validation import ValidItem, load_validation
 
 
@@ -43,7 +45,7 @@ def setup_process(config: TrainConfig) -> tuple[distributed.Context, torch.devic
     """Process-wide set-up: storage options, the process group and device, CPU threads (loader
     workers and other ranks share the cores: oversubscribed OpenMP threads crawl), the seeds
     (model initialisation, as open-unmix seeds it) and the precision flags."""
-    storage.configure(_json_option(config.storage_options, "--storage-options"), config.anon)
+    storage.configure(json_object(config.storage_options, "--storage-options"), config.anon)
     dist, device = distributed.setup(not config.no_cuda and torch.cuda.is_available(), config.dist_timeout)
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -74,7 +76,8 @@ def build_trainer(config: TrainConfig, dist: distributed.Context | None = None,
     add_metrics(data.valid_io, data.reader.take_metrics())  # (a statistics pass, if any) not an epoch's
     mixer = Mixer(augment, data.slots.input_slot, tuple(data.slots.target_slots),
                   data.out_len if augment.changes_length else None)
-    parts, state = build_optimisation(cfg, model, encoder, dist, device, data.seq_len, mixer)
+    parts, state = build_optimisation(cfg, model, encoder, dist, device, data.seq_len, mixer,
+                                      resume_bounds(cfg, data.stream, dist))
     fingerprint = run_fingerprint(cfg, manifest)
     if automatic:
         check_same_run(cfg, state.run, fingerprint)
@@ -172,6 +175,8 @@ def build_data(cfg: TrainConfig, manifest: mf.Manifest, dist: distributed.Contex
     stream.check(cfg.nb_workers)
     valid: list[ValidItem] = load_validation(manifest, cfg.targets, "valid", cfg.silence_missing_targets,
                                              cfg.nb_valid_samples, out_len, reader)
+    if cfg.select_by == "sdr":  # a set that can give no cSDR could never select weights
+        check_selectable(valid, slots, list(manifest.sources), manifest.sample_rate)
     return TrainData(reader, slots, seq_len, stream, split, valid[dist.rank::dist.world_size], len(valid),
                      reader.take_metrics(), out_len)
 
@@ -207,7 +212,7 @@ def input_statistics(manifest: mf.Manifest, nfft: int, nhop: int, quiet: bool, r
             cached = json.loads(path.read_text())
             mf.validate_statistics({mf.stats_key(nfft, nhop): cached}, str(path))
             return cached
-        except (json.JSONDecodeError, UmxError) as e:
+        except (ValueError, RecursionError, UmxError) as e:
             print(f"warning: {path}: recomputing the input statistics ({e})", file=sys.stderr)
     reader = reader or ShardReader(manifest)
     skipped = len(reader.bad)
@@ -256,10 +261,18 @@ def _fine_tune(cfg: TrainConfig, target: str, device: torch.device) -> OpenUnmix
     return model
 
 
+def resume_bounds(cfg: TrainConfig, stream, dist: distributed.Context) -> Bounds:
+    """What this run can hold, which the state of a checkpoint it resumes must fit: its targets, the
+    epoch's samples and batches (from its stream), its topology and sampling plan."""
+    return Bounds(tuple(cfg.targets), stream.samples_per_epoch(), stream.batch_size, dist.world_size,
+                  cfg.nb_workers, stream.elastic)
+
+
 def build_optimisation(cfg: TrainConfig, model: Joint, encoder, dist: distributed.Context, device: torch.device,
-                       seq_len: int | None, mixer: Mixer | None = None) -> tuple[Optimisation, RunState]:
+                       seq_len: int | None, mixer: Mixer | None = None,
+                       bounds: Bounds | None = None) -> tuple[Optimisation, RunState]:
     """Per target an optimizer and a plateau scheduler; the model wrapper and the step — and the
-    run state, resumed from --checkpoint."""
+    run state, resumed from --checkpoint (held against `bounds`, what the run can hold)."""
     graph = graph_step_wanted(cfg, dist, device, seq_len)
     optimizers = {t: make_optimizer(m, cfg.lr, cfg.weight_decay, graph, device) for t, m in model.models.items()}
     schedulers = {t: torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -267,7 +280,7 @@ def build_optimisation(cfg: TrainConfig, model: Joint, encoder, dist: distribute
     ema = EMA(model, cfg.ema) if cfg.ema else None
     state = RunState(targets={t: TargetState() for t in cfg.targets})
     if cfg.checkpoint:
-        state = resume(cfg, model, optimizers, schedulers, ema)
+        state = resume(cfg, model, optimizers, schedulers, ema, bounds)
     objective = make_objective(cfg.loss, cfg.nfft, cfg.nhop, cfg.mix_coef, cfg.combination)
     parts = Optimisation(model, model, optimizers, schedulers, None, objective, graph, ema, mixer)
     make_step(parts, cfg, encoder, dist, device, state.active(cfg.targets))
@@ -293,30 +306,49 @@ def make_step(parts: Optimisation, cfg: TrainConfig, encoder, dist: distributed.
         if parts.graph else EagerStep(net, encoder, optimizers, parts.objective, **common)
 
 
-def resume(cfg: TrainConfig, model: Joint, optimizers: dict, schedulers: dict, ema: EMA | None = None) -> RunState:
+def resume(cfg: TrainConfig, model: Joint, optimizers: dict, schedulers: dict, ema: EMA | None = None,
+           bounds: Bounds | None = None) -> RunState:
     """Every target's network, optimizer, scheduler (and --ema averages) from `--checkpoint`, and the
-    run state to continue."""
-    ckpts, state = load_checkpoints(Path(cfg.checkpoint), cfg.targets)
+    run state to continue. Each part is checked against this run's own (the optimizer's moments
+    against its parameters, …) before it is loaded; only --output is ever written (an interrupted
+    save is settled there, never in another run's folder given as --checkpoint)."""
+    folder = Path(cfg.checkpoint).expanduser()
+    ckpts, state = load_checkpoints(folder, cfg.targets, bounds or Bounds(tuple(cfg.targets)),
+                                    settle=_same_folder(folder, Path(cfg.output).expanduser()))
     for target, ckpt in ckpts.items():
+        path = ckpt.path or folder / f"{target}.chkpnt"
         try:
             model.models[target].load_state_dict(ckpt.state_dict)
-            optimizers[target].load_state_dict(ckpt.optimizer)
-            schedulers[target].load_state_dict(ckpt.scheduler)
-        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
             lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-            path = Path(cfg.checkpoint).expanduser() / f"{target}.chkpnt"
             raise UmxError(f"{path}: does not fit this run's model (--hidden-size, --nfft, --nb-channels, "
                            f"--unidirectional, --bandwidth must be those of the run; "
                            f"{lines[-1][:200] if lines else e})") from None
+        try:
+            optimizer = checked_optimizer_state(ckpt.optimizer, optimizers[target])
+            scheduler = checked_scheduler_state(ckpt.scheduler, schedulers[target])
+        except StateError as e:
+            raise UmxError(f"{path}: field '{e.name}' {e.problem}") from None
+        optimizers[target].load_state_dict(optimizer)
+        schedulers[target].load_state_dict(scheduler)
         settle_lr(optimizers[target])
         if ema is not None:
             try:
                 ema.load_target_state(target, ckpt.ema)
-            except (KeyError, RuntimeError, TypeError) as e:
-                path = Path(cfg.checkpoint).expanduser() / f"{target}.chkpnt"
+            except KeyError as e:
                 raise UmxError(f"{path}: has no moving averages for --ema {' '.join(map(str, cfg.ema))} "
-                               f"({e})") from None
+                               f"({e.args[0]})") from None
+            except ValueError as e:
+                raise UmxError(f"{path}: {e} (--ema {' '.join(map(str, cfg.ema))})") from None
     return state
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    """Whether two paths name one folder (the checkpoint folder is the output folder)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def graph_step_wanted(cfg: TrainConfig, dist: distributed.Context, device: torch.device, seq_len: int | None) -> bool:
@@ -331,15 +363,3 @@ def graph_step_wanted(cfg: TrainConfig, dist: distributed.Context, device: torch
     if cfg.cuda_graph == "on" and reason:
         raise UmxError(f"--cuda-graph on: the training step cannot be captured {reason}; use auto or off")
     return reason is None and (cfg.cuda_graph == "on" or device.type == "cuda")
-
-
-def _json_option(text: str | None, flag: str) -> dict:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UmxError(f"{flag}: not valid JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise UmxError(f"{flag}: must be a JSON object, e.g. '{{\"endpoint_url\": \"http://…\"}}'")
-    return value

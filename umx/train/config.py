@@ -11,12 +11,15 @@ sample counts. `0` is never taken for "unset".
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UmxError
+from ..errors import UmxError, shown
+from ..layouts import check_target_name
+from ..model import HIDDEN_SIZE, NFFT, NHOP, check_stft
 from ..shards import manifest as mf
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -28,6 +31,10 @@ RESUME = ("auto", "never")  # --resume
 SAMPLING = ("auto", "global", "pool")  # --sampling: see streams.choose_plan
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
 GROUPS = ("run", "training", "model", "data", "buckets", "layout")
+# sane upper bounds (a value beyond one is a typo, and would overflow a timer, a seed or float32 somewhere)
+MONTH = 30 * 24 * 3600  # seconds: the longest wait (--dist-timeout, --data-timeout); timedelta and poll() overflow
+MANY = 10**6  # epochs, patience, evaluations, crops: more than any run takes
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding takes 32 bits
 
 
 @dataclass(frozen=True)
@@ -37,9 +44,10 @@ class Option:
     help: str
     group: str
     choices: tuple | None = None
-    low: float | None = None  # the smallest value allowed (None: any)
+    low: float | None = None  # the smallest value allowed: every number has both bounds (options.py)
     high: float | None = None
     low_open: bool = False  # the smallest value itself is excluded
+    high_open: bool = False  # the largest value itself is excluded
     nargs: str | None = None  # "*" for lists
     kind: str | None = None  # a value syntax of its own ("interval": N steps or a duration), see options.py
     layout: bool = False  # one of open-unmix's dataset options, shared with umx-prep (layouts/options.py)
@@ -64,23 +72,28 @@ class TrainConfig:
     quiet: bool = option(False, "no progress bars", "run")
     dist_timeout: float = option(600.0, "seconds a rank waits in a collective before it gives up (a dead peer "
                                  "then ends the run within this bound, and torchrun can restart it)", "run",
-                                 low=1)
+                                 low=1, high=MONTH)
     data_timeout: float = option(600.0, "seconds to wait for a batch from the loader workers before stopping "
-                                 "with an error (a hung worker or stalled bucket); 0: forever", "run", low=0)
+                                 "with an error (a hung worker or stalled bucket); 0: forever", "run", low=0,
+                                 high=MONTH)
 
-    epochs: int = option(1000, "train until this epoch (counting resumed ones)", "training", low=1)
-    batch_size: int = option(16, "per process (torchrun: × nproc)", "training", low=1)
-    patience: int = option(140, "early stopping patience (epochs)", "training", low=0)
-    lr: float = option(0.001, "learning rate", "training", low=0, low_open=True)
-    lr_decay_patience: int = option(80, "epochs without improvement before the lr drops", "training", low=0)
-    lr_decay_gamma: float = option(0.3, "factor of each lr drop", "training", low=0, high=1, low_open=True)
-    weight_decay: float = option(0.00001, "Adam weight decay", "training", low=0)
-    seed: int = option(42, "seed of every random draw (model, crops, augmentation, dropout)", "training")
+    epochs: int = option(1000, "train until this epoch (counting resumed ones)", "training", low=1, high=MANY)
+    batch_size: int = option(16, "per process (torchrun: × nproc)", "training", low=1, high=2**16)
+    patience: int = option(140, "early stopping patience (epochs)", "training", low=0, high=MANY)
+    lr: float = option(0.001, "learning rate", "training", low=0, low_open=True, high=10)
+    lr_decay_patience: int = option(80, "epochs without improvement before the lr drops", "training", low=0,
+                                    high=MANY)
+    lr_decay_gamma: float = option(0.3, "factor of each lr drop", "training", low=0, high=1, low_open=True,
+                                  high_open=True)
+    weight_decay: float = option(0.00001, "Adam weight decay", "training", low=0, high=10)
+    seed: int = option(42, "seed of every random draw (model, crops, augmentation, dropout)", "training", low=0,
+                       high=SEED_MAX)
     debug: bool = option(False, "skip the input statistics (faster start)", "training")
     loss: str = option("independent", "independent: the sum of each target's spectrogram MSE (N single-target "
                        "runs in one); multidomain: X-UMX's spectrogram MSE + --mix-coef × a time-domain weighted "
                        "SDR loss, one objective for all targets", "training", choices=LOSSES)
-    mix_coef: float = option(10.0, "multidomain: weight of the time-domain loss (X-UMX: 10)", "training", low=0)
+    mix_coef: float = option(10.0, "multidomain: weight of the time-domain loss (X-UMX: 10)", "training", low=0,
+                             high=10**4)
     combination: bool = option(False, "multidomain: also score every sum of 2 … N-1 targets (X-UMX's combination "
                                "loss)", "training")
     bridge: bool = option(False, "X-UMX's averaging bridges between the targets' networks (not loadable by "
@@ -88,13 +101,13 @@ class TrainConfig:
     ema: list[float] | None = option(None, "also keep moving averages of the weights with these decays (e.g. "
                                      "0.999 0.9999), validated each epoch next to the raw weights: the best is "
                                      "written as <target>.pth, the choice recorded in <target>.json", "training",
-                                     nargs="*")
+                                     nargs="*", low=0, high=1, low_open=True, high_open=True)
     grad_accum: int = option(1, "step the optimizer every N batches (gradients summed, each batch weighted "
                              "1/N): an N× batch on a small GPU, but BatchNorm still sees each batch's statistics, "
                              "so not bit-equal to it", "training", low=1, high=2**16)
     eval_every: int = option(0, "every N epochs also separate the validation tracks (Wiener filtering, as "
                              "umx-separate) and score them: cSDR (BSSv4) and uSDR into <target>.json; 0: never",
-                             "training", low=0)
+                             "training", low=0, high=MANY)
     eval_separation: str = option("fast", "how --eval-every separates: fast: from the validation pass's own "
                                   "network outputs (one forward pass fewer; differs from umx-separate near the track "
                                   "edges only); exact: as umx-separate (the networks run again on the centred "
@@ -104,7 +117,8 @@ class TrainConfig:
                             "(open-unmix) or the cSDR of --eval-every (patience then counts evaluations)",
                             "training", choices=SELECT_BY)
     save_every: int | str = option(0, "also write the checkpoint inside an epoch: every N steps, or every 10m / 90s "
-                                   "/ 1h of training (exact mid-epoch resume)", "training", kind="interval")
+                                   "/ 1h of training (exact mid-epoch resume)", "training", kind="interval",
+                                   low=0, high=10**9)
     resume: str | None = option(None, "auto: continue the run in --output if its checkpoint is this run's (same "
                                 "shard set and options; else an error), or start it; never: start fresh "
                                 "(default: auto when torchrun restarted the group, else never)", "run",
@@ -119,12 +133,12 @@ class TrainConfig:
                                "training", choices=MODES)
     trace: bool = option(False, "log the track ids of every step per rank to OUTPUT/trace-rank<r>.jsonl", "training")
 
-    seq_dur: float = option(6.0, "crop length in s; <= 0: full tracks", "model", low=-math.inf)
+    seq_dur: float = option(6.0, "crop length in s; <= 0: full tracks", "model", low=-3600, high=3600)
     unidirectional: bool = option(False, "unidirectional LSTM (real time)", "model")
-    hidden_size: int = option(512, "LSTM hidden size", "model", low=1, high=2**14)
-    nfft: int = option(4096, "STFT window length", "model", low=16, high=2**16)
-    nhop: int = option(1024, "STFT hop length", "model", low=1)
-    bandwidth: int = option(16000, "max bandwidth (Hz) seen by the LSTM", "model", low=0)
+    hidden_size: int = option(512, "LSTM hidden size", "model", low=HIDDEN_SIZE.low, high=HIDDEN_SIZE.high)
+    nfft: int = option(4096, "STFT window length", "model", low=NFFT.low, high=NFFT.high)
+    nhop: int = option(1024, "STFT hop length", "model", low=NHOP.low, high=NHOP.high)
+    bandwidth: int = option(16000, "max bandwidth (Hz) seen by the LSTM", "model", low=0, high=10**6)
     nb_channels: int = option(2, "1: mono model (downmixed input), 2: stereo", "model", choices=(1, 2))
 
     nb_workers: int = option(0, "DataLoader worker processes", "data", low=0, high=1024)
@@ -140,24 +154,30 @@ class TrainConfig:
                            "of the shards it streams (resumes exactly only on the same topology; aligned tracks only: "
                            "source files are always global); auto: global unless the shards are remote and larger "
                            "than --cache-size", "data", choices=SAMPLING)
-    pool_size: int = option(8, "tracks each worker holds for random crops (--sampling pool)", "data", low=1)
+    pool_size: int = option(8, "tracks each worker holds for random crops (--sampling pool)", "data", low=1,
+                            high=10**5)
 
     cache_dir: str | None = option(None, "local cache of remote shards (default $UMX_CACHE/shards)", "buckets")
-    cache_size: float = option(100.0, "cache size limit in GiB (LRU)", "buckets", low=0, low_open=True)
+    cache_size: float = option(100.0, "cache size limit in GiB (LRU)", "buckets", low=0, low_open=True,
+                               high=2**20)
     skip_bad_shards: bool = option(False, "skip (and count) shards whose checksum or structure is wrong instead "
                                    "of stopping", "buckets")
     storage_options: str | None = option(None, "JSON options for the bucket filesystem (endpoint, credentials, …)",
                                          "buckets")
     anon: bool = option(False, "read a public bucket without credentials", "buckets")
 
-    samples_per_track: int | None = option(None, "crops per track per epoch", "layout", low=1, layout=True)
+    samples_per_track: int | None = option(None, "crops per track per epoch", "layout", low=1, high=MANY,
+                                           layout=True)
     silence_missing_targets: bool | None = option(None, "trackfolder_var: tracks without the target get a silent "
                                                   "one", "layout", layout=True)
-    nb_train_samples: int | None = option(None, "sourcefolder: samples per epoch", "layout", low=1, layout=True)
-    nb_valid_samples: int | None = option(None, "sourcefolder: validation samples", "layout", low=1, layout=True)
+    nb_train_samples: int | None = option(None, "sourcefolder: samples per epoch", "layout", low=1,
+                                          high=10**9, layout=True)
+    nb_valid_samples: int | None = option(None, "sourcefolder: validation samples", "layout", low=1,
+                                          high=MANY, layout=True)
 
     def check(self) -> None:
         """Refuse values no run can use, each as one line naming the option (before any work)."""
+        self._check_ema()  # before the ranges: its decays have a line of their own
         for f, opt in options():
             value = getattr(self, f.name)
             flag = "--" + f.name.replace("_", "-")
@@ -165,19 +185,12 @@ class TrainConfig:
                 continue
             if opt.choices is not None and not isinstance(value, list) and value not in opt.choices:
                 raise UmxError(f"{flag} must be one of {', '.join(map(str, opt.choices))}, not '{value}'")
-            if opt.low is None:
+            if opt.low is None or opt.kind == "interval":
                 continue
-            if isinstance(value, float) and not math.isfinite(value):
-                raise UmxError(f"{flag} must be a finite number, got {value}")
-            if (value <= opt.low if opt.low_open else value < opt.low) or (opt.high is not None and value > opt.high):
-                bound = f"> {opt.low:g}" if opt.low_open else f">= {opt.low:g}"
-                raise UmxError(f"{flag} must be {bound}{'' if opt.high is None else f' and <= {opt.high:g}'}, "
-                               f"got {value}")
-        for decay in self.ema or []:
-            if not 0 < decay < 1:
-                raise UmxError(f"--ema decays must be in (0, 1), e.g. 0.999; got {decay}")
-        if self.ema and len(set(self.ema)) != len(self.ema):
-            raise UmxError(f"--ema {' '.join(map(str, self.ema))}: a decay given twice")
+            for number in value if isinstance(value, list) else [value]:
+                problem = range_problem(number, opt)
+                if problem:
+                    raise UmxError(f"{flag} {problem}")
         from .augment import parse_augmentation
 
         for spec in self.source_augmentations or []:
@@ -191,14 +204,31 @@ class TrainConfig:
                            "(a checkpoint between two optimizer steps would lose the gradients gathered so far)")
         if self.select_by == "sdr" and not self.eval_every:
             raise UmxError("--select-by sdr follows the SDR of --eval-every N: give --eval-every (e.g. 1)")
+        check_stft(self.nfft, self.nhop, f"--nfft {self.nfft} --nhop {self.nhop}")
         if self.eval_separation == "fast" and (self.nfft // 2) % self.nhop:
             raise UmxError(f"--eval-separation fast needs --nhop to divide --nfft / 2 (the loss pass's frames are "
                            f"then centred frames), got --nfft {self.nfft} --nhop {self.nhop}: use exact")
-        if self.nhop > self.nfft:
-            raise UmxError(f"--nhop {self.nhop} is larger than --nfft {self.nfft}: frames would leave gaps")
+        json_object(self.storage_options, "--storage-options")
         out = Path(self.output).expanduser()
         if self.output and out.exists() and not out.is_dir():
             raise UmxError(f"--output {self.output}: is a file, not a folder")
+
+    def _check_ema(self) -> None:
+        """--ema: decays in (0, 1), each with a label of its own (`<target>.json` and the checkpoint
+        keep one average per label: two decays of one label would silently be one)."""
+        from .ema import label
+
+        for decay in self.ema or []:
+            if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
+                raise UmxError(f"--ema decays must be in (0, 1), e.g. 0.999; got {decay!r}")
+        if self.ema and len(set(self.ema)) != len(self.ema):
+            raise UmxError(f"--ema {' '.join(map(str, self.ema))}: a decay given twice")
+        labels: dict[str, float] = {}
+        for decay in self.ema or []:
+            other = labels.setdefault(label(decay), decay)
+            if other != decay:
+                raise UmxError(f"--ema {other!r} and {decay!r} are both recorded as '{label(decay)}': give decays "
+                               "that differ in their first 6 digits")
 
     def resolved(self, manifest: mf.Manifest) -> "TrainConfig":
         """Fill every None from the manifest; refuse what the shard set cannot do."""
@@ -216,6 +246,7 @@ class TrainConfig:
             nb_valid_samples=_given(self.nb_valid_samples, d.nb_valid_samples),
         )
         values["random_interferer_mix"] = values["random_track_mix"]  # two spellings of one switch
+        self._check_lengths(manifest)
         if not smp.augment:
             if self.source_augmentations or mix:
                 raise UmxError(f"--source-augmentations / --random-track-mix: a '{manifest.layout}' shard set "
@@ -225,27 +256,16 @@ class TrainConfig:
 
     def save_interval(self) -> tuple[int, float]:
         """--save-every as (steps, seconds); 0 where not used. `N` is steps, `N{s,m,h}` a duration."""
-        value = self.save_every
-        text = str(value).strip().lower()
-        try:
-            if text[-1:] in DURATION_UNITS:
-                seconds = float(text[:-1]) * DURATION_UNITS[text[-1]]
-                if not math.isfinite(seconds) or seconds <= 0:
-                    raise ValueError
-                return 0, seconds
-            steps = int(text)
-            if steps < 0:
-                raise ValueError
-            return steps, 0.0
-        except ValueError:
-            raise UmxError(f"--save-every must be a number of steps (e.g. 500) or a duration (e.g. 10m, 90s, 1h), "
-                           f"got {value!r}") from None
+        return parse_interval(self.save_every, _OPTIONS["save_every"])
 
     def _targets(self, manifest: mf.Manifest) -> list[str]:
         """--targets, or --target alone; refuse repeats and joint options a run cannot use."""
         targets = list(self.targets or [self.target or manifest.target])
         if self.target and self.targets and self.target not in self.targets:
             raise UmxError(f"--target {self.target} is not one of --targets {' '.join(self.targets)}")
+        where = "--targets" if self.targets else "--target" if self.target else f"{manifest.location}: target"
+        for t in targets:
+            check_target_name(t, where)
         repeated = sorted({t for t in targets if targets.count(t) > 1})
         if repeated:
             raise UmxError(f"--targets: {', '.join(repeated)} given twice")
@@ -255,6 +275,22 @@ class TrainConfig:
             raise UmxError("--combination scores sums of 2 … N-1 targets: it needs --loss multidomain and "
                            "three targets at least")
         return targets
+
+    def _check_lengths(self, manifest: mf.Manifest) -> None:
+        """Refuse tracks no STFT window fits in, where the run takes them whole (validation tracks;
+        training tracks with --seq-dur <= 0): one line before any work, not a crash in the first
+        validation pass. (Crops are never shorter than a window, and training leaves out tracks
+        shorter than its crop, as open-unmix does; prep skips tracks shorter than its own window.)"""
+        whole = ["train"] if self.seq_dur <= 0 and manifest.sampling.records == "tracks" else []
+        if manifest.sampling.valid == "full_tracks":
+            whole.append("valid")
+        for split in (s for s in whole if s in manifest.splits()):
+            for entry in manifest.shards(split):
+                for track, frames in zip(entry.track_ids, entry.track_frames):
+                    if frames < self.nfft:
+                        raise UmxError(f"{manifest.location}: {split} track '{track}' is {frames} samples long, "
+                                       f"shorter than one STFT window (--nfft {self.nfft}): lower --nfft, or "
+                                       "prepare the set again (umx-prep skips such tracks)")
 
     @property
     def joint(self) -> bool:
@@ -274,6 +310,84 @@ class TrainConfig:
 def options() -> list[tuple[dataclasses.Field, Option]]:
     """Every field of TrainConfig with its command-line metadata, in declaration order."""
     return [(f, f.metadata["option"]) for f in dataclasses.fields(TrainConfig)]
+
+
+_OPTIONS = {f.name: opt for f, opt in options()}
+
+
+def describe_range(opt: Option) -> str:
+    """An option's range as its error line says it: `>= 1 and <= 65536`."""
+    low = f"{'>' if opt.low_open else '>='} {_number(opt.low)}"
+    return f"{low} and {'<' if opt.high_open else '<='} {_number(opt.high)}"
+
+
+def range_problem(value: Any, opt: Option) -> str | None:
+    """What is wrong with one value of a numeric option (None: nothing): not a number, not finite,
+    or outside the option's range (`Option.low` … `high`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number, got {shown(value)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    below = value <= opt.low if opt.low_open else value < opt.low
+    above = value >= opt.high if opt.high_open else value > opt.high
+    return f"must be {describe_range(opt)}, got {shown(value)}" if below or above else None
+
+
+def parse_interval(value: Any, opt: Option, flag: str = "--save-every") -> tuple[int, float]:
+    """An interval option (--save-every) as (steps, seconds), 0 where not used: `N` steps, or a
+    duration `N{s,m,h}`; either at most `opt.high`. One line for anything else (`flag` begins it)."""
+    high = int(opt.high)
+    bad = UmxError(f"{flag} must be a number of steps (e.g. 500) or a duration (e.g. 10m, 90s, 1h), up to "
+                   f"{high} steps or seconds; got {shown(value)}".lstrip())
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, int):
+        if not 0 <= value <= high:
+            raise bad
+        return value, 0.0
+    text = str(value).strip().lower()
+    try:
+        if text[-1:] in DURATION_UNITS:
+            seconds = float(text[:-1]) * DURATION_UNITS[text[-1]]
+            if not math.isfinite(seconds) or not 0 < seconds <= high:
+                raise ValueError
+            return 0, seconds
+        steps = int(text)  # also ValueError for a number of over 4300 digits
+    except ValueError:
+        raise bad from None
+    if not 0 <= steps <= high:
+        raise bad
+    return steps, 0.0
+
+
+def json_object(text: str | None, flag: str) -> dict:
+    """An option's JSON object (`--storage-options`; {} where not given), or one line naming the
+    option: not JSON, a number Python refuses to read (over 4300 digits), nesting too deep for
+    the parser, or not an object."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text, parse_int=_json_int)
+    except ValueError as e:  # JSONDecodeError, and a number too long (_json_int)
+        raise UmxError(f"{flag}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise UmxError(f"{flag}: nested too deeply to be options") from None
+    if not isinstance(value, dict):
+        raise UmxError(f"{flag}: must be a JSON object, e.g. '{{\"endpoint_url\": \"http://…\"}}'")
+    return value
+
+
+def _json_int(text: str) -> int:
+    """A JSON integer; Python reads none of over 4300 digits (and says so with a bare ValueError)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"a whole number of {len(text.lstrip('-'))} digits, longer than Python reads") from None
+
+
+def _number(x: float) -> str:
+    """A bound as people write it: 4294967295, 0.5, 1e+09 (not 4.29497e+09)."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
 def _given(value, default):

@@ -89,10 +89,25 @@ class EMA:
         return {label(d): self.shadows[d][target] for d in self.decays}
 
     @torch.no_grad()
-    def load_target_state(self, target: str, state: dict) -> None:
+    def load_target_state(self, target: str, state: dict | None) -> None:
+        """A target's averages from its checkpoint (label → state dict): every entry present, a tensor
+        of the live entry's shape (copy_ would broadcast a smaller one), and finite where it is
+        averaged. KeyError: an average is missing; ValueError: one does not fit (checked whole before
+        anything is copied)."""
+        checked = {}
         for d in self.decays:
             saved = state.get(label(d)) if isinstance(state, dict) else None
             if saved is None:
                 raise KeyError(f"no {label(d)} average of '{target}' in the checkpoint")
+            if not isinstance(saved, dict):
+                raise ValueError(f"its {label(d)} average of '{target}' is not a state dict")
             for k, v in self.shadows[d][target].items():
-                v.copy_(saved[k])
+                value = saved.get(k)
+                if not torch.is_tensor(value) or value.shape != v.shape or value.is_floating_point() != v.is_floating_point():
+                    raise ValueError(f"its {label(d)} average of '{target}' has no {k} of shape {list(v.shape)}")
+                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    raise ValueError(f"its {label(d)} average of '{target}' holds a value that is not finite in {k}")
+                checked[d, k] = value
+        for d in self.decays:
+            for k, v in self.shadows[d][target].items():
+                v.copy_(checked[d, k])

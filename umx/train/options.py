@@ -1,17 +1,18 @@
 """umx-train's options as click decorators, generated from TrainConfig's `Option` metadata
 (config.py): the type from the field's annotation, the default from the field, click.Choice
-for `choices`, click.IntRange / FloatRange for `low` / `high` / `low_open`, the help and its
-section from the table. umx-bench applies the same `train_options`."""
+for `choices`, cli_util.IntRange / FloatRange for `low` / `high` (every number has both) /
+`low_open` / `high_open`, the help and its section from the table. umx-bench applies the same
+`train_options`; the layout options take their types from here too (`field_type`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable, get_type_hints
 
 import click
 
-from ..cli_util import Choice, apply, option
+from ..cli_util import Choice, FloatRange, IntRange, apply, option
+from ..errors import UmxError
 from ..layouts import options as layout
 from . import config
 from .config import TrainConfig
@@ -23,26 +24,45 @@ _FIELDS = {f.name: (f, opt) for f, opt in config.options()}
 
 
 class Interval(click.ParamType):
-    """N steps (an int) or a duration ("10m", "90s", "1h", kept as text): --save-every."""
+    """N steps (an int) or a duration ("10m", "90s", "1h", kept as text): --save-every, refused here
+    as TrainConfig refuses it (config.parse_interval), so umx-bench takes no value umx-train refuses."""
 
     name = "N|DURATION"
 
+    def __init__(self, opt: config.Option):
+        self.opt = opt
+
     def convert(self, value, param, ctx):
+        try:
+            steps, _ = config.parse_interval(value, self.opt, flag="")
+        except UmxError as e:
+            self.fail(str(e), param, ctx)
         text = str(value).strip()
-        return int(text) if text.isdigit() else text
+        return steps if text.isdigit() else text
 
 
 def _click_type(hint, opt: config.Option):
+    """The click type of one field: every number is range-checked (config.Option's low … high)."""
     if opt.kind == "interval":
-        return Interval()
+        return Interval(opt)
     kind = next(t for t in (bool, int, float, str) if hint in (t, t | None, list[t], list[t] | None))
     if opt.choices is not None:
         return Choice(opt.choices)
-    if opt.low is not None and opt.low > -math.inf and kind in (int, float):
-        low = opt.low
-        rng = click.IntRange if kind is int else click.FloatRange
-        return rng(min=low if kind is float else int(low), max=opt.high, min_open=opt.low_open)
-    return {int: click.INT, float: click.FLOAT, str: click.STRING}[kind]
+    return range_type(kind, opt) if kind in (int, float) else click.STRING
+
+
+def range_type(kind: type, opt: config.Option) -> click.ParamType:
+    """The click type of a number option of range `opt` (also umx-prep's and the layout options)."""
+    if opt.low is None or opt.high is None:
+        raise TypeError(f"a number option needs both bounds in its Option, got {opt}")
+    if kind is int:
+        return IntRange(min=int(opt.low), max=int(opt.high), min_open=opt.low_open, max_open=opt.high_open)
+    return FloatRange(min=opt.low, max=opt.high, min_open=opt.low_open, max_open=opt.high_open)
+
+
+def field_type(name: str) -> click.ParamType:
+    """The click type of one TrainConfig field (the layout options take theirs from here)."""
+    return _click_type(get_type_hints(TrainConfig)[name], _FIELDS[name][1])
 
 
 def config_option(name: str, group: str | None = None) -> Callable:

@@ -10,10 +10,12 @@ writes its best weights as one `xumx.pth` instead, which openunmix cannot load.
 from __future__ import annotations
 
 import copy
+import errno
 import io
 import json
 import os
 import pickle
+import stat
 import threading
 import uuid
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ import torch
 
 from ..errors import UmxError
 from ..shards.storage import atomic_writer, write_json
-from .state import RunState
+from .state import Bounds, RunState, StateError
 from .step import optimizer_state
 
 MAX_JSON_BYTES = 64 * 2**20  # histories of very long runs stay far below
@@ -55,11 +57,13 @@ def read_json(path: Path, hint: str) -> dict:
     """A JSON file of a model directory, or one clear error naming it (`hint`: what it should be)."""
     if not path.is_file():
         raise UmxError(f"{path}: not found ({hint})")
-    if path.stat().st_size > MAX_JSON_BYTES:
+    with open(path, "rb") as f:  # bounded by what is read, not by a size looked up before
+        data = f.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
         raise UmxError(f"{path}: larger than {MAX_JSON_BYTES // 2**20} MiB ({hint})")
     try:
-        value = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        value = json.loads(data.decode("utf-8"))
+    except ValueError as e:  # not UTF-8, not JSON, or a number over Python's 4300-digit limit
         raise UmxError(f"{path}: not valid JSON ({e})") from None
     except RecursionError:
         raise UmxError(f"{path}: nested too deeply to be a model directory's JSON") from None
@@ -77,6 +81,7 @@ class Checkpoint:
     scheduler: dict
     payload: dict | None
     ema: dict | None = None  # --ema: label → the target's averaged state dict
+    path: Path | None = None  # the file it was read from
 
 
 @dataclass
@@ -169,49 +174,78 @@ def _detached(obj):
     return obj
 
 
-def load_checkpoints(folder: Path, targets: list[str]) -> tuple[dict[str, Checkpoint], RunState]:
+def load_checkpoints(folder: Path, targets: list[str], bounds: Bounds | None = None,
+                     settle: bool = True) -> tuple[dict[str, Checkpoint], RunState]:
     """The checkpoints of a run to resume, one per target, and its state (an open-unmix
-    checkpoint: the state from `<target>.json`). Refuses checkpoints of different steps."""
+    checkpoint: the state from `<target>.json`), every field of it checked and held against
+    `bounds` (the resuming run). Refuses checkpoints of different steps. `settle`: the folder is
+    the run's output, where an interrupted generation is finished or dropped; a folder only read
+    (`--checkpoint` of another run) is never written: its settled files are read where they are."""
     folder = Path(folder).expanduser()
-    _settle_generation(folder, targets)
-    ckpts = {t: _load_one(folder / f"{t}.chkpnt", t) for t in targets}
+    paths = settled_generation(folder, targets, settle)
+    ckpts = {t: _load_one(paths[t], t) for t in targets}
     payloads = {t: c.payload for t, c in ckpts.items() if c.payload is not None}
     try:
         if not payloads:
             if len(targets) > 1:
                 raise UmxError(f"{folder}: open-unmix checkpoints resume one target at a time")
             t = targets[0]
-            return ckpts, RunState.from_results(t, read_json(folder / f"{t}.json", "the results of the run to resume"))
-        if len(payloads) < len(targets) or len({p.get("generation") for p in payloads.values()}) > 1:
+            results = read_json(folder / f"{t}.json", "the results of the run to resume")
+            try:
+                return ckpts, RunState.from_results(t, results, bounds)
+            except StateError as e:
+                raise UmxError(f"{folder / f'{t}.json'}: field '{e.name}' {e.problem}") from None
+        generations = {_present(p.get("generation")) for p in payloads.values()}  # several targets: one, present
+        if len(payloads) < len(targets) or (len(targets) > 1 and (len(generations) != 1 or None in generations)):
             raise UmxError(f"{folder}: the checkpoints of {', '.join(targets)} are not of the same step "
                            "(written by different runs?)")
-        return ckpts, RunState.from_payloads(payloads)
-    except (KeyError, TypeError, ValueError) as e:
-        raise UmxError(f"{folder}: the run state in its checkpoints is incomplete ({type(e).__name__}: {e})") from None
+        return ckpts, RunState.from_payloads(payloads, bounds)
+    except StateError as e:
+        raise UmxError(f"{paths[e.target or targets[0]]}: its run state (\"umx\") field '{e.name}' "
+                       f"{e.problem}") from None
 
 
-def _settle_generation(folder: Path, targets: list[str]) -> None:
-    """A save interrupted while renaming: finish it if every target's file of that generation is
-    complete, else drop the new files (the previous generation is still all in place)."""
+def _present(generation: object) -> str | None:
+    """A generation id as umx writes it (a non-empty string), else None: no generation at all."""
+    return generation if isinstance(generation, str) and generation else None
+
+
+def settled_generation(folder: Path, targets: list[str], settle: bool) -> dict[str, Path]:
+    """Each target's checkpoint file after a save interrupted while renaming: the new files where
+    every target's file of that one, present generation is complete (written as `.next`, or renamed
+    already), else the previous ones. With `settle` (the output folder only) the new files are
+    renamed into place, or dropped when incomplete; a `.next` of no generation is none of umx's
+    saves and is left alone, never put in place."""
+    current = {t: folder / f"{t}.chkpnt" for t in targets}
     pending = {t: folder / f"{t}.chkpnt{NEXT}" for t in targets if (folder / f"{t}.chkpnt{NEXT}").is_file()}
     if not pending:
-        return
-    generation = {_generation(p) for p in pending.values()}
-    if len(generation) == 1 and all(t in pending or _generation(folder / f"{t}.chkpnt") in generation
-                                    for t in targets):
+        return current
+    found = {t: _generation(p) for t, p in pending.items()}
+    ids = set(found.values())
+    generation = ids.pop() if len(ids) == 1 else None
+    complete = generation is not None and all(t in pending or _generation(current[t]) == generation for t in targets)
+    if not settle:
+        return {t: pending[t] if complete and t in pending else current[t] for t in targets}
+    if complete:
         for t, path in pending.items():
-            os.replace(path, folder / f"{t}.chkpnt")
+            os.replace(path, current[t])
     else:
-        for path in pending.values():
-            path.unlink()
+        for t, path in pending.items():
+            if found[t] is not None:  # an interrupted save of this folder's run: the previous one stands
+                path.unlink()
+    return current
 
 
 def _generation(path: Path) -> str | None:
+    """The generation id of a checkpoint file (None: no file, no id, or no readable checkpoint)."""
     if not path.is_file():
         return None
-    ckpt = load_plain(path, "checkpoint")
+    try:
+        ckpt = load_plain(path, "checkpoint")
+    except UmxError:
+        return None
     umx = ckpt.get("umx") if isinstance(ckpt, dict) else None
-    return umx.get("generation") if isinstance(umx, dict) else None
+    return _present(umx.get("generation")) if isinstance(umx, dict) else None
 
 
 def _load_one(path: Path, target: str) -> Checkpoint:
@@ -221,10 +255,32 @@ def _load_one(path: Path, target: str) -> Checkpoint:
     missing = [k for k in ("state_dict", "optimizer", "scheduler") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise UmxError(f"{path}: not a training checkpoint (no {', '.join(missing)})")
-    payload = ckpt.get("umx")
-    if payload is not None and not isinstance(payload, dict):
-        raise UmxError(f"{path}: its run state is not a mapping")
-    return Checkpoint(ckpt["state_dict"], ckpt["optimizer"], ckpt["scheduler"], payload, ckpt.get("ema"))
+    for key in ("state_dict", "optimizer", "scheduler", "umx", "ema"):
+        if key in ckpt and not isinstance(ckpt[key], dict) and not (key in ("umx", "ema") and ckpt[key] is None):
+            raise UmxError(f"{path}: field '{key}' must be a mapping, not {type(ckpt[key]).__name__}")
+    return Checkpoint(ckpt["state_dict"], ckpt["optimizer"], ckpt["scheduler"], ckpt.get("umx"), ckpt.get("ema"), path)
+
+
+def append_to(path: Path):
+    """`path` opened to append text line by line (a killed run's lines are on disk), created if
+    absent. Never through a link, and never anything but a regular file: a symbolic link planted at
+    that name (say, to a file elsewhere) is refused with one line, not followed (O_NOFOLLOW); a FIFO
+    is refused without blocking on it (O_NONBLOCK)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if os.path.islink(path):
+            raise UmxError(f"{path}: is a symbolic link: refused (umx appends only to a regular file it "
+                           "can open without following a link)") from None
+        if e.errno in (errno.ENXIO, errno.EISDIR, errno.ENOTDIR):
+            raise UmxError(f"{path}: is not a regular file: refused") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UmxError(f"{path}: is not a regular file: refused")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a", buffering=1)
 
 
 def write_results(folder: Path, target: str, args: dict, state: RunState) -> None:

@@ -34,7 +34,9 @@ from ..errors import UmxError
 from ..evaluate import mean_over_tracks, median_of_values
 from ..model import Joint, Spectrogram
 from ..separate import Separator
+from .augment import mix_and_target
 from .slots import Slots
+from .validation import ValidItem
 
 NITER = 1  # EM iterations, umx-separate's default
 WIENER_WIN = 300  # frames filtered together, umx-separate's default
@@ -159,10 +161,47 @@ class Scorer:
         x = track.mixture
         est = self.separator.from_estimates(track.stft, self.source(self.separator, track, loss_estimates),
                                             x.shape[-1], track.magnitude)[0]  # [sources, channels, time]
-        refs = targets[0]
-        if self.separator.residual:
-            refs = torch.cat([refs, (x[0] - refs.sum(0))[None]])
-        return score_signals(refs, est, self.names, self.rate)
+        return score_signals(references(x[0], targets[0], self.separator.residual), est, self.names, self.rate)
+
+
+def references(x: Tensor, targets: Tensor, residual: bool) -> Tensor:
+    """What a track's separation is scored against: every target `[targets, channels, time]`, and
+    where a residual is separated, the mixture `x` `[channels, time]` minus them."""
+    return torch.cat([targets, (x - targets.sum(0))[None]]) if residual else targets
+
+
+def has_csdr(refs: Tensor, rate: int) -> bool:
+    """Whether references leave any cSDR to compute, whatever the estimates: some 1-s frame in
+    which every one of them is audible (museval leaves a frame out where any reference is silent,
+    and refuses a reference silent throughout)."""
+    r = refs.transpose(1, 2).cpu().numpy()  # [sources, time, channels]
+    try:
+        frames = bss.sdr(r, r, win=rate, hop=rate)  # the references as their own estimates: +inf or NaN
+    except ValueError:
+        return False
+    return bool((~np.isnan(frames)).any())
+
+
+def check_selectable(items: Sequence[ValidItem], slots: Slots, sources: list[str], rate: int) -> None:
+    """--select-by sdr: refuse, in one line before any training, a validation set that can give no
+    cSDR at all (every track has a reference silent in each of its 1-s frames: a target silent
+    throughout, say). That run would never select an epoch, so it would write no weights. The
+    references are built as the validation pass builds them (the stored mixture where there is one)."""
+    targets = slots.target_slots
+    audible: set[str] = set()
+    for item in items:
+        x, y = mix_and_target(item.sources[None].double(), targets=targets)
+        if item.mixture is not None:
+            x = item.mixture[None].double()
+        if has_csdr(references(x[0], y[0], needs_residual(slots, sources)), rate):
+            return
+        audible |= {t.name for t, ref in zip(targets, y[0]) if bool((ref.sum(0) != 0).any())}
+    silent = [t.name for t in targets if t.name not in audible]
+    why = (f"the target {', '.join(repr(n) for n in silent)} {'is' if len(silent) == 1 else 'are'} silent in all "
+           f"{len(items)} of them" if silent else f"each of the {len(items)} has a silent reference, a target or the "
+           "rest of the mixture, in every 1-s frame")
+    raise UmxError(f"--select-by sdr: the validation tracks give no cSDR to select by ({why}; museval's SDR "
+                   "leaves silent references out): use --select-by loss")
 
 
 def make_scorer(model: Joint, encoder: Spectrogram, names: list[str], slots: Slots, sources: list[str],

@@ -25,13 +25,15 @@ uncaptured, which is how its equivalence with the eager step is tested on CPU.
 
 from __future__ import annotations
 
+import math
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .losses import Objective
+from .state import StateError, shown
 
 MODES = ("auto", "on", "off")
 
@@ -64,6 +66,158 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
     for group in state["param_groups"]:
         group["lr"] = float(group["lr"])
     return state
+
+
+# --- a checkpoint's optimizer and scheduler, checked before they are loaded ----------------------
+
+HYPER = ("lr", "betas", "eps", "weight_decay")  # what a checkpoint's Adam groups give; the rest is this run's
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def checked_optimizer_state(saved: Any, optimizer: torch.optim.Optimizer) -> dict:
+    """A checkpoint's Adam state, checked against `optimizer`'s own parameters and made fit for its
+    `load_state_dict` (which checks only the group sizes): every group's ids, lr (positive, finite),
+    betas, eps and weight decay; every parameter's step count (finite, whole, >= 0) and moments
+    (tensors of the parameter's shape, finite; exp_avg_sq >= 0). How the optimizer runs (fused,
+    capturable, foreach, …) stays this run's. StateError names the first bad field."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict) \
+            or not isinstance(saved.get("param_groups"), list):
+        raise StateError("optimizer", "must be a mapping with 'state' and 'param_groups'")
+    live_groups = optimizer.param_groups
+    if len(saved["param_groups"]) != len(live_groups):
+        raise StateError("optimizer.param_groups", f"must be {len(live_groups)} group(s), not "
+                         f"{len(saved['param_groups'])}")
+    params: dict[int, Tensor] = {}
+    groups = []
+    for i, (group, live) in enumerate(zip(saved["param_groups"], live_groups)):
+        name = f"optimizer.param_groups[{i}]"
+        if not isinstance(group, dict):
+            raise StateError(name, "must be a mapping")
+        ids = group.get("params")
+        if not isinstance(ids, list) or len(ids) != len(live["params"]) \
+                or not all(isinstance(k, int) and not isinstance(k, bool) and k not in params for k in ids) \
+                or len(set(ids)) != len(ids):
+            raise StateError(f"{name}.params", f"must be {len(live['params'])} distinct parameter ids")
+        params.update(zip(ids, live["params"]))
+        hyper = {key: _hyper(key, group.get(key), f"{name}.{key}") for key in HYPER}
+        groups.append({**{k: v for k, v in live.items() if k != "params"}, **hyper, "params": ids})
+    state = {}
+    for key, entry in saved["state"].items():
+        name = f"optimizer.state[{key!r}]"
+        if key not in params:
+            raise StateError(name, "belongs to no parameter of the groups")
+        if not isinstance(entry, dict) or set(entry) != {"step", *MOMENTS}:
+            raise StateError(name, f"must hold exactly step, {', '.join(MOMENTS)} (Adam's state)")
+        state[key] = {"step": _step_count(entry["step"], f"{name}.step"),
+                      **{m: _moment(entry[m], params[key], f"{name}.{m}", m == "exp_avg_sq") for m in MOMENTS}}
+    return {"state": state, "param_groups": groups}
+
+
+def _number(value: Any) -> float | None:
+    """A plain number or a one-element tensor as a float; None for anything else."""
+    if torch.is_tensor(value) and value.numel() == 1 and not value.is_complex():
+        return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _hyper(key: str, value: Any, name: str):
+    if key == "betas":
+        betas = [_number(b) for b in value] if isinstance(value, (list, tuple)) and len(value) == 2 else None
+        if betas is None or not all(b is not None and 0 <= b < 1 for b in betas):
+            raise StateError(name, f"must be two numbers in [0, 1), not {shown(value)}")
+        return tuple(betas)
+    number = _number(value)
+    positive = key == "lr"
+    if number is None or not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise StateError(name, f"must be a finite number {'> 0' if positive else '>= 0'}, not {shown(value)}")
+    return number
+
+
+def _step_count(value: Any, name: str) -> Tensor:
+    number = _number(value)
+    if number is None or not math.isfinite(number) or number < 0 or not number.is_integer():
+        raise StateError(name, f"must be a whole number of steps >= 0, not {shown(value)}")
+    return torch.tensor(number, dtype=torch.float32)
+
+
+def _moment(value: Any, param: Tensor, name: str, non_negative: bool) -> Tensor:
+    if not torch.is_tensor(value) or not value.is_floating_point() or value.shape != param.shape:
+        got = f"{value.dtype} {list(value.shape)}" if torch.is_tensor(value) else type(value).__name__
+        raise StateError(name, f"must be a float tensor of its parameter's shape {list(param.shape)}, not {got}")
+    if not bool(torch.isfinite(value).all()) or (non_negative and bool((value < 0).any())):
+        raise StateError(name, f"must be finite{' and >= 0' if non_negative else ''}")
+    return value
+
+
+def _count(v: Any, n: str) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise StateError(n, f"must be a whole number >= 0, not {shown(v)}")
+
+
+def _real(v: Any, n: str, low: float = 0.0, high: float = math.inf, finite: bool = True) -> None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) and low <= v <= high
+    if not ok or (finite and not math.isfinite(v)):
+        raise StateError(n, f"must be a {'finite ' if finite else ''}number in [{low:g}, {high:g}], not {shown(v)}")
+
+
+def _factor(v: Any, n: str) -> None:
+    """The plateau's factor: each drop multiplies the lr by it, so strictly between 0 and 1."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < 1:
+        raise StateError(n, f"must be a number in (0, 1), not {shown(v)}")
+
+
+def _choice(*allowed: str) -> Callable[[Any, str], None]:
+    def check(v: Any, n: str) -> None:
+        if v not in allowed or not isinstance(v, str):
+            raise StateError(n, f"must be one of {', '.join(allowed)}, not {shown(v)}")
+    return check
+
+
+def _per_group(low: float, positive: bool = False) -> Callable[[Any, str, int], None]:
+    def check(v: Any, n: str, groups: int) -> None:
+        if not isinstance(v, list) or len(v) != groups:
+            raise StateError(n, f"must be a list of {groups} number(s), not {shown(v)}")
+        for i, x in enumerate(v):
+            _real(x, f"{n}[{i}]", low)
+            if positive and x == 0:
+                raise StateError(f"{n}[{i}]", "must be > 0")
+    return check
+
+
+# ReduceLROnPlateau's fields (its state dict is its __dict__, which load_state_dict updates whole:
+# a field of another name would set any attribute, so only these load)
+_PLATEAU: dict[str, Callable[[Any, str], None]] = {
+    "factor": _factor,
+    "default_min_lr": lambda v, n: None if v is None else _real(v, n),
+    "patience": _count, "cooldown": _count, "cooldown_counter": _count, "num_bad_epochs": _count,
+    "last_epoch": _count,
+    "eps": _real, "threshold": _real,
+    "mode": _choice("min", "max"), "threshold_mode": _choice("rel", "abs"),
+    "best": lambda v, n: _real(v, n, -math.inf, math.inf, finite=False),
+    "mode_worse": lambda v, n: _real(v, n, -math.inf, math.inf, finite=False),
+}
+_PLATEAU_GROUPS = {"min_lrs": _per_group(0.0), "_last_lr": _per_group(0.0, positive=True)}
+
+
+def checked_scheduler_state(saved: Any, scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau) -> dict:
+    """A checkpoint's plateau scheduler state, checked field by field (types, ranges, one value per
+    parameter group) before `load_state_dict`; only the fields this scheduler has are kept."""
+    if not isinstance(saved, dict):
+        raise StateError("scheduler", "must be a mapping")
+    fresh, groups = scheduler.state_dict(), len(scheduler.optimizer.param_groups)
+    out = {}
+    for key, value in saved.items():
+        if key in _PLATEAU:
+            _PLATEAU[key](value, f"scheduler.{key}")
+        elif key in _PLATEAU_GROUPS:
+            _PLATEAU_GROUPS[key](value, f"scheduler.{key}", groups)
+        else:
+            continue  # no field of this scheduler: never loaded
+        if key in fresh:
+            out[key] = value
+    return out
 
 
 def _given(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

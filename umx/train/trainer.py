@@ -44,7 +44,8 @@ from .augment import Augment, mix_and_target
 from .config import TrainConfig
 from .ema import EMA, label
 from .losses import Objective
-from .outputs import BRIDGED_WEIGHTS, CheckpointWriter, TargetParts, save_torch, write_results, write_separator_json
+from .outputs import (BRIDGED_WEIGHTS, CheckpointWriter, TargetParts, append_to, save_torch, write_results,
+                      write_separator_json)
 from .slots import Slots
 from .state import Epoch, Progress, RunState
 from .step import LossLog
@@ -303,7 +304,14 @@ class Trainer:
 
     # --- the run ---------------------------------------------------------
     def fit(self) -> Path:
+        """Train to --epochs. A resumed run whose every target has stopped early has nothing left to
+        train: one line says so, and nothing is written (a stopped target stays stopped, whatever
+        --epochs or --patience the resume gives; its best weights are in place)."""
         cfg, main = self.cfg, self.dist.is_main
+        if not self.active:
+            if main:
+                print(self._all_stopped(), file=sys.stderr)
+            return self.out
         if main:
             self._announce()
         first = self.state.progress.epoch
@@ -357,6 +365,13 @@ class Trainer:
         distributed.barrier(self.dist)
         return self.out
 
+    def _all_stopped(self) -> str:
+        """The line for a run whose every target stopped early."""
+        when = ", ".join(f"{t} after epoch {self.state.target(t).history.epochs_trained}" for t in self.cfg.targets)
+        where = Path(self.cfg.checkpoint or self.cfg.output).expanduser()
+        return (f"nothing to train: every target of the run in {where} has stopped early ({when}); its best weights "
+                f"are in place (to train on from them, give --model {where} and a new --output)")
+
     def _announce(self) -> None:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
@@ -385,8 +400,10 @@ class Trainer:
         return out
 
     def _trace_file(self):
+        """This rank's --trace file, appended line by line (a killed run's lines too); a link or
+        anything else but a regular file at its name is refused, never followed."""
         self.out.mkdir(parents=True, exist_ok=True)
-        return open(self.out / f"trace-rank{self.dist.rank}.jsonl", "a", buffering=1)  # line by line: a killed run's too
+        return append_to(self.out / f"trace-rank{self.dist.rank}.jsonl")
 
     def _chosen_weights(self, target: str) -> dict:
         """The weights of this epoch's choice for `target` (raw, or a moving average: --ema)."""
