@@ -58,7 +58,7 @@ def test_train_gets_the_config_argparse_gave(monkeypatch):
     seen = {}
     monkeypatch.setattr("umx.prep.cache.resolve_shards", lambda shards, dataset, root, options, quiet:
                         seen.update(dataset=dataset, root=root, options=options) or "prepared")
-    monkeypatch.setattr("umx.train.trainer.train", lambda cfg: seen.update(cfg=cfg) or "out")
+    monkeypatch.setattr("umx.train.build.train", lambda cfg: seen.update(cfg=cfg) or "out")
     argv = "--root /data --dataset trackfolder_fix --target-file vocals.flac --interferer-files bass.flac " \
            "drums.flac other.flac --source-augmentations --no_cuda".split()
     assert umx_cli.main(["train", *argv]) == 0

@@ -224,9 +224,9 @@ def test_hostile_results_json_is_one_line(tmp_path, case, capsys):
 
 def test_results_json_over_the_limit_is_not_read(tmp_path, monkeypatch, capsys):
     """The glob of umx-plot (no --target) read every *.json whole; now through the 64 MiB reader."""
-    from umx.train import outputs
+    from umx.models import directory
 
-    monkeypatch.setattr(outputs, "MAX_JSON_BYTES", 4096)
+    monkeypatch.setattr(directory, "MAX_JSON_BYTES", 4096)
     folder = tmp_path / "m"
     folder.mkdir()
     big = _results()

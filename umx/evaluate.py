@@ -44,6 +44,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .errors import UmxError
+from .models import defaults
 from .names import safe_name, subfolder
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
@@ -344,7 +345,7 @@ def shard_split(shards: str, split: str) -> EvalSet:
 
 
 def folder_split(layout: str, root: str | Path, split: str, options: dict | None = None,
-                 sample_rate: int = 44100) -> EvalSet:
+                 sample_rate: int = defaults.SAMPLE_RATE) -> EvalSet:
     """A split of a dataset folder, read and checked track by track as umx-prep reads it."""
     from .layouts import scan
     from .prep.checks import Options, load_track
@@ -373,10 +374,10 @@ def evaluate(
     shards: str | EvalSet,
     split: str = "test",
     targets: list[str] | None = None,
-    niter: int = 1,
+    niter: int = defaults.NITER,
     residual: bool = False,
     residual_name: str = "residual",
-    wiener_win_len: int | None = 300,
+    wiener_win_len: int | None = defaults.WIENER_WIN_LEN,
     device: str = "cpu",
     workers: int = 1,
     outdir: str | Path | None = None,

@@ -22,8 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import compat
+from .models import defaults
 from .errors import UmxError
 from .names import safe_name
+from .models.directory import BRIDGED_WEIGHTS, read_json
 
 
 def bandwidth_to_max_bin(sample_rate: float, n_fft: int, bandwidth: float) -> int:
@@ -38,7 +40,7 @@ class STFT(nn.Module):
     center=False as in open-unmix training: the loss only sees full frames.
     """
 
-    def __init__(self, n_fft: int = 4096, n_hop: int = 1024, center: bool = False):
+    def __init__(self, n_fft: int = defaults.NFFT, n_hop: int = defaults.NHOP, center: bool = False):
         super().__init__()
         self.n_fft, self.n_hop, self.center = n_fft, n_hop, center
         self.window = nn.Parameter(torch.hann_window(n_fft), requires_grad=False)
@@ -59,7 +61,7 @@ class Spectrogram(nn.Module):
     and the space in which the training loss is computed.
     """
 
-    def __init__(self, n_fft: int = 4096, n_hop: int = 1024, mono: bool = False):
+    def __init__(self, n_fft: int = defaults.NFFT, n_hop: int = defaults.NHOP, mono: bool = False):
         super().__init__()
         self.stft = STFT(n_fft, n_hop)
         self.mono = mono
@@ -280,8 +282,6 @@ class NetworkSizes:
 
     @classmethod
     def read(cls, json_path: Path) -> "NetworkSizes":
-        from .train.outputs import read_json
-
         args = read_json(json_path, "a model's settings").get("args")
         if not isinstance(args, dict):
             raise UmxError(f"{json_path}: args must be an object holding the model's sizes, got {args!r:.80}")
@@ -435,8 +435,6 @@ def load_bridged(model_dir: str | Path, targets: list[str], device: str | torch.
                  ) -> dict[str, OpenUnmix]:
     """Every network of a bridged (X-UMX) model: sizes from each `<target>.json`, weights from its one
     file (`xumx.pth`: target → state dict), checked as `load_target` checks them."""
-    from .train.outputs import BRIDGED_WEIGHTS
-
     sizes = {t: _folder_and_sizes(model_dir, t)[1] for t in targets}
     path = Path(model_dir).expanduser() / BRIDGED_WEIGHTS
     if not path.is_file():

@@ -12,7 +12,7 @@ matplotlib's object API with the Agg canvas: no pyplot, no global backend
 switch, safe in a training process without a display.
 
 A model directory may come from anyone: its JSON is read through the model layer's
-bounded reader (train.outputs.read_json: 64 MiB, nesting, encoding) and checked into a
+bounded reader (models.directory.read_json: 64 MiB, nesting, encoding) and checked into a
 `History` (lists of numbers, whole numbers, strings) before anything is drawn, and
 target names pass `safe_name` before they name a file.
 """
@@ -30,6 +30,7 @@ import click
 from .cli_util import command, option, run_command
 from .errors import UmxError
 from .names import safe_name
+from .models.directory import read_json
 
 MAX_EPOCHS = 100_000  # longer histories than any run (open-unmix's default is 1000 epochs): refused
 MAX_LR_MARKS = 200  # learning-rate reductions marked on a plot; more would only blacken it
@@ -128,8 +129,6 @@ class History:
 def read_history(model_dir: str | Path, target: str) -> History:
     """`<model_dir>/<target>.json`'s histories: the target name checked before it names a file,
     the file read by the model layer's bounded reader, every value checked."""
-    from .train.outputs import read_json
-
     target = safe_name(target, "target name", "--target")
     path = Path(model_dir).expanduser() / f"{target}.json"
     return History.from_results(read_json(path, f"is {path.parent} the output folder of a '{target}' run?"),
@@ -255,8 +254,6 @@ def plot_history(model_dir: str | Path, target: str) -> Path:
 def _has_history(path: Path) -> bool:
     """Whether `path` is a target's results: other JSON, and files that are not JSON objects, are passed
     over; a results file whose histories are damaged is kept, to be refused naming what is wrong."""
-    from .train.outputs import read_json
-
     try:
         safe_name(path.stem, "target name", str(path))
         return "train_loss_history" in read_json(path, "a target's results")

@@ -31,8 +31,9 @@ from .errors import UmxError
 from .filtering import wiener
 from .names import inside, safe_name, subfolder
 from .model import NB_CHANNELS, NFFT, NHOP, STFT, Range, check_bridge, check_stft, estimate, load_bridged, load_target
+from .models import defaults
+from .models.directory import SEPARATOR_JSON, read_json
 
-SEPARATOR_JSON = "separator.json"
 SAMPLE_RATE = Range(audio_io.MIN_RATE, audio_io.MAX_RATE)
 SEPARATOR_SIZES = {"nb_channels": NB_CHANNELS, "nfft": NFFT, "nhop": NHOP, "sample_rate": SAMPLE_RATE}
 NITER = Range(0, 100)  # EM iterations: time grows with them
@@ -57,8 +58,6 @@ def available_targets(model_dir: str | Path) -> list[str]:
 
 def read_separator_json(model_dir: str | Path) -> dict:
     """`separator.json`: nb_channels, nfft, nhop, sample_rate (open-unmix's may store a float rate)."""
-    from .train.outputs import read_json
-
     path = Path(model_dir).expanduser() / SEPARATOR_JSON
     conf = read_json(path, f"is {path.parent} a model directory written by umx-train or open-unmix?")
     missing = [k for k in ("nb_channels", "nfft", "nhop", "sample_rate") if not isinstance(conf, dict) or k not in conf]
@@ -72,8 +71,6 @@ def read_separator_json(model_dir: str | Path) -> dict:
 
 def bridged_targets(model_dir: str | Path) -> list[str] | None:
     """The targets of a bridged (X-UMX) model directory, from `separator.json`; None for plain models."""
-    from .train.outputs import read_json
-
     path = Path(model_dir).expanduser() / SEPARATOR_JSON
     if not path.is_file():
         return None
@@ -165,11 +162,11 @@ class Separator(nn.Module):
         niter: int = 0,
         softmask: bool = False,
         residual: bool | str = False,
-        sample_rate: float = 44100.0,
-        n_fft: int = 4096,
-        n_hop: int = 1024,
+        sample_rate: float = float(defaults.SAMPLE_RATE),
+        n_fft: int = defaults.NFFT,
+        n_hop: int = defaults.NHOP,
         nb_channels: int = 2,
-        wiener_win_len: Optional[int] = 300,
+        wiener_win_len: Optional[int] = defaults.WIENER_WIN_LEN,
         bridge: bool = False,
     ):
         super().__init__()
@@ -209,9 +206,9 @@ class Separator(nn.Module):
         cls,
         model_dir: str | Path,
         targets: Optional[Sequence[str]] = None,
-        niter: int = 1,
+        niter: int = defaults.NITER,
         residual: bool | str = False,
-        wiener_win_len: Optional[int] = 300,
+        wiener_win_len: Optional[int] = defaults.WIENER_WIN_LEN,
         device: str | torch.device = "cpu",
         softmask: bool = False,
     ) -> "Separator":

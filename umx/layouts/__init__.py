@@ -74,6 +74,9 @@ def assign_ids(tracks: list[Track]) -> None:
 
 
 RESERVED = {"mixture"}  # a record's real mixture is stored under this name
+# the ranges of the sample-count options (--samples-per-track, --nb-train-samples, --nb-valid-samples):
+# umx-prep, umx-eval and umx-train all take them from here
+SAMPLE_COUNTS = {"samples_per_track": (1, 10**6), "nb_train_samples": (1, 10**9), "nb_valid_samples": (1, 10**6)}
 
 # The model directory's files (train/outputs.py, plot.py; umx-eval writes there by default): each
 # target's own, `<target>` + one of TARGET_SUFFIXES, and the files the directory holds once. A

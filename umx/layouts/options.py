@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..cli_util import apply, option
+from ..cli_util import IntRange, apply, option
 from ..shards.manifest import LayoutDefaults
-from . import STRUCTURE, TRAINING
+from . import SAMPLE_COUNTS, STRUCTURE, TRAINING
 
 LAYOUTS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var")
 LAYOUT_ARGS = sorted({k for v in STRUCTURE.values() for k in v} | {k for v in TRAINING.values() for k in v})
@@ -16,11 +16,14 @@ GROUP = "layout"
 HEADING = "Dataset layout options (open-unmix's)"
 
 
+def _count(name: str) -> IntRange:
+    low, high = SAMPLE_COUNTS[name]
+    return IntRange(low, high)
+
+
 def layout_click_options(training: bool = True) -> Callable:
     """open-unmix's per-dataset options (defaults None: the layout's own apply). With
     `training`, umx-train defines the random-mix switches with its other data options."""
-    from ..train.options import field_type  # the ranges of TrainConfig's table (imported late: it imports this)
-
     g = dict(group=GROUP)
     decorators = [
         option("--is-wav/--no-is-wav", default=None, **g,
@@ -35,11 +38,11 @@ def layout_click_options(training: bool = True) -> Callable:
         option("--interferer-files", nargs="+", **g, help="trackfolder_fix: interferer file names"),
         option("--silence-missing-targets", "--silence-missing", is_flag=True, default=None, **g,
                help="trackfolder_var: tracks without the target get a silent one"),
-        option("--nb-train-samples", type=field_type("nb_train_samples"), **g,
+        option("--nb-train-samples", type=_count("nb_train_samples"), **g,
                help=f"sourcefolder: samples per epoch (default {LayoutDefaults.nb_train_samples})"),
-        option("--nb-valid-samples", type=field_type("nb_valid_samples"), **g,
+        option("--nb-valid-samples", type=_count("nb_valid_samples"), **g,
                help=f"sourcefolder: validation samples (default {LayoutDefaults.nb_valid_samples})"),
-        option("--samples-per-track", type=field_type("samples_per_track"), **g,
+        option("--samples-per-track", type=_count("samples_per_track"), **g,
                help="crops per track per epoch (musdb 64, else 1)"),
     ]
     if not training:

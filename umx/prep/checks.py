@@ -23,6 +23,7 @@ import numpy as np
 from .. import audio
 from ..errors import AudioError
 from ..layouts import Track
+from ..models import defaults
 from ..shards.records import TrackRecord
 from . import stats
 
@@ -32,8 +33,8 @@ CLIP_FRACTION = 1e-3  # report clipping above this fraction of full-scale sample
 
 @dataclass
 class Options:
-    sample_rate: int = 44100
-    stft: tuple[int, int] | None = (4096, 1024)  # per-track statistics (None: computed later)
+    sample_rate: int = defaults.SAMPLE_RATE
+    stft: tuple[int, int] | None = defaults.STFT  # per-track statistics (None: computed later)
     max_length_diff: float = 1.0
     store_mixture: bool = False
     target: str = ""

@@ -17,6 +17,7 @@ from .. import audio
 from ..cli_util import Choice, FloatRange, IntRange, command, option, run_command
 from ..errors import UmxError
 from ..layouts import check_options
+from ..models import defaults
 from ..layouts.options import GROUP, HEADING, LAYOUTS, given_layout_options, layout_click_options
 from ..shards import storage
 from ..shards.webdataset import DEFAULT_SHARD_BYTES
@@ -41,7 +42,7 @@ Examples:
 @option("--format", type=Choice(FORMATS), default=FORMATS[0],
         help="WebDataset tar shards (faster for the umxhq recipe, 64 crops per track) or a zarr v3 store "
              "(random-access crops: faster with 1 crop per track; see docs/benchmarks.md)")
-@option("--sample-rate", type=IntRange(), default=44100,  # the ranges: prepare's (pipeline._check_settings)
+@option("--sample-rate", type=IntRange(), default=defaults.SAMPLE_RATE,  # the ranges: prepare's (pipeline._check_settings)
         help=f"rate of the shard set ({audio.MIN_RATE}–{audio.MAX_RATE} Hz); other rates are resampled")
 @option("--workers", type=IntRange(), default=min(os.cpu_count() or 1, WORKERS[1]), show_default="the CPU count",
         help=f"parallel track readers ({WORKERS[0]}–{WORKERS[1]})")

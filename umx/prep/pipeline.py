@@ -40,6 +40,7 @@ from tqdm import tqdm
 from .. import __version__, audio
 from ..errors import UmxError, shown
 from ..layouts import Scan, safe_id, scan
+from ..models import defaults
 from ..names import inside, safe_key, safe_name
 from ..shards import manifest as mf
 from ..shards import storage, zarr_store
@@ -49,7 +50,7 @@ from . import stats
 from .checks import Loaded, Options, load_track, note
 from .report import Report
 
-DEFAULT_STFT = (4096, 1024)
+DEFAULT_STFT = defaults.STFT
 MIN_FRAMES = DEFAULT_STFT[0]  # a track shorter than one window of open-unmix's STFT is skipped (checks.py)
 WORKERS = (1, 1024)  # --workers, as umx-train's --nb-workers
 MAX_SHARD_MIB = 2**16  # --shard-size (64 GiB)
@@ -177,7 +178,7 @@ def prepare(
     out: str | Path,
     *,
     workers: int = 1,
-    sample_rate: int = 44100,
+    sample_rate: int = defaults.SAMPLE_RATE,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     max_length_diff: float = 1.0,
     skip_silent_targets: bool = False,

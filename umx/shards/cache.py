@@ -49,6 +49,7 @@ from ..errors import ShardError
 from ..names import UnsafeNameError, inside, safe_name
 from . import storage
 
+DEFAULT_CACHE_GIB = 100.0  # the shard cache's size limit (--cache-size, UMX_CACHE_SIZE)
 PINNED = 4  # shards a process keeps locked against eviction after fetching them (the reader opens them at once)
 
 _state = threading.RLock()

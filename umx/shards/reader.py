@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 from ..errors import ShardError, UmxError
 from . import storage
-from .cache import ShardCache, verify_once
+from .cache import DEFAULT_CACHE_GIB, ShardCache, verify_once
 from .manifest import Manifest, ShardEntry, TrackEntry
 from .records import TrackRecord
 from .webdataset import read_shard
@@ -25,7 +25,7 @@ from .zarr_store import ZarrReader
 
 
 class ShardReader:
-    def __init__(self, manifest: Manifest, cache_dir: str | None = None, cache_bytes: int = 100 * 2**30,
+    def __init__(self, manifest: Manifest, cache_dir: str | None = None, cache_bytes: int = int(DEFAULT_CACHE_GIB * 2**30),
                  skip_bad: bool = False, verify_local: bool = True):
         self.manifest, self.skip_bad, self.verify_local = manifest, skip_bad, verify_local
         self.cache = ShardCache(cache_dir, cache_bytes)

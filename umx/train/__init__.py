@@ -5,8 +5,8 @@ trainer (the run) → outputs (open-unmix's model directory); the data side is
 streams (plan → crops → batches) over the shard set's crop source.
 """
 
-from .build import build_trainer
+from .build import build_trainer, train
 from .config import TrainConfig
-from .trainer import Trainer, train
+from .trainer import Trainer
 
 __all__ = ["TrainConfig", "Trainer", "build_trainer", "train"]

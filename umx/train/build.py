@@ -9,6 +9,7 @@ validation set) and the model side (model, DDP wrapper, optimizer, scheduler, st
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -33,11 +34,10 @@ from .losses import make_objective
 from .outputs import load_checkpoints
 from .slots import Slots, make_slots
 from .state import Bounds, RunState, StateError, TargetState
-from .step import (EagerStep, GraphStep, checked_optimizer_state, checked_scheduler_state, make_optimizer,
-                   settle_lr)
-from .streams import SourceFileStream, TrainStream, choose_plan
-from .trainer import Mixer, Optimisation, Trainer, TrainData
 from .scoring import check_selectable
+from .step import checked_optimizer_state, checked_scheduler_state, make_optimizer, settle_lr
+from .streams import SourceFileStream, TrainStream, choose_plan
+from .trainer import Mixer, Optimisation, Trainer, TrainData, make_step
 from .validation import ValidItem, load_validation
 
 
@@ -287,25 +287,6 @@ def build_optimisation(cfg: TrainConfig, model: Joint, encoder, dist: distribute
     return parts, state
 
 
-def make_step(parts: Optimisation, cfg: TrainConfig, encoder, dist: distributed.Context, device: torch.device,
-              active: list[str]) -> None:
-    """The step over the targets still training (all, until one stops early): their networks
-    (DDP-wrapped under torchrun) and optimizers. Rebuilt when that set changes."""
-    net = parts.model.subset(active)
-    if dist.active:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizers = [parts.optimizers[t] for t in active]
-    bf16 = cfg.precision == "bf16"
-    parts.net = net
-    common = dict(bf16=bf16, accumulate=cfg.grad_accum, ema=parts.ema, names=active)
-    if parts.mixer is not None:  # the batch's augmentation and mixing run inside the step
-        common["prepare"] = parts.mixer.restricted(active)
-    parts.step = GraphStep(net, encoder, optimizers, parts.objective, capture=device.type == "cuda", **common) \
-        if parts.graph else EagerStep(net, encoder, optimizers, parts.objective, **common)
-
-
 def resume(cfg: TrainConfig, model: Joint, optimizers: dict, schedulers: dict, ema: EMA | None = None,
            bounds: Bounds | None = None) -> RunState:
     """Every target's network, optimizer, scheduler (and --ema averages) from `--checkpoint`, and the
@@ -363,3 +344,21 @@ def graph_step_wanted(cfg: TrainConfig, dist: distributed.Context, device: torch
     if cfg.cuda_graph == "on" and reason:
         raise UmxError(f"--cuda-graph on: the training step cannot be captured {reason}; use auto or off")
     return reason is None and (cfg.cuda_graph == "on" or device.type == "cuda")
+
+
+def train(config: TrainConfig) -> Path:
+    """Train the run's target model(s); returns the output directory."""
+    config.check()
+    dist, device = setup_process(config)
+    try:
+        trainer = build_trainer(config, dist, device)
+        try:
+            out = trainer.fit()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the run's own error is the one to report
+                trainer.writer.wait()
+            raise
+        trainer.writer.wait()
+        return out
+    finally:
+        distributed.teardown(dist)

@@ -28,7 +28,7 @@ Examples:
               "from a dataset folder prepared on demand).")
 @train_options
 def cli(**params) -> int:
-    from .trainer import train
+    from .build import train
 
     shards = cache.resolve_shards(params["shards"], params["dataset"], params["root"], layout_options(params),
                                   params["quiet"])

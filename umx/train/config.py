@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UmxError, shown
-from ..layouts import check_target_name
+from ..layouts import SAMPLE_COUNTS, check_target_name
 from ..model import HIDDEN_SIZE, NFFT, NHOP, check_stft
+from ..models import defaults
 from ..shards import manifest as mf
+from ..shards.cache import DEFAULT_CACHE_GIB
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 MODES = ("auto", "on", "off")  # --cuda-graph, --device-cache
@@ -55,6 +57,13 @@ class Option:
 
 def option(default: Any, help: str, group: str, **kw) -> Any:
     return field(default=default, metadata={"option": Option(help, group, **kw)})
+
+
+def _counted(name: str) -> dict:
+    """A sample-count layout option's range, the layouts' own (SAMPLE_COUNTS): umx-prep and umx-eval
+    take it from there without importing the training stack."""
+    low, high = SAMPLE_COUNTS[name]
+    return dict(low=low, high=high)
 
 
 @dataclass
@@ -136,8 +145,8 @@ class TrainConfig:
     seq_dur: float = option(6.0, "crop length in s; <= 0: full tracks", "model", low=-3600, high=3600)
     unidirectional: bool = option(False, "unidirectional LSTM (real time)", "model")
     hidden_size: int = option(512, "LSTM hidden size", "model", low=HIDDEN_SIZE.low, high=HIDDEN_SIZE.high)
-    nfft: int = option(4096, "STFT window length", "model", low=NFFT.low, high=NFFT.high)
-    nhop: int = option(1024, "STFT hop length", "model", low=NHOP.low, high=NHOP.high)
+    nfft: int = option(defaults.NFFT, "STFT window length", "model", low=NFFT.low, high=NFFT.high)
+    nhop: int = option(defaults.NHOP, "STFT hop length", "model", low=NHOP.low, high=NHOP.high)
     bandwidth: int = option(16000, "max bandwidth (Hz) seen by the LSTM", "model", low=0, high=10**6)
     nb_channels: int = option(2, "1: mono model (downmixed input), 2: stereo", "model", choices=(1, 2))
 
@@ -158,7 +167,7 @@ class TrainConfig:
                             high=10**5)
 
     cache_dir: str | None = option(None, "local cache of remote shards (default $UMX_CACHE/shards)", "buckets")
-    cache_size: float = option(100.0, "cache size limit in GiB (LRU)", "buckets", low=0, low_open=True,
+    cache_size: float = option(DEFAULT_CACHE_GIB, "cache size limit in GiB (LRU)", "buckets", low=0, low_open=True,
                                high=2**20)
     skip_bad_shards: bool = option(False, "skip (and count) shards whose checksum or structure is wrong instead "
                                    "of stopping", "buckets")
@@ -166,14 +175,14 @@ class TrainConfig:
                                          "buckets")
     anon: bool = option(False, "read a public bucket without credentials", "buckets")
 
-    samples_per_track: int | None = option(None, "crops per track per epoch", "layout", low=1, high=MANY,
-                                           layout=True)
+    samples_per_track: int | None = option(None, "crops per track per epoch", "layout",
+                                        layout=True, **_counted("samples_per_track"))
     silence_missing_targets: bool | None = option(None, "trackfolder_var: tracks without the target get a silent "
                                                   "one", "layout", layout=True)
-    nb_train_samples: int | None = option(None, "sourcefolder: samples per epoch", "layout", low=1,
-                                          high=10**9, layout=True)
-    nb_valid_samples: int | None = option(None, "sourcefolder: validation samples", "layout", low=1,
-                                          high=MANY, layout=True)
+    nb_train_samples: int | None = option(None, "sourcefolder: samples per epoch", "layout",
+                                        layout=True, **_counted("nb_train_samples"))
+    nb_valid_samples: int | None = option(None, "sourcefolder: validation samples", "layout",
+                                        layout=True, **_counted("nb_valid_samples"))
 
     def check(self) -> None:
         """Refuse values no run can use, each as one line naming the option (before any work)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import errno
 import io
-import json
 import os
 import pickle
 import stat
@@ -24,12 +23,10 @@ from pathlib import Path
 import torch
 
 from ..errors import UmxError
+from ..models.directory import BRIDGED_WEIGHTS, SEPARATOR_JSON, read_json
 from ..shards.storage import atomic_writer, write_json
 from .state import Bounds, RunState, StateError
 from .step import optimizer_state
-
-MAX_JSON_BYTES = 64 * 2**20  # histories of very long runs stay far below
-
 
 def save_torch(obj, path: Path) -> None:
     """torch.save, atomically. Serialised in memory first: torch's zip writer turns a full disk
@@ -41,35 +38,13 @@ def save_torch(obj, path: Path) -> None:
         f.write(buf.getbuffer())
 
 
-BRIDGED_WEIGHTS = "xumx.pth"  # a bridged model's weights, every target's: not `<target>*.pth`, which openunmix globs
-
-
 def write_separator_json(folder: Path, nfft: int, nhop: int, sample_rate: int, nb_channels: int,
                          bridged_targets: list[str] | None = None) -> None:
     """open-unmix's `separator.json`; for a bridged model also its targets (openunmix ignores the key)."""
     conf = {"nb_channels": nb_channels, "nfft": nfft, "nhop": nhop, "sample_rate": sample_rate}
     if bridged_targets:
         conf.update(bridged_targets=list(bridged_targets), weights=BRIDGED_WEIGHTS)
-    write_json(folder / "separator.json", conf)
-
-
-def read_json(path: Path, hint: str) -> dict:
-    """A JSON file of a model directory, or one clear error naming it (`hint`: what it should be)."""
-    if not path.is_file():
-        raise UmxError(f"{path}: not found ({hint})")
-    with open(path, "rb") as f:  # bounded by what is read, not by a size looked up before
-        data = f.read(MAX_JSON_BYTES + 1)
-    if len(data) > MAX_JSON_BYTES:
-        raise UmxError(f"{path}: larger than {MAX_JSON_BYTES // 2**20} MiB ({hint})")
-    try:
-        value = json.loads(data.decode("utf-8"))
-    except ValueError as e:  # not UTF-8, not JSON, or a number over Python's 4300-digit limit
-        raise UmxError(f"{path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise UmxError(f"{path}: nested too deeply to be a model directory's JSON") from None
-    if not isinstance(value, dict):
-        raise UmxError(f"{path}: must hold a JSON object ({hint})")
-    return value
+    write_json(folder / SEPARATOR_JSON, conf)
 
 
 @dataclass

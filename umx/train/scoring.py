@@ -31,6 +31,7 @@ from torch import Tensor
 
 from .. import bss
 from ..errors import UmxError
+from ..models import defaults
 from ..evaluate import mean_over_tracks, median_of_values
 from ..model import Joint, Spectrogram
 from ..separate import Separator
@@ -38,8 +39,6 @@ from .augment import mix_and_target
 from .slots import Slots
 from .validation import ValidItem
 
-NITER = 1  # EM iterations, umx-separate's default
-WIENER_WIN = 300  # frames filtered together, umx-separate's default
 
 
 @dataclass
@@ -63,8 +62,8 @@ def needs_residual(slots: Slots, sources: list[str]) -> bool:
 def separator_for(model: Joint, names: list[str], residual: bool, sample_rate: int, nfft: int, nhop: int,
                   nb_channels: int) -> Separator:
     """The networks being trained (not copied) as a Separator, as umx-separate would load them."""
-    return Separator({n: model.models[n] for n in names}, niter=NITER, residual=residual, sample_rate=sample_rate,
-                     n_fft=nfft, n_hop=nhop, nb_channels=nb_channels, wiener_win_len=WIENER_WIN, bridge=model.bridge)
+    return Separator({n: model.models[n] for n in names}, niter=defaults.NITER, residual=residual, sample_rate=sample_rate,
+                     n_fft=nfft, n_hop=nhop, nb_channels=nb_channels, wiener_win_len=defaults.WIENER_WIN_LEN, bridge=model.bridge)
 
 
 @dataclass

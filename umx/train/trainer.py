@@ -19,7 +19,6 @@ Built by `build.build_trainer`; `train()` is the entry.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -48,7 +47,7 @@ from .outputs import (BRIDGED_WEIGHTS, CheckpointWriter, TargetParts, append_to,
                       write_separator_json)
 from .slots import Slots
 from .state import Epoch, Progress, RunState
-from .step import LossLog
+from .step import EagerStep, GraphStep, LossLog
 from .validation import ValidItem
 
 if TYPE_CHECKING:  # imported where used: the scoring stack is only needed with --eval-every
@@ -95,7 +94,7 @@ class Optimisation:
     net: torch.nn.Module  # what the step runs: the networks still training, or their DDP wrapper
     optimizers: dict[str, torch.optim.Optimizer]  # per target
     schedulers: dict[str, torch.optim.lr_scheduler.ReduceLROnPlateau]
-    step: object  # step.EagerStep | step.GraphStep (build.make_step)
+    step: object  # step.EagerStep | step.GraphStep (make_step)
     objective: Objective
     graph: bool  # the step is the CUDA-graph step
     ema: EMA | None = None  # --ema: moving averages of the weights
@@ -353,8 +352,6 @@ class Trainer:
             if not self.active:
                 break
             if stopped:  # the others train on, without the stopped networks
-                from .build import make_step
-
                 make_step(self.parts, cfg, self.encoder, self.dist, self.device, self.active)
         if cfg.trace:
             digest = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes()
@@ -498,21 +495,20 @@ class _Meter:
                        if io.get("misses") or io.get("hits") else {}))
 
 
-def train(config: TrainConfig) -> Path:
-    """Train the run's target model(s); returns the output directory."""
-    from .build import build_trainer, setup_process
+def make_step(parts: Optimisation, cfg: TrainConfig, encoder, dist: distributed.Context, device: torch.device,
+              active: list[str]) -> None:
+    """The step over the targets still training (all, until one stops early): their networks
+    (DDP-wrapped under torchrun) and optimizers. Rebuilt when that set changes."""
+    net = parts.model.subset(active)
+    if dist.active:
+        from torch.nn.parallel import DistributedDataParallel
 
-    config.check()
-    dist, device = setup_process(config)
-    try:
-        trainer = build_trainer(config, dist, device)
-        try:
-            out = trainer.fit()
-        except BaseException:
-            with contextlib.suppress(Exception):  # the run's own error is the one to report
-                trainer.writer.wait()
-            raise
-        trainer.writer.wait()
-        return out
-    finally:
-        distributed.teardown(dist)
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizers = [parts.optimizers[t] for t in active]
+    bf16 = cfg.precision == "bf16"
+    parts.net = net
+    common = dict(bf16=bf16, accumulate=cfg.grad_accum, ema=parts.ema, names=active)
+    if parts.mixer is not None:  # the batch's augmentation and mixing run inside the step
+        common["prepare"] = parts.mixer.restricted(active)
+    parts.step = GraphStep(net, encoder, optimizers, parts.objective, capture=device.type == "cuda", **common) \
+        if parts.graph else EagerStep(net, encoder, optimizers, parts.objective, **common)
