@@ -88,8 +88,11 @@ def test_a_run_whose_target_stopped_resumes_to_one_line(shard_set, single, tmp_p
     args = ["--resume", "auto"] if how == "auto" else ["--checkpoint", str(out)]
     target = out if how == "auto" else tmp_path / "new"
     assert train_main(_args(shard_set, target, "--epochs", "3", "--patience", "1", *args)) == 0
-    err = _one_line(capsys, "nothing to train", "has stopped early (vocals after epoch 1)")
-    assert err.startswith("nothing to train")
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.startswith("nothing to train") and err.count("\n") == 1, err
+    assert "has stopped early (vocals after epoch 1)" in err
+    assert "model written" not in captured.out  # it was not
     assert _snapshot(out) == before and not (tmp_path / "new").exists()  # nothing new written
 
 

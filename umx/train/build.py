@@ -346,8 +346,8 @@ def graph_step_wanted(cfg: TrainConfig, dist: distributed.Context, device: torch
     return reason is None and (cfg.cuda_graph == "on" or device.type == "cuda")
 
 
-def train(config: TrainConfig) -> Path:
-    """Train the run's target model(s); returns the output directory."""
+def train(config: TrainConfig) -> Path | None:
+    """Train the run's target model(s); returns the output directory (None: nothing was left to train)."""
     config.check()
     dist, device = setup_process(config)
     try:

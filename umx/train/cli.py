@@ -33,7 +33,8 @@ def cli(**params) -> int:
     shards = cache.resolve_shards(params["shards"], params["dataset"], params["root"], layout_options(params),
                                   params["quiet"])
     out = train(train_config(params, shards))
-    print(f"model written to {out}")
+    if out is not None:
+        print(f"model written to {out}")
     return 0
 
 

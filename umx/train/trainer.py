@@ -302,15 +302,15 @@ class Trainer:
         return chosen, options[chosen]
 
     # --- the run ---------------------------------------------------------
-    def fit(self) -> Path:
-        """Train to --epochs. A resumed run whose every target has stopped early has nothing left to
-        train: one line says so, and nothing is written (a stopped target stays stopped, whatever
-        --epochs or --patience the resume gives; its best weights are in place)."""
+    def fit(self) -> Path | None:
+        """Train to --epochs; the model directory, or None where nothing was trained: a resumed run
+        whose every target has stopped early says so in one line and writes nothing (a stopped target
+        stays stopped, whatever --epochs or --patience the resume gives; its best weights are in place)."""
         cfg, main = self.cfg, self.dist.is_main
         if not self.active:
             if main:
                 print(self._all_stopped(), file=sys.stderr)
-            return self.out
+            return None
         if main:
             self._announce()
         first = self.state.progress.epoch
