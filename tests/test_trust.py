@@ -29,6 +29,7 @@ from umx.shards.webdataset import ShardWriter
 from umx.shards.zarr_store import ZarrReader
 from umx.train.cli import main as train_main
 from umx.train import TrainConfig, train
+from one_line import one_line as _one_line  # noqa: E402
 
 TINY = dict(hidden_size=8, seq_dur=1.0, batch_size=4, nfft=1024, nhop=512, quiet=True, debug=True)
 TINY_ARGS = ["--hidden-size", "8", "--seq-dur", "1.0", "--batch-size", "4", "--nfft", "1024", "--nhop", "512",
@@ -37,12 +38,6 @@ TINY_ARGS = ["--hidden-size", "8", "--seq-dur", "1.0", "--batch-size", "4", "--n
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _one_line(capsys, *phrases: str) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("error: "), err
-    for phrase in phrases:
-        assert phrase in err, err
-    return err
 
 
 # --- one name check -----------------------------------------------------------------------------

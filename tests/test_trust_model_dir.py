@@ -22,6 +22,7 @@ from umx.evaluate_cli import main as eval_main
 from umx.model import Joint, OpenUnmix, load_target
 from umx.separate import Separator, main as separate_main
 from umx.train.cli import main as train_main
+from one_line import one_line as _one_line  # noqa: E402
 
 NFFT, NHOP, HIDDEN = 1024, 512, 8
 TINY_ARGS = ["--hidden-size", str(HIDDEN), "--seq-dur", "1.0", "--batch-size", "4", "--nfft", str(NFFT),
@@ -30,12 +31,6 @@ TINY_ARGS = ["--hidden-size", str(HIDDEN), "--seq-dur", "1.0", "--batch-size", "
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _one_line(capsys, *phrases: str) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("error: "), err
-    for phrase in phrases:
-        assert phrase in err, err
-    return err
 
 
 def _state(hidden: int = HIDDEN, seed: int = 0, unidirectional: bool = False) -> dict:

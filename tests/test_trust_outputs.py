@@ -28,18 +28,13 @@ from umx.shards import storage
 from umx.shards.records import TrackRecord
 from umx.shards.storage import atomic_writer, write_json
 from umx.train import TrainConfig, train
+from one_line import one_line as _one_line  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 KEEP = "not yours to write\n"
 
 
-def _one_line(capsys, *phrases: str) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("error: "), err
-    for phrase in phrases:
-        assert phrase in err, err
-    return err
 
 
 def _victim(tmp_path: Path) -> Path:
