@@ -428,3 +428,48 @@ def test_append_to_refuses_what_is_not_a_regular_file(tmp_path):
 
 def test_progress_parses_old_single_target_rows():
     assert Progress.from_dict({"epoch": 2, "step": 1, "losses": [0.5]}).losses == [[0.5, 0.5]]
+
+
+# --- the checkpoint file's size, before torch reads it --------------------------------------------
+
+def _rezip(path: Path, compression: int, extra: bytes = b"") -> None:
+    """Rewrite a torch zip file member by member with `compression`, optionally with one more member."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as src:
+        members = [(m, src.read(m)) for m in src.infolist()]
+    with zipfile.ZipFile(path, "w") as dst:
+        for m, data in members:
+            dst.writestr(m.filename, data, compress_type=compression)
+        if extra:
+            dst.writestr(f"{members[0][0].filename.split('/')[0]}/padding", extra, compress_type=compression)
+
+
+def test_a_deflated_checkpoint_is_refused_before_it_is_read(shard_set, single, tmp_path, capsys):
+    """A checkpoint handed over as --checkpoint: compressed members (torch.save never writes them) could
+    inflate far past the file; refused in one line, nothing written."""
+    import zipfile
+
+    src = _copy(single, tmp_path / "m")
+    _rezip(src / "vocals.chkpnt", zipfile.ZIP_DEFLATED)
+    assert train_main(_args(shard_set, tmp_path / "new", "--checkpoint", str(src), "--epochs", "2")) == 2
+    _one_line(capsys, "vocals.chkpnt", "is compressed")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_checkpoint_larger_than_the_run_can_hold_is_refused(shard_set, single, tmp_path, capsys):
+    import zipfile
+
+    from umx.train.outputs import CHECKPOINT_SLACK
+
+    src = _copy(single, tmp_path / "m")
+    _rezip(src / "vocals.chkpnt", zipfile.ZIP_STORED, extra=bytes(CHECKPOINT_SLACK + 2**20))
+    assert train_main(_args(shard_set, tmp_path / "new", "--checkpoint", str(src), "--epochs", "2")) == 2
+    _one_line(capsys, "vocals.chkpnt", "this run's 'vocals' network")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_checkpoint_within_its_bounds_resumes(shard_set, single, tmp_path):
+    src = _copy(single, tmp_path / "m")
+    assert train_main(_args(shard_set, tmp_path / "new", "--checkpoint", str(src), "--epochs", "2")) == 0
+    assert (tmp_path / "new" / "vocals.pth").is_file()

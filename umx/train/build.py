@@ -31,7 +31,7 @@ from .augment import Augment
 from .config import TrainConfig, json_object
 from .ema import EMA
 from .losses import make_objective
-from .outputs import load_checkpoints
+from .outputs import checkpoint_bytes, load_checkpoints
 from .slots import Slots, make_slots
 from .state import Bounds, RunState, StateError, TargetState
 from .scoring import check_selectable
@@ -294,8 +294,10 @@ def resume(cfg: TrainConfig, model: Joint, optimizers: dict, schedulers: dict, e
     against its parameters, …) before it is loaded; only --output is ever written (an interrupted
     save is settled there, never in another run's folder given as --checkpoint)."""
     folder = Path(cfg.checkpoint).expanduser()
+    averages = len(ema.decays) if ema is not None else 0
     ckpts, state = load_checkpoints(folder, cfg.targets, bounds or Bounds(tuple(cfg.targets)),
-                                    settle=_same_folder(folder, Path(cfg.output).expanduser()))
+                                    settle=_same_folder(folder, Path(cfg.output).expanduser()),
+                                    max_bytes={t: checkpoint_bytes(model.models[t], averages) for t in cfg.targets})
     for target, ckpt in ckpts.items():
         path = ckpt.path or folder / f"{target}.chkpnt"
         try:

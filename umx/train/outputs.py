@@ -23,10 +23,13 @@ from pathlib import Path
 import torch
 
 from ..errors import UmxError
+from ..model import MAX_ELEMENT_BYTES, read_weights
 from ..models.directory import BRIDGED_WEIGHTS, SEPARATOR_JSON, read_json
 from ..shards.storage import atomic_writer, write_json
 from .state import Bounds, RunState, StateError
 from .step import optimizer_state
+
+CHECKPOINT_SLACK = 256 * 2**20  # a checkpoint's bytes besides its tensors: the pickled run state
 
 def save_torch(obj, path: Path) -> None:
     """torch.save, atomically. Serialised in memory first: torch's zip writer turns a full disk
@@ -150,15 +153,18 @@ def _detached(obj):
 
 
 def load_checkpoints(folder: Path, targets: list[str], bounds: Bounds | None = None,
-                     settle: bool = True) -> tuple[dict[str, Checkpoint], RunState]:
+                     settle: bool = True, max_bytes: dict[str, int] | None = None
+                     ) -> tuple[dict[str, Checkpoint], RunState]:
     """The checkpoints of a run to resume, one per target, and its state (an open-unmix
     checkpoint: the state from `<target>.json`), every field of it checked and held against
     `bounds` (the resuming run). Refuses checkpoints of different steps. `settle`: the folder is
     the run's output, where an interrupted generation is finished or dropped; a folder only read
-    (`--checkpoint` of another run) is never written: its settled files are read where they are."""
+    (`--checkpoint` of another run) is never written: its settled files are read where they are.
+    `max_bytes`: per target, the most its checkpoint may hold once read (`checkpoint_bytes`); the
+    file is checked against it before torch reads it (no compressed member inflates past it)."""
     folder = Path(folder).expanduser()
     paths = settled_generation(folder, targets, settle)
-    ckpts = {t: _load_one(paths[t], t) for t in targets}
+    ckpts = {t: _load_one(paths[t], t, (max_bytes or {}).get(t)) for t in targets}
     payloads = {t: c.payload for t, c in ckpts.items() if c.payload is not None}
     try:
         if not payloads:
@@ -223,10 +229,21 @@ def _generation(path: Path) -> str | None:
     return _present(umx.get("generation")) if isinstance(umx, dict) else None
 
 
-def _load_one(path: Path, target: str) -> Checkpoint:
+def checkpoint_bytes(network: torch.nn.Module, averages: int) -> int:
+    """The most a checkpoint of `network` may hold once read: its weights, Adam's two moments and
+    `averages` --ema copies, each at 8 bytes an element, plus room for the pickled run state (its
+    loss rows grow with the epoch's steps)."""
+    elements = sum(t.numel() for t in network.state_dict().values())
+    return elements * MAX_ELEMENT_BYTES * (3 + averages) + CHECKPOINT_SLACK
+
+
+def _load_one(path: Path, target: str, max_bytes: int | None = None) -> Checkpoint:
     if not path.is_file():
         raise UmxError(f"{path}: not found (is {path.parent} the output folder of a '{target}' run?)")
-    ckpt = load_plain(path, "checkpoint")
+    if max_bytes is None:
+        ckpt = load_plain(path, "checkpoint")
+    else:  # bounded by this run's networks before torch reads a byte of it
+        ckpt = read_weights(path, max_bytes, f"this run's '{target}' network")
     missing = [k for k in ("state_dict", "optimizer", "scheduler") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise UmxError(f"{path}: not a training checkpoint (no {', '.join(missing)})")
