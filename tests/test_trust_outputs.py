@@ -320,3 +320,31 @@ def test_eval_split_must_be_a_name(model, shard_set, tmp_path, split, capsys):
         evaluate(model, base, split, workers=1, progress=False, outdir=tmp_path / "o", metrics=("usdr",))
     assert not list(tmp_path.rglob("*escape*")) and not (tmp_path / "o").exists()
 
+
+
+def test_no_writer_uses_a_guessable_temp_name(tmp_path, monkeypatch):
+    """Every temp file umx makes comes from storage.new_temp (or a private mkdtemp folder): links
+    planted at the names the old writers used (pid, thread id, fixed suffixes) are never written."""
+    import hashlib
+    import os
+    import threading
+
+    import numpy as np
+
+    from umx import audio
+    from umx.shards import cache
+
+    monkeypatch.setattr(os, "getpid", lambda: 4242)
+    victim = tmp_path / "victim"
+    victim.write_text(KEEP)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in (".a.wav.tmp", ".a.wav.tmp4242", f".x.bin.4242-{threading.get_ident()}.part",
+                 f"..x.bin.verified.4242-{threading.get_ident()}.tmp", ".tmp-s.stem.mp4"):
+        (out / name).symlink_to(victim)
+    audio.write(out / "a.wav", np.zeros((2, 100), np.float32), 44100)
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 1000)
+    cache.download_verified(str(src), out / "x.bin", hashlib.sha256(b"x" * 1000).hexdigest(), cache.CacheStats(), out)
+    assert victim.read_text() == KEEP
+    assert (out / "x.bin").read_bytes() == b"x" * 1000 and audio.read(out / "a.wav")[0].shape == (2, 100)

@@ -8,6 +8,7 @@ the compute form (int16 / 32768, exactly what soundfile returns for PCM16).
 from __future__ import annotations
 
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,11 +203,15 @@ def write_stems(path: str | Path, stems: np.ndarray, sample_rate: int, bitrate: 
     stempeg = _stempeg(path)
 
     path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
+    # ffmpeg picks the container by the name's extension, so the temp file keeps it: in a private
+    # folder made exclusively (mkdtemp), where no file or link can have been planted
+    private = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
+        tmp = private / path.name
         stempeg.write_stems(str(tmp), np.ascontiguousarray(stems.transpose(0, 2, 1)), sample_rate=sample_rate,
                             writer=stempeg.StreamsWriter(codec="aac", bitrate=bitrate))
         tmp.replace(path)
     except Exception as e:
-        tmp.unlink(missing_ok=True)
         raise AudioError(path, f"cannot write stems with ffmpeg ({type(e).__name__}: {e})") from None
+    finally:
+        shutil.rmtree(private, ignore_errors=True)

@@ -93,19 +93,18 @@ def _hidden(path: Path, suffix: str) -> Path:
     return path.with_name(f".{path.name}.{suffix}")
 
 
-def _tmp(path: Path, what: str) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.{what}")
-
-
 def _write_sidecar(path: Path, sha256: str, st: os.stat_result) -> None:
     """Remember that `path` (as `st` describes it) was verified; best effort (no sidecar: hashed again)."""
     side = _hidden(path, "verified")
-    tmp = _tmp(side, "tmp")
+    tmp = None
     try:
-        tmp.write_text(json.dumps({"sha256": sha256, **_identity(st)}))
+        fd, tmp = storage.new_temp(side)  # exclusive, at a name no other process or thread can take
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"sha256": sha256, **_identity(st)}))
         os.replace(tmp, side)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def _sidecar_matches(path: Path, sha256: str, st: os.stat_result) -> bool:
@@ -151,13 +150,15 @@ def _good(path: Path, sha256: str, size: int | None, stats: CacheStats | None = 
 
 def _download(url: str, path: Path, sha256: str, size: int | None) -> int:
     """Download `url` into `path` (temp file, checked, fsynced, renamed) and write its sidecar; the bytes read."""
-    tmp = _tmp(path, "part")
+    fd, tmp = storage.new_temp(path)  # exclusive: never a file or link planted at a guessable name
+    os.close(fd)
     h, n = hashlib.sha256(), 0
     try:
         def download():
             nonlocal h, n
             h, n = hashlib.sha256(), 0
-            with storage.open_read(url) as src, open(tmp, "wb") as out:
+            with storage.open_read(url) as src, \
+                    open(os.open(tmp, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW), "wb") as out:  # each retry anew
                 while block := src.read(storage.CHUNK):
                     h.update(block)
                     n += len(block)
@@ -244,7 +245,7 @@ def release() -> None:
 # ---- the cache -------------------------------------------------------------------------------------------------
 
 class ShardCache:
-    def __init__(self, folder: str | Path | None = None, max_bytes: int = 100 * 2**30):
+    def __init__(self, folder: str | Path | None = None, max_bytes: int = int(DEFAULT_CACHE_GIB * 2**30)):
         self.folder = Path(folder) if folder else default_dir()
         self.max_bytes = max_bytes
         self.stats = CacheStats()
