@@ -8,10 +8,10 @@ the training stack. Its JSON comes from whoever handed the folder over: every fi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import UmxError
+from ..json_input import parse_object
 
 SEPARATOR_JSON = "separator.json"  # open-unmix's: the STFT, rate and channels every target shares
 BRIDGED_WEIGHTS = "xumx.pth"  # a bridged model's weights, every target's: not `<target>*.pth`, which openunmix globs
@@ -26,12 +26,4 @@ def read_json(path: Path, hint: str) -> dict:
         data = f.read(MAX_JSON_BYTES + 1)
     if len(data) > MAX_JSON_BYTES:
         raise UmxError(f"{path}: larger than {MAX_JSON_BYTES // 2**20} MiB ({hint})")
-    try:
-        value = json.loads(data.decode("utf-8"))
-    except ValueError as e:  # not UTF-8, not JSON, or a number over Python's 4300-digit limit
-        raise UmxError(f"{path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise UmxError(f"{path}: nested too deeply to be a model directory's JSON") from None
-    if not isinstance(value, dict):
-        raise UmxError(f"{path}: must hold a JSON object ({hint})")
-    return value
+    return parse_object(data, str(path), hint)

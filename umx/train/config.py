@@ -11,13 +11,13 @@ sample counts. `0` is never taken for "unset".
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import UmxError, shown
+from ..json_input import parse_object
 from ..layouts import SAMPLE_COUNTS, check_target_name
 from ..model import HIDDEN_SIZE, NFFT, NHOP, check_stft
 from ..models import defaults
@@ -370,28 +370,8 @@ def parse_interval(value: Any, opt: Option, flag: str = "--save-every") -> tuple
 
 
 def json_object(text: str | None, flag: str) -> dict:
-    """An option's JSON object (`--storage-options`; {} where not given), or one line naming the
-    option: not JSON, a number Python refuses to read (over 4300 digits), nesting too deep for
-    the parser, or not an object."""
-    if not text:
-        return {}
-    try:
-        value = json.loads(text, parse_int=_json_int)
-    except ValueError as e:  # JSONDecodeError, and a number too long (_json_int)
-        raise UmxError(f"{flag}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise UmxError(f"{flag}: nested too deeply to be options") from None
-    if not isinstance(value, dict):
-        raise UmxError(f"{flag}: must be a JSON object, e.g. '{{\"endpoint_url\": \"http://…\"}}'")
-    return value
-
-
-def _json_int(text: str) -> int:
-    """A JSON integer; Python reads none of over 4300 digits (and says so with a bare ValueError)."""
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"a whole number of {len(text.lstrip('-'))} digits, longer than Python reads") from None
+    """An option's JSON object (`--storage-options`; {} where not given), or one line naming the option."""
+    return parse_object(text, flag, "options, e.g. '{\"endpoint_url\": \"http://…\"}'") if text else {}
 
 
 def _number(x: float) -> str:
