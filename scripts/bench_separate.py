@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # openunmix imports torchaudio's old API
 
-from umx.model import OpenUnmix, bandwidth_to_max_bin  # noqa: E402
-from umx.separate import Separator  # noqa: E402
+from umx.models.openunmix.network import OpenUnmix, bandwidth_to_max_bin  # noqa: E402
+from umx.models.openunmix.separator import Separator  # noqa: E402
 
 NAMES = ["vocals", "drums", "bass", "other"]
 

@@ -23,3 +23,5 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 python -m pip install -q -e '.[test]'
 python -m pip install -q --no-deps openunmix==1.3.0
+# the suite's second architecture, a plugin registered through the umx.architectures entry points
+python -m pip install -q --no-deps -e tests/plugins/umx_tinymask

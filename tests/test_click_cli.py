@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from umx.train.options import plugin_fields
+
 from umx import bench_cli, cli as umx_cli, evaluate_cli, plot, separate
 from umx.prep import cli as prep_cli
 from umx.train import cli as train_cli
@@ -32,7 +34,9 @@ SPEC_OPTIONS = sorted({"--dataset", "--root", "--is-wav", "--samples-per-track",
 # options added after argparse was removed: the record cannot hold them; their defaults keep the old behaviour
 ADDED_SINCE = {"targets": None, "loss": "independent", "mix_coef": 10.0, "combination": False, "bridge": False,
                "eval_every": 0, "eval_separation": "fast", "select_by": "loss", "metrics": (), "grad_accum": 1, "ema": None,
-               "resume": None, "dist_timeout": 600.0, "data_timeout": 600.0, "sampling": "auto"}
+               "resume": None, "dist_timeout": 600.0, "data_timeout": 600.0, "sampling": "auto", "arch": "openunmix"}
+# installed plugin architectures' options: None where not given (their defaults are theirs)
+ADDED_SINCE.update({f.name: None for fields in plugin_fields().values() for f, _, _ in fields})
 
 
 def _params(cmd, argv: list[str]) -> dict:

@@ -91,9 +91,9 @@ def test_fast_separation_is_close_to_exact(shard_set, tmp_path):
 def test_shared_forward_takes_the_loss_pass_frames_and_estimates_the_edges_again():
     import torch
 
-    from umx.model import OpenUnmix, Spectrogram
-    from umx.separate import Separator
-    from umx.train.scoring import EDGE_CONTEXT, SharedForward, track_for
+    from umx.models.openunmix.network import OpenUnmix, Spectrogram
+    from umx.models.openunmix.separator import Separator
+    from umx.models.openunmix.validation import EDGE_CONTEXT, SharedForward, track_for
 
     torch.manual_seed(0)
     net = OpenUnmix(nb_bins=257, nb_channels=2, hidden_size=8).eval()

@@ -84,3 +84,14 @@ def test_stem_decoding_without_ffmpeg_names_the_file(tmp_path, no_ffmpeg):
     path.write_bytes(b"\0" * 64)
     with pytest.raises(UmxError, match=r"a\.stem\.mp4: .*ffmpeg.*not found on PATH"):
         audio.read_stems(path)
+
+
+def test_readme_test_install_registers_the_plugin_architecture():
+    """scripts/setup_tests.sh installs the suite's second architecture as a plugin, so the model seam's
+    tests run (they skip only where a hand-made environment lacks it, never after README command 2)."""
+    from umx.models import registry
+
+    assert "tinymask" in registry.names(), "pip install --no-deps -e tests/plugins/umx_tinymask"
+    r = subprocess.run([str(Path(sysconfig.get_path("scripts")) / GROUP), "train", "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "--arch tinymask options" in r.stdout and "--tiny-channels" in r.stdout

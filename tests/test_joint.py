@@ -14,12 +14,13 @@ import openunmix_compat
 from conftest import interrupted
 from umx import synth
 from umx.errors import UmxError
-from umx.model import Joint, OpenUnmix, Spectrogram
+from umx.models.openunmix.network import Joint, OpenUnmix, Spectrogram
 from umx.prep import prepare
-from umx.separate import Separator, main as separate_main
+from umx.models.openunmix.separator import Separator
+from umx.separate import main as separate_main
 from umx.train import TrainConfig, build_trainer, train
 from umx.train import trainer as trainer_mod
-from umx.train.losses import Independent, MultiDomain, weighted_sdr
+from umx.models.openunmix.losses import Independent, MultiDomain, weighted_sdr
 from umx.train.state import Progress
 
 FOUR = ["vocals", "drums", "bass", "other"]
@@ -66,7 +67,7 @@ def test_networks_start_as_single_runs_would(musdb, tmp_path):
     """Each target's fresh network is the one a run of that target alone starts from."""
     joint = build_trainer(_cfg(musdb, tmp_path / "j", targets=["vocals", "drums"]))
     alone = build_trainer(_cfg(musdb, tmp_path / "d", target="drums"))
-    a, b = joint.model.models["drums"].state_dict(), alone.model.models["drums"].state_dict()
+    a, b = joint.model.units["drums"].state_dict(), alone.model.units["drums"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -175,14 +176,14 @@ def test_multidomain_inverse_stft_and_combinations():
     """The estimates go back to waveforms exactly (the mixture's magnitude with its phase is the
     mixture, over the covered samples), and the combination loss scores X-UMX's 14 groups of 4."""
     enc = Spectrogram(256, 64)
-    loss = MultiDomain(256, 64, mix_coef=10, combination=True)
+    loss = MultiDomain(enc, mix_coef=10, combination=True)
     mix = torch.randn(2, 2, 4096)
     wave = loss.waveforms([enc(mix)], mix, enc)
     start, stop = loss.covered(enc(mix).shape[-1])
     torch.testing.assert_close(wave[:, 0], mix[..., start:stop], atol=1e-4, rtol=1e-4)
-    assert len(loss.groups(4)) == 14 and len(MultiDomain(256, 64).groups(4)) == 4
+    assert len(loss.groups(4)) == 14 and len(MultiDomain(enc).groups(4)) == 4
     refs = torch.randn(2, 4, 2, 4096) * 0.1
-    terms = loss([enc(refs[:, i]) for i in range(4)], refs, refs.sum(1), enc)
+    terms = loss([enc(refs[:, i]) for i in range(4)], refs, refs.sum(1))
     assert terms.shape == (5,) and torch.allclose(terms[:4], torch.zeros(4), atol=1e-6)
     # perfect magnitudes are not perfect waveforms (the mixture's phase), but nearly
     assert 0 <= terms[-1] < 10
@@ -191,7 +192,7 @@ def test_multidomain_inverse_stft_and_combinations():
 def test_independent_loss_is_the_sum_of_mses():
     enc = Spectrogram(256, 64)
     refs, est = torch.randn(2, 2, 2, 2048), [torch.rand(2, 2, 129, 29) for _ in range(2)]
-    terms = Independent()(est, refs, refs.sum(1), enc)
+    terms = Independent(enc)(est, refs, refs.sum(1))
     want = [torch.nn.functional.mse_loss(e, enc(refs[:, i])) for i, e in enumerate(est)]
     torch.testing.assert_close(terms, torch.stack([*want, want[0] + want[1]]))
 

@@ -21,7 +21,13 @@ def _train_modules(code: str) -> list[str]:
 
 
 def test_reading_commands_do_not_import_training():
-    assert _train_modules("import umx.separate, umx.evaluate, umx.evaluate_cli, umx.plot, umx.model") == []
+    """`python -X importtime`: the reading commands and the model layer import nothing of umx.train."""
+    code = "import umx.separate, umx.evaluate, umx.evaluate_cli, umx.plot, umx.models.registry, umx.models.openunmix"
+    r = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")]
+    assert "umx.separate" in imported and "umx.models.openunmix" in imported
+    assert [m for m in imported if m.startswith("umx.train")] == []
 
 
 def test_separating_and_plotting_a_model_directory_import_no_training(shard_set, tmp_path):
@@ -30,9 +36,10 @@ def test_separating_and_plotting_a_model_directory_import_no_training(shard_set,
     code = textwrap.dedent(f"""
         import numpy as np, torch
         from pathlib import Path
-        from umx.separate import Separator
+        from umx.models.protocol import SeparationOptions
+        from umx.models.registry import load_separation
         from umx import plot
-        sep = Separator.from_dir(Path({str(out)!r}), residual=True, device="cpu")
+        sep = load_separation(Path({str(out)!r}), None, SeparationOptions(residual=True), "cpu")
         est = sep(torch.zeros(1, 2, 44100))
         assert est.shape[:2] == (1, 2)
         plot.main([{str(out)!r}, "--target", "vocals"])
@@ -89,7 +96,7 @@ def test_the_model_layer_and_readers_never_import_training():
     """Statically, lazy imports included: the model layer, the data formats and the reading commands."""
     graph = _import_graph()
     readers = [m for m in graph if m.startswith(("umx.models", "umx.shards", "umx.layouts"))
-               or m in ("umx.model", "umx.separate", "umx.evaluate", "umx.evaluate_cli", "umx.plot", "umx.filtering",
+               or m in ("umx.separate", "umx.evaluate", "umx.evaluate_cli", "umx.plot", "umx.filtering",
                         "umx.bss", "umx.audio", "umx.names")]
     assert {m: sorted(d for d in graph[m] if d.startswith("umx.train")) for m in readers
             if any(d.startswith("umx.train") for d in graph[m])} == {}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import openunmix_compat
-from umx.model import OpenUnmix, Spectrogram, bandwidth_to_max_bin
+from umx.models.openunmix.network import OpenUnmix, Spectrogram, bandwidth_to_max_bin
 
 openunmix_compat.register()
 openunmix = pytest.importorskip("openunmix")

@@ -8,7 +8,7 @@ import torch
 from conftest import FIX_OPTS
 from umx import audio, synth
 from umx.errors import UmxError
-from umx.model import Spectrogram
+from umx.models.openunmix.network import Spectrogram
 from umx.prep import prepare
 from umx.prep.cli import main as prep_main
 from umx.shards import manifest as mf

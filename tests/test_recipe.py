@@ -7,7 +7,8 @@ import torch
 
 from conftest import interrupted
 from umx.errors import UmxError
-from umx.model import Joint, OpenUnmix
+from umx.models.openunmix import OpenUnmixModel
+from umx.models.openunmix.network import Joint, OpenUnmix, Spectrogram
 from umx.train import TrainConfig, build_trainer, train
 from umx.train import trainer as trainer_mod
 from umx.train.ema import EMA
@@ -52,9 +53,9 @@ def test_longer_crops_stream_and_gather_alike(shard_set, tmp_path):
 
 def test_ema_is_a_moving_average_and_the_best_is_written(shard_set, tmp_path, monkeypatch):
     torch.manual_seed(0)
-    model = Joint({"v": OpenUnmix(nb_bins=65, hidden_size=4)})
+    model = OpenUnmixModel(Spectrogram(128, 32), Joint({"v": OpenUnmix(nb_bins=65, hidden_size=4)}))
     ema = EMA(model, [0.5])
-    before = {k: v.clone() for k, v in model.models["v"].state_dict().items()}
+    before = {k: v.clone() for k, v in model.units["v"].state_dict().items()}
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
@@ -62,8 +63,8 @@ def test_ema_is_a_moving_average_and_the_best_is_written(shard_set, tmp_path, mo
     avg = ema.shadows[0.5]["v"]
     assert torch.allclose(avg["fc1.weight"], before["fc1.weight"] + 0.5)
     with ema.swapped(0.5, ["v"]):
-        assert torch.allclose(model.models["v"].fc1.weight, before["fc1.weight"] + 0.5)
-    assert torch.allclose(model.models["v"].fc1.weight, before["fc1.weight"] + 1.0)
+        assert torch.allclose(model.units["v"].fc1.weight, before["fc1.weight"] + 0.5)
+    assert torch.allclose(model.units["v"].fc1.weight, before["fc1.weight"] + 1.0)
 
     # in a run: make the average win the validation and check <target>.pth holds it
     validate = trainer_mod.Trainer.validate
@@ -87,7 +88,7 @@ def test_ema_is_a_moving_average_and_the_best_is_written(shard_set, tmp_path, mo
     pth = torch.load(out / "vocals.pth", weights_only=True)
     shadow = t.parts.ema.shadows[0.9]["vocals"]
     assert all(torch.equal(pth[k], shadow[k]) for k in pth)
-    assert not torch.equal(pth["fc1.weight"], t.model.models["vocals"].fc1.weight)
+    assert not torch.equal(pth["fc1.weight"], t.model.units["vocals"].fc1.weight)
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -9,8 +9,9 @@ import torch
 import openunmix_compat
 from umx import audio
 from umx.filtering import wiener
-from umx.model import OpenUnmix, bandwidth_to_max_bin
-from umx.separate import OverlapAdd, Separator, main as separate_main
+from umx.models.openunmix.network import OpenUnmix, bandwidth_to_max_bin
+from umx.models.openunmix.separator import OverlapAdd, Separator
+from umx.separate import main as separate_main
 from umx.train import TrainConfig, train
 
 openunmix_compat.register()

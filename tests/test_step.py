@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from umx.errors import UmxError
-from umx.model import Joint, OpenUnmix, Spectrogram, lstm_layer_by_layer
-from umx.train.losses import Independent
-from umx.train.step import EagerStep, GraphStep, LossLog, make_optimizer, optimizer_state, settle_lr
+from umx.models.openunmix.network import Joint, OpenUnmix, Spectrogram, lstm_layer_by_layer
+from umx.models.openunmix.losses import Independent
+from umx.models.openunmix import OpenUnmixModel
+from umx.models.optimisers import adam
+from umx.models.protocol import OptimiserSettings
+from umx.train.step import EagerStep, GraphStep, LossLog, optimizer_state, settle_lr
 from umx.train import TrainConfig, build_trainer, train
 
 SMALL = dict(hidden_size=16, seq_dur=1.0, batch_size=4, nfft=2048, nhop=512, quiet=True)
@@ -85,13 +88,13 @@ def test_cuda_graph_option_choices(shard_set, tmp_path):
     assert type(cpu.step) is EagerStep and not cpu.optimizer.defaults.get("fused")
     on = build_trainer(TrainConfig(cuda_graph="on", **base))
     assert type(on.step) is GraphStep and on.optimizer.defaults["fused"] and not on.step.captured
-    assert all(m.graph_safe_dropout for m in on.model.models.values())
+    assert all(m.graph_safe_dropout for m in on.model.units.values())
 
 
 def test_graph_step_on_cpu_never_captures():
     model, encoder = OpenUnmix(nb_bins=129, hidden_size=8), Spectrogram(256, 64)
-    opt = make_optimizer(model, 1e-3, 1e-5, graph=True, device=torch.device("cpu"))
-    step = GraphStep(Joint({"vocals": model}), encoder, [opt], Independent(), capture=True)
+    opt = adam(model, OptimiserSettings(1e-3, 1e-5, 0.3, 80, graph=True, device=torch.device("cpu")))
+    step = GraphStep(OpenUnmixModel(encoder, Joint({"vocals": model})), [opt], Independent(encoder), capture=True)
     x = torch.randn(2, 2, 2048)
     loss = step(x, (x / 2)[:, None], seed=1)
     assert loss.shape == (2,) and not step.captured and step.uncaptured_steps == 1

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import openunmix_compat
-from umx.model import Spectrogram, load_target
+from umx.models.openunmix.network import Spectrogram
+from umx.models.openunmix.files import load_target
 from umx.train.cli import cli as train_cli, main as train_main
 from umx.train import TrainConfig, train
 
@@ -70,7 +71,7 @@ def test_input_scaler_initialised_from_manifest(shard_set, tmp_path):
 
     t = build_trainer(_cfg(shard_set, tmp_path / "o", nfft=4096, nhop=1024, bandwidth=16000))
     stats = mf.load(shard_set).statistics(4096, 1024)
-    model = t.model.models[t.cfg.target]
+    model = t.model.units[t.cfg.target]
     n = model.nb_bins
     torch.testing.assert_close(model.input_mean, -torch.tensor(stats["mean"][:n], dtype=torch.float32))
     torch.testing.assert_close(model.input_scale, 1 / torch.tensor(stats["std"][:n], dtype=torch.float32))

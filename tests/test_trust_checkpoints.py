@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from umx.errors import UmxError
-from umx.model import Joint, OpenUnmix
+from umx.models.openunmix import OpenUnmixModel
+from umx.models.openunmix.network import Joint, OpenUnmix, Spectrogram
 from umx.train import TrainConfig, train
 from umx.train.cli import main as train_main
 from umx.train.ema import EMA
@@ -319,7 +320,8 @@ def test_hostile_optimizer_state_ends_in_one_line(shard_set, single, tmp_path, c
 
 
 def test_ema_averages_must_fit_not_broadcast():
-    model = Joint({"vocals": OpenUnmix(nb_bins=65, nb_channels=1, hidden_size=4, max_bin=65)}, False)
+    model = OpenUnmixModel(Spectrogram(128, 32), Joint({"vocals": OpenUnmix(nb_bins=65, nb_channels=1, hidden_size=4,
+                                                                            max_bin=65)}, False))
     ema = EMA(model, [0.9])
     good = {k: v.clone() for k, v in ema.shadows[0.9]["vocals"].items()}
     ema.load_target_state("vocals", {"ema0.9": good})

@@ -19,8 +19,10 @@ from umx import separate
 from umx.shards import storage
 from umx.errors import UmxError
 from umx.evaluate_cli import main as eval_main
-from umx.model import Joint, OpenUnmix, load_target
-from umx.separate import Separator, main as separate_main
+from umx.models.openunmix.network import Joint, OpenUnmix
+from umx.models.openunmix.files import load_target
+from umx.models.openunmix.separator import Separator
+from umx.separate import main as separate_main
 from umx.train.cli import main as train_main
 from one_line import one_line as _one_line  # noqa: E402
 

@@ -308,7 +308,7 @@ def test_train_refuses_tracks_shorter_than_its_window(short_set, tmp_path, capsy
     """Before: a traceback from the STFT after the first epoch."""
     out = tmp_path / "m"
     assert train_main(["--shards", str(short_set), "--output", str(out), *TINY_ARGS]) == 2
-    _one_line(capsys, "valid track 'track_000' is 300 samples long, shorter than one STFT window (--nfft 1024)")
+    _one_line(capsys, "valid track 'track_000' is 300 samples long, shorter than the 1024 samples --arch openunmix takes")
     # whole training tracks (--seq-dur 0) are held to the window too (crops leave shorter tracks out)
     assert train_main(["--shards", str(short_set), "--output", str(out), *TINY_ARGS, "--seq-dur", "0"]) == 2
     _one_line(capsys, "train track 'track_000' is 300 samples long")

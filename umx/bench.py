@@ -187,7 +187,7 @@ def measure_step(trainer, steps: int = 10, warmup: int = 2, pcm: torch.Tensor | 
         _sync(trainer.device)
         times.append(time.perf_counter() - t)
     step_s = float(np.median(times))
-    n_targets = len(trainer.active)
+    n_targets = len(trainer.targets_of(trainer.active))
     return {"step_ms": 1000 * step_s, "step_ms_mean": 1000 * float(np.mean(times)), "step_batch": int(pcm.shape[0]),
             "device_samples_per_s": pcm.shape[0] / step_s, "steps": steps,
             "device_target_samples_per_s": n_targets * pcm.shape[0] / step_s}
@@ -250,7 +250,7 @@ def measure_train(trainer, steps: int = 10, warmup: int = 2, step_ms: float | No
     out = {"train_samples_per_s": samples / wall, "train_steps": n - warmup, "train_wall_s": wall,
            "train_partial_batches": partial,
            # a joint run trains every target on each sample: the figure to compare with N single runs
-           "train_target_samples_per_s": len(trainer.active) * samples / wall}
+           "train_target_samples_per_s": len(trainer.targets_of(trainer.active)) * samples / wall}
     if step_ms is not None:  # a fraction; above 1 only by measurement noise (kept in gpu_busy_raw)
         out["gpu_busy_raw"] = step_ms / 1000 * (n - warmup) / wall
         out["gpu_busy"] = min(1.0, out["gpu_busy_raw"])
@@ -292,6 +292,7 @@ def bench(config, steps: int = 10, warmup: int = 2, loader_batches: int = 20) ->
             r = {"device": f"{dev} ({name})", "device_kind": "GPU" if dev.type == "cuda" else "cpu",
                  "cpus": _cpus(), "ram_bytes": _ram(), "torch_threads": torch.get_num_threads(),
                  "shards": cfg.shards, "target": trainer.cfg.target, "targets": trainer.cfg.targets,
+                 "arch": cfg.arch, "arch_options": dataclasses.asdict(trainer.kind.options),
                  "loss": cfg.loss, "bridge": cfg.bridge, "batch_size": cfg.batch_size,
                  "seq_dur": cfg.seq_dur, "nb_workers": cfg.nb_workers, "pool_size": cfg.pool_size,
                  "samples_per_track": trainer.cfg.samples_per_track, "hidden_size": cfg.hidden_size,
@@ -305,7 +306,7 @@ def bench(config, steps: int = 10, warmup: int = 2, loader_batches: int = 20) ->
             for row in r["augmentations"]:
                 row["share_of_step"] = row["ms"] / r["step_ms"]
             r["step_kind"] = ("cuda graph" if trainer.step.captured else
-                              "graph step, uncaptured" if hasattr(trainer.step, "graph") else "eager")
+                              "graph step, uncaptured" if trainer.parts.graph else "eager")
             r.update(measure_train(trainer, steps, warmup, r["step_ms"]))
             r["loader_io"] = add_metrics({}, trainer.reader.take_metrics())
         finally:

@@ -11,7 +11,7 @@ import sys
 from . import bench, bench_advice
 from .cli_util import IntRange, command, option, run_command
 from .layouts.options import layout_options
-from .train.options import SECTIONS, train_config, train_options
+from .train.options import SECTIONS, architecture_sections, train_config, train_options
 
 EPILOG = """\b
 Examples:
@@ -19,7 +19,7 @@ Examples:
   umx-bench --root path/to/musdb18 --target vocals --json"""
 
 
-@command("umx-bench", sections=SECTIONS + (("bench", "Benchmark options"),), epilog=EPILOG,
+@command("umx-bench", sections=SECTIONS + architecture_sections() + (("bench", "Benchmark options"),), epilog=EPILOG,
          help="Measure a training run (loader samples/s, device step time, end-to-end samples/s) on your "
               "shard set and umx-train options, and say whether it is data-bound.")
 @train_options

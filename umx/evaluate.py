@@ -399,14 +399,15 @@ def evaluate(
     from tqdm import tqdm
 
     from . import audio as audio_io
-    from .separate import Separator, available_targets
+    from .models.protocol import SeparationOptions
+    from .models.registry import directory_targets, load_separation
     from .shards.storage import write_json
 
     manifest = shards if isinstance(shards, EvalSet) else shard_split(shards, split)
     n_tracks = manifest.n_tracks
     if n_tracks == 0:
         raise UmxError(f"{manifest.location}: split '{split}' has no tracks")
-    targets = list(targets) if targets else available_targets(model_dir)
+    targets = list(targets) if targets else directory_targets(model_dir)
     missing = [t for t in targets if t not in manifest.sources]
     if missing:
         raise UmxError(f"{manifest.location}: the shard set has no source {', '.join(repr(t) for t in missing)} "
@@ -414,10 +415,9 @@ def evaluate(
     leftover = [s for s in manifest.sources if s not in targets]
     # the residual is scored where the targets do not make up the mixture
     score_rest = bool(leftover) or len(targets) < 2
-    separator = Separator.from_dir(model_dir, targets, niter=niter,
-                                   residual=residual_name if residual or score_rest else False,
-                                   wiener_win_len=wiener_win_len, device=device)
-    rest_name = separator.residual_name if separator.residual else None
+    rest_name = (residual_name or "residual") if residual or score_rest else None
+    how = SeparationOptions(residual=rest_name or False, niter=niter, wiener_win_len=wiener_win_len)
+    separator = load_separation(model_dir, targets, how, device)
     if rest_name in manifest.sources:
         raise UmxError(f"residual name '{rest_name}' is a source of the shard set: "
                        f"pick another with --residual-name")

@@ -36,7 +36,7 @@ Examples:
 @option("--root", help="or a dataset folder, read directly (open-unmix's evaluate.py --root)")
 @option("--dataset", type=Choice(LAYOUTS), help="layout of --root (default: musdb)")
 @option("--split", default="test", help="split to evaluate: valid or test")
-@option("--targets", nargs="+", help="targets to score (default: every <target>.pth in MODEL_DIR)")
+@option("--targets", nargs="+", help="targets to score (default: every target of MODEL_DIR)")
 @option("--metric", "metrics", multiple=True, type=Choice(evaluate.METRIC_CHOICES),
         help="bssv4 (museval's BSSv4, computed fast by umx), usdr (global SDR per track, as the MDX/SDX "
              "challenges), museval (the museval package itself, slow: the reference); repeat for several "

@@ -30,3 +30,8 @@ def _whole_number(text: str) -> int:
         return int(text)
     except ValueError:
         raise ValueError(f"a whole number of {len(text.lstrip('-'))} digits, longer than Python reads") from None
+
+
+def json_object(text: str | None, flag: str) -> dict:
+    """An option's JSON object (`--storage-options`; {} where not given), or one line naming the option."""
+    return parse_object(text, flag, "options, e.g. '{\"endpoint_url\": \"http://…\"}'") if text else {}

@@ -1,11 +1,5 @@
-"""Separation with trained target models: the `Separator` module and `umx-separate`.
-
-`Separator` is open-unmix 1.3.0's: centred STFT of the mixture → each target
-model on the magnitude spectrogram of the whole track → multichannel Wiener
-filtering with EM (`umx.filtering`) on windows of `wiener_win_len` frames →
-inverse STFT. The inverse STFT is an overlap-add that runs window by window,
-so besides the model outputs only one window of complex estimates is alive
-at a time (open-unmix holds every target's complex STFT of the whole track).
+"""`umx-separate`: audio files in, one folder of stems per file out, with any architecture's model
+directory (its whole-track separation: `models.registry.load_separation`).
 
     umx-separate MODEL_DIR song.flac other.wav --outdir stems/ [--targets vocals] [--residual]
 
@@ -14,293 +8,23 @@ writes `stems/song/vocals.wav`, … at the model's sample rate (as open-unmix do
 
 from __future__ import annotations
 
-import inspect
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Mapping
 
 import click
 import numpy as np
 import torch
-from torch import Tensor, nn
 
 from . import audio as audio_io
 from .cli_util import apply, argument, command, option, run_command
 from .errors import UmxError
-from .filtering import wiener
+from .models.protocol import NITER, WIENER_WIN_LEN, Separation, SeparationOptions
+from .models.registry import load_separation
 from .names import inside, safe_name, subfolder
-from .model import NB_CHANNELS, NFFT, NHOP, STFT, Range, check_bridge, check_stft, estimate, load_bridged, load_target
-from .models import defaults
-from .models.directory import SEPARATOR_JSON, read_json
 
-SAMPLE_RATE = Range(audio_io.MIN_RATE, audio_io.MAX_RATE)
-SEPARATOR_SIZES = {"nb_channels": NB_CHANNELS, "nfft": NFFT, "nhop": NHOP, "sample_rate": SAMPLE_RATE}
-NITER = Range(0, 100)  # EM iterations: time grows with them
-WIENER_WIN_LEN = Range(0, 2**16)  # frames filtered together (0: the whole track)
 OUTPUT_FORMATS = ("wav", "flac", "ogg", "aiff", "aif", "mp3")  # what umx.audio.write knows
-
-
-def available_targets(model_dir: str | Path) -> list[str]:
-    """Targets of a model directory: every `<target>.pth`, sorted by name (a bridged model's: those
-    its `separator.json` names, in training order)."""
-    folder = Path(model_dir).expanduser()
-    if not folder.is_dir():
-        raise UmxError(f"{folder}: model directory not found")
-    bridged = bridged_targets(folder)
-    if bridged:
-        return bridged
-    targets = sorted(p.stem for p in folder.glob("*.pth"))
-    if not targets:
-        raise UmxError(f"{folder}: no <target>.pth model in this directory")
-    return targets
-
-
-def read_separator_json(model_dir: str | Path) -> dict:
-    """`separator.json`: nb_channels, nfft, nhop, sample_rate (open-unmix's may store a float rate)."""
-    path = Path(model_dir).expanduser() / SEPARATOR_JSON
-    conf = read_json(path, f"is {path.parent} a model directory written by umx-train or open-unmix?")
-    missing = [k for k in ("nb_channels", "nfft", "nhop", "sample_rate") if not isinstance(conf, dict) or k not in conf]
-    if missing:
-        raise UmxError(f"{path}: missing {', '.join(missing)}")
-    # a model directory is passed around: nothing is trusted
-    values = {key: size.check(conf[key], f"{path}: {key}") for key, size in SEPARATOR_SIZES.items()}
-    check_stft(values["nfft"], values["nhop"], str(path))
-    return values
-
-
-def bridged_targets(model_dir: str | Path) -> list[str] | None:
-    """The targets of a bridged (X-UMX) model directory, from `separator.json`; None for plain models."""
-    path = Path(model_dir).expanduser() / SEPARATOR_JSON
-    if not path.is_file():
-        return None
-    names = read_json(path, "a model directory's separator settings").get("bridged_targets")
-    if names is None:
-        return None
-    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names) \
-            or len(set(names)) != len(names):
-        raise UmxError(f"{path}: bridged_targets must list two different target names at least")
-    for name in names:
-        safe_name(name, "bridged target", str(path))
-    return names
-
-
-class OverlapAdd:
-    """Inverse of a centred Hann STFT, fed a block of frames at a time.
-
-    The same computation as `torch.istft(center=True, length=...)` (irfft, window, overlap-add,
-    divide by the summed squared window, drop the centring pad), but the complex input never
-    needs to exist as a whole: memory is the output signal plus one block of `block` frames.
-    Every one of the `n_frames` frames is expected to be added once (the envelope counts them all).
-    """
-
-    def __init__(self, n_fft: int, n_hop: int, window: Tensor, n_frames: int, lead: tuple[int, ...],
-                 block: int = 512):
-        self.n_fft, self.n_hop, self.window, self.block = n_fft, n_hop, window, block
-        total = n_fft + n_hop * (n_frames - 1)
-        self.buffer = torch.zeros(lead + (total,), dtype=window.dtype, device=window.device)
-        squares = (window**2)[None, None].expand(1, n_frames, n_fft)
-        self.envelope = self._fold(squares)[0]
-
-    def _fold(self, frames: Tensor) -> Tensor:
-        """Overlap-add `[M, n, n_fft]` frames → `[M, n_fft + hop (n - 1)]`. Where the hop divides the
-        window (every STFT here), as n_fft / hop shifted additions of contiguous rows: several
-        times faster than `fold`'s general col2im, the same sums."""
-        m, n, _ = frames.shape
-        if self.n_fft % self.n_hop:
-            out = torch.nn.functional.fold(frames.transpose(1, 2), output_size=(1, self.n_fft + self.n_hop * (n - 1)),
-                                           kernel_size=(1, self.n_fft), stride=(1, self.n_hop))
-            return out.reshape(m, -1)
-        k = self.n_fft // self.n_hop
-        parts = frames.reshape(m, n, k, self.n_hop)
-        out = frames.new_zeros(m, n + k - 1, self.n_hop)
-        for j in range(k):
-            out[:, j:j + n] += parts[:, :, j]
-        return out.reshape(m, -1)
-
-    def add(self, spec: Tensor, first_frame: int) -> None:
-        """Add frames `first_frame, first_frame + 1, …` given as `[*lead, bins, n]` complex (any strides)."""
-        lead = spec.shape[:-2]
-        by_frame = spec.transpose(-1, -2)  # [*lead, n, bins]: each frame's bins in a row for the FFT
-        for pos in range(0, by_frame.shape[-2], self.block):
-            chunk = by_frame[..., pos:pos + self.block, :]
-            n = chunk.shape[-2]
-            frames = torch.fft.irfft(chunk, n=self.n_fft, dim=-1).mul_(self.window)
-            ola = self._fold(frames.reshape(-1, n, self.n_fft))
-            start = (first_frame + pos) * self.n_hop
-            self.buffer[..., start:start + ola.shape[-1]] += ola.reshape(lead + ola.shape[-1:])
-
-    def finish(self, length: int) -> Tensor:
-        """The signal of `length` samples (zero-padded where the frames end earlier, as istft does)."""
-        ok = self.envelope > 1e-11
-        out = self.buffer.div_(torch.where(ok, self.envelope, 1.0))  # in place: no second copy
-        start = self.n_fft // 2
-        out = out[..., start:start + length]
-        if out.shape[-1] < length:
-            out = torch.nn.functional.pad(out, (0, length - out.shape[-1]))
-        return out
-
-
-class Separator(nn.Module):
-    """Several target models + Wiener/EM post-processing, as open-unmix's `model.Separator`.
-
-    Args:
-        target_models: target name → OpenUnmix (magnitude spectrogram in and out).
-        niter: EM iterations refining the initial estimates (0: mixture phase only).
-            EM needs two sources at least: several targets, or `residual`.
-        softmask: initial estimates from ratio masks instead of magnitudes + mixture phase.
-        residual: add a source for the mixture minus the targets; a string names it
-            (default name 'residual').
-        wiener_win_len: frames filtered together (time-varying spatial model; bounds
-            memory); None or 0: the whole track at once.
-        bridge: the target models are one X-UMX network (model.Joint): estimated together.
-    """
-
-    def __init__(
-        self,
-        target_models: Mapping[str, nn.Module],
-        niter: int = 0,
-        softmask: bool = False,
-        residual: bool | str = False,
-        sample_rate: float = float(defaults.SAMPLE_RATE),
-        n_fft: int = defaults.NFFT,
-        n_hop: int = defaults.NHOP,
-        nb_channels: int = 2,
-        wiener_win_len: Optional[int] = defaults.WIENER_WIN_LEN,
-        bridge: bool = False,
-    ):
-        super().__init__()
-        self.bridge = bridge
-        if not target_models:
-            raise UmxError("a Separator needs at least one target model")
-        NITER.check(niter, "niter")
-        WIENER_WIN_LEN.check(wiener_win_len or 0, "wiener_win_len")
-        if bridge:
-            check_bridge({n: m.hidden_size for n, m in target_models.items()}, "the bridged target models")
-        nb_sources = len(target_models) + bool(residual)
-        if niter > 0 and nb_sources < 2:
-            raise UmxError(f"EM post-processing (niter={niter}) needs two sources at least: give several "
-                           f"targets, add a residual (--residual) or use --niter 0")
-        self.niter, self.softmask = niter, softmask
-        self.residual = bool(residual)
-        self.residual_name = residual if isinstance(residual, str) and residual else "residual"
-        self.wiener_win_len = wiener_win_len if wiener_win_len and wiener_win_len > 0 else None
-        self.sample_rate = int(round(float(sample_rate)))
-        self.n_fft, self.n_hop, self.nb_channels = n_fft, n_hop, nb_channels
-        self.stft = STFT(n_fft, n_hop, center=True)
-        self.target_models = nn.ModuleDict(dict(target_models))
-        for name, model in self.target_models.items():
-            bins = getattr(model, "nb_output_bins", n_fft // 2 + 1)
-            if bins != n_fft // 2 + 1:
-                raise UmxError(f"target '{name}' has {bins} frequency bins but the separator's nfft {n_fft} "
-                               f"gives {n_fft // 2 + 1}: the model and separator.json disagree")
-            fc1, used_bins = getattr(model, "fc1", None), getattr(model, "nb_bins", None)
-            if fc1 is not None and used_bins and fc1.in_features != used_bins * nb_channels:
-                raise UmxError(f"target '{name}' takes {fc1.in_features // used_bins} channel(s) but the "
-                               f"separator has nb_channels {nb_channels}: the model and separator.json disagree")
-        if self.residual and self.residual_name in self.target_models:
-            raise UmxError(f"the residual cannot be named '{self.residual_name}': that is a target")
-
-    @classmethod
-    def from_dir(
-        cls,
-        model_dir: str | Path,
-        targets: Optional[Sequence[str]] = None,
-        niter: int = defaults.NITER,
-        residual: bool | str = False,
-        wiener_win_len: Optional[int] = defaults.WIENER_WIN_LEN,
-        device: str | torch.device = "cpu",
-        softmask: bool = False,
-    ) -> "Separator":
-        """Load `<target>.pth`/`.json` + `separator.json` from a model directory (umx's or open-unmix's).
-
-        `targets=None` loads every `<target>.pth` in the directory (sorted).
-        The separator is frozen (eval mode, no gradients) and on `device`.
-        """
-        bridged = bridged_targets(model_dir)
-        targets = list(targets) if targets else available_targets(model_dir)
-        if len(set(targets)) != len(targets):
-            raise UmxError(f"targets are repeated: {targets}")
-        if bridged and sorted(targets) != sorted(bridged):
-            raise UmxError(f"{Path(model_dir).expanduser()}: a bridged (X-UMX) model separates all its targets "
-                           f"together ({', '.join(bridged)}), not {', '.join(targets)}")
-        conf = read_separator_json(model_dir)
-        models = load_bridged(model_dir, bridged, device) if bridged else \
-            {t: load_target(model_dir, t, device) for t in targets}
-        separator = cls(models, niter=niter, softmask=softmask, residual=residual, sample_rate=conf["sample_rate"],
-                        n_fft=conf["nfft"], n_hop=conf["nhop"], nb_channels=conf["nb_channels"],
-                        wiener_win_len=wiener_win_len, bridge=bool(bridged))
-        separator.freeze()
-        return separator.to(device)
-
-    def freeze(self) -> "Separator":
-        for p in self.parameters():
-            p.requires_grad = False
-        return self.eval()
-
-    @property
-    def target_names(self) -> list[str]:
-        """Names of the output sources, in the order of `forward`'s targets axis."""
-        return list(self.target_models) + ([self.residual_name] if self.residual else [])
-
-    def forward(self, audio: Tensor) -> Tensor:
-        """`[batch, channels, time]` mixture → `[batch, targets(+residual), channels, time]` estimates."""
-        if audio.ndim != 3:
-            raise ValueError(f"audio must be [batch, channels, time], got shape {tuple(audio.shape)}")
-        length = audio.shape[-1]
-        if length <= self.n_fft // 2:
-            raise UmxError(f"audio of {length} samples is too short for nfft {self.n_fft} "
-                           f"(needs more than {self.n_fft // 2})")
-        mix_stft = self.stft(audio)  # [B, C, F, N] complex
-        mix_magnitude = mix_stft.abs()
-        return self.from_estimates(mix_stft, self.magnitudes(mix_stft, mix_magnitude), length, mix_magnitude)
-
-    def magnitudes(self, mix_stft: Tensor, mix_magnitude: Tensor | None = None) -> Iterator[Tensor]:
-        """Each target network's magnitude estimate `[B, C', F, N]` of the mixture's STFT (whose
-        magnitude may be given), one at a time (so that one target's output is alive at a time
-        where the networks run apart); each network sees the whole track, as open-unmix runs it."""
-        mag = mix_stft.abs() if mix_magnitude is None else mix_magnitude
-        if self.nb_channels == 1:
-            mag = mag.mean(1, keepdim=True)
-        if self.bridge:  # the networks run together
-            yield from estimate(list(self.target_models.values()), mag, bridge=True)
-        else:
-            for model in self.target_models.values():
-                yield model(mag)
-
-    def from_estimates(self, mix_stft: Tensor, magnitudes: Iterable[Tensor], length: int,
-                       mix_magnitude: Tensor | None = None) -> Tensor:
-        """The separated signals `[B, targets(+residual), C, length]` of a mixture's (centred) STFT
-        `[B, C, F, N]` (and its magnitude, if at hand), given each target's magnitude estimate
-        `[B, C', F, N]` in `target_models`' order: Wiener filtering, window by window, then the
-        inverse STFT."""
-        batch, nb_channels, _, nb_frames = mix_stft.shape
-        spectrograms = None  # [B, J, C', N, F]: planes of [frames, bins], as the filter works through them
-        for j, est in enumerate(magnitudes):
-            if spectrograms is None:
-                spectrograms = est.new_empty((batch, len(self.target_models), est.shape[1], nb_frames, est.shape[2]))
-            spectrograms[:, j] = est.transpose(-1, -2)
-            del est
-        win = self.wiener_win_len or nb_frames
-        nb_out = len(self.target_names)
-        window = self.stft.window.to(spectrograms.dtype)
-        estimates = torch.empty((batch, nb_out, nb_channels, length), dtype=window.dtype, device=mix_stft.device)
-        for b in range(batch):
-            mix_b = mix_stft[b].transpose(-1, -2).contiguous()  # [C, N, F]
-            size_b = None if mix_magnitude is None else mix_magnitude[b].transpose(-1, -2).contiguous()
-            ola = OverlapAdd(self.n_fft, self.n_hop, window, nb_frames, (nb_out, nb_channels))
-            for pos in range(0, nb_frames, win):
-                frames = slice(pos, pos + win)  # the filter takes [frames, bins, channels(, sources)]
-                y = wiener(spectrograms[b, :, :, frames].permute(2, 3, 1, 0), mix_b[:, frames].permute(1, 2, 0),
-                           self.niter, softmask=self.softmask, residual=self.residual,
-                           mix_magnitude=None if size_b is None else size_b[:, frames].permute(1, 2, 0))
-                ola.add(y.permute(3, 2, 1, 0), pos)  # [J, C, F, n]
-            estimates[b] = ola.finish(length)
-        return estimates
-
-    def to_dict(self, estimates: Tensor) -> dict[str, Tensor]:
-        """`forward`'s output as target name → `[batch, channels, time]`."""
-        return {name: estimates[:, k] for k, name in enumerate(self.target_names)}
 
 
 # --- files -------------------------------------------------------------------
@@ -349,11 +73,11 @@ def write_estimates(estimates: Mapping[str, np.ndarray], folder: Path, sample_ra
 
 
 @torch.inference_mode()
-def separate_file(separator: Separator, path: str | Path, outdir: str | Path, ext: str = ".wav",
+def separate_file(separator: Separation, path: str | Path, outdir: str | Path, ext: str = ".wav",
                   device: str | torch.device | None = None) -> dict[str, Path]:
     """Separate one audio file into `outdir/<file stem>/<target><ext>` (at the model's rate)."""
     mix, _ = load_input(path, separator.sample_rate)
-    device = device if device is not None else next(separator.parameters()).device
+    device = device if device is not None else torch.device("cpu")
     est = separator(torch.from_numpy(mix)[None].to(device))[0].float().cpu().numpy()
     folder = subfolder(outdir, [stem_folder(outdir, path).name], str(path))  # a real folder, no planted link
     return write_estimates(dict(zip(separator.target_names, est, strict=True)), folder, separator.sample_rate, ext)
@@ -366,13 +90,12 @@ def device_for(no_cuda: bool) -> torch.device:
 
 
 def filter_options(f):
-    """`--niter` and `--wiener-win-len` (umx-separate, umx-eval), defaults from Separator.from_dir."""
-    defaults = inspect.signature(Separator.from_dir).parameters
+    """`--niter` and `--wiener-win-len` (umx-separate, umx-eval), defaults from SeparationOptions."""
     return apply(
-        option("--niter", type=click.IntRange(NITER.low, NITER.high), default=defaults["niter"].default,
+        option("--niter", type=click.IntRange(NITER.low, NITER.high), default=SeparationOptions.niter,
                help="EM iterations of the Wiener filter (0: none)"),
         option("--wiener-win-len", type=click.IntRange(WIENER_WIN_LEN.low, WIENER_WIN_LEN.high),
-               default=defaults["wiener_win_len"].default,
+               default=SeparationOptions.wiener_win_len,
                help="frames filtered together; 0: the whole track (more memory)"),
     )(f)
 
@@ -383,12 +106,12 @@ Example:
 
 
 @command("umx-separate", epilog=EPILOG,
-         help="Separate audio files (FILE …: anything soundfile reads) with the target models of MODEL_DIR "
-              "(umx-train's or open-unmix's).")
+         help="Separate audio files (FILE …: anything soundfile reads) with the model of MODEL_DIR "
+              "(umx-train's, of any architecture, or open-unmix's).")
 @click.argument("model", metavar="MODEL_DIR")
 @argument("input", metavar="FILE ...", nargs=-1, required=True)
 @option("--outdir", required=True, help="write DIR/<file stem>/<target><ext>")
-@option("--targets", nargs="+", help="targets to separate (default: every <target>.pth in MODEL_DIR)")
+@option("--targets", nargs="+", help="targets to separate (default: every target of MODEL_DIR)")
 @option("--ext", default=".wav", help="output format by extension: .wav (float), .flac, .ogg, …")
 @filter_options
 @option("--residual", is_flag=True, help="also write the mixture minus the targets")
@@ -411,9 +134,9 @@ def cli(**params) -> int:
             raise UmxError(f"{f}: has the same name as {stems[folder]}; both would be written to {folder}")
         stems[folder] = f
     device = device_for(args.no_cuda)
-    separator = Separator.from_dir(args.model, args.targets, niter=args.niter,
-                                   residual=args.residual_name if args.residual else False,
-                                   wiener_win_len=args.wiener_win_len, device=device, softmask=args.softmask)
+    how = SeparationOptions(residual=args.residual_name if args.residual else False, niter=args.niter,
+                            wiener_win_len=args.wiener_win_len, softmask=args.softmask)
+    separator = load_separation(args.model, args.targets, how, device)
     for f in tqdm(args.input, desc="separating", disable=args.quiet or len(args.input) == 1):
         written = separate_file(separator, f, args.outdir, ext, device)
         print(f"{f} -> {stem_folder(args.outdir, f)}/ ({', '.join(p.name for p in written.values())})")

@@ -21,7 +21,7 @@ from ..models import defaults
 from ..layouts.options import GROUP, HEADING, LAYOUTS, given_layout_options, layout_click_options
 from ..shards import storage
 from ..shards.webdataset import DEFAULT_SHARD_BYTES
-from ..train.config import json_object
+from ..json_input import json_object
 from ..train.options import config_option
 from .pipeline import FORMATS, MAX_LENGTH_DIFF, MAX_SHARD_MIB, WORKERS, prepare, print_summary
 

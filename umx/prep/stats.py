@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import UmxError
-from ..model import Spectrogram
+from ..models.openunmix.network import Spectrogram
 from ..shards.manifest import LayoutDefaults
 
 

@@ -1,7 +1,8 @@
-"""umx-train: streaming loader (CPU workers) → device augmentation → OpenUnmix.
+"""umx-train: streaming loader (CPU workers) → device augmentation → the run's architecture.
 
-config (TrainConfig: the options) → build (process set-up, data, model, optimisation) →
-trainer (the run) → outputs (open-unmix's model directory); the data side is
+config (TrainConfig: the options) → build (process set-up, data, the architecture's model,
+optimisation) → trainer (the run) → outputs (checkpoints and histories; the architecture writes
+its model directory: models.protocol); the data side is
 streams (plan → crops → batches) over the shard set's crop source.
 """
 

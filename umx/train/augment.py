@@ -42,6 +42,8 @@ class Gain(nn.Module):
     """Scale each source by U(low, high) — open-unmix's `gain` source augmentation,
     so the model does not learn fixed source levels."""
 
+    changes_length = False  # keeps the length
+
     SUMMARY = "a gain U(LOW, HIGH) per source"
     PARAMS = (("low", float, 0.0, 10.0), ("high", float, 0.0, 10.0))
 
@@ -59,6 +61,8 @@ class Gain(nn.Module):
 class ChannelSwap(nn.Module):
     """Swap left and right of each source with probability p — open-unmix's
     `channelswap`, so the model does not learn a fixed stereo placement."""
+
+    changes_length = False  # keeps the length
 
     SUMMARY = "swap left and right per source with probability P"
     PARAMS = (("p", float, 0.0, 1.0),)
@@ -85,6 +89,8 @@ class Remix(nn.Module):
     joint: all interferer slots move together, so a sample's interferers are one other
     track's — open-unmix's `random_interferer_mix` (trackfolder_var).
     """
+
+    changes_length = False  # keeps the length
 
     def __init__(self, joint: bool = False, keep: int = 1):
         super().__init__()
@@ -148,6 +154,8 @@ class FlipSign(nn.Module):
     negative sound alike, so the model should not care, and the same crops give more variety.
     Graph-safe."""
 
+    changes_length = False  # keeps the length
+
     SUMMARY = "invert the polarity of each source with probability P"
     PARAMS = (("p", float, 0.0, 1.0),)
 
@@ -172,6 +180,8 @@ class Scale(nn.Module):
     """One gain U(low, high) per sample, the same for all its sources, on top of Gain's per-source
     gain: the level of the whole mix (and its target alike) varies, so the model does not learn a
     fixed loudness, while the balance between the sources stays as Gain left it. Graph-safe."""
+
+    changes_length = False  # keeps the length
 
     SUMMARY = "one gain U(LOW, HIGH) per sample, all its sources alike"
     PARAMS = Gain.PARAMS
@@ -199,6 +209,8 @@ class Shift(nn.Module):
     phrasing), so target and interferers combine in new ways, and crops start anywhere rather than
     on the loader's grid. `frames_needed(out_len) = out_len + max_shift`. Graph-safe: one gather
     with a fixed-size index."""
+
+    changes_length = True  # trims frames: frames_needed
 
     SUMMARY = "a time offset in [0, MAX_SHIFT] frames per source; crops grow by MAX_SHIFT"
     PARAMS = (("max_shift", int, 0, 2**22),)
@@ -236,6 +248,8 @@ class Speed(nn.Module):
     Graph-safe: fixed shapes, a loop of `2 * half` gathers; positions are float64 (in float32
     they lose sub-sample accuracy beyond ~10^5 frames).
     """
+
+    changes_length = True  # trims frames: frames_needed
 
     SUMMARY = "resample each sample by 1 ± MAX_CHANGE (pitch and tempo together)"
     PARAMS = (("max_change", float, 0.0, 0.5),)
@@ -289,6 +303,8 @@ class Pitch(nn.Module):
     the frames the largest rate needs. About an STFT/iSTFT pair of every source and channel plus
     Speed's interpolation.
     """
+
+    changes_length = True  # trims frames: frames_needed
 
     SUMMARY = "pitch-shift each sample by ± MAX_SEMITONES semitones, tempo kept"
     PARAMS = (("max_semitones", float, 0.0, 12.0),)
@@ -418,13 +434,13 @@ class Augment(nn.Module):
 
     @property
     def changes_length(self) -> bool:
-        return any(hasattr(step, "frames_needed") for step in self.steps)
+        return any(step.changes_length for step in self.steps)
 
     def input_frames(self, seq_len: int) -> int:
         """The frames the crops must hold so that `forward(pcm, generator, seq_len)` ends `seq_len`
         long: each length-changing step's need, from the last step back to the first."""
         for step in reversed(self.steps):
-            if hasattr(step, "frames_needed"):
+            if step.changes_length:
                 seq_len = step.frames_needed(seq_len)
         return seq_len
 
@@ -438,9 +454,9 @@ class Augment(nn.Module):
         lengths, n = [], seq_len
         for step in reversed(self.steps):
             lengths.insert(0, n)
-            if hasattr(step, "frames_needed"):
+            if step.changes_length:
                 n = step.frames_needed(n)
-        return [(name, functools.partial(step, out_len=n) if hasattr(step, "frames_needed") else step)
+        return [(name, functools.partial(step, out_len=n) if step.changes_length else step)
                 for name, step, n in zip(self.names, self.steps, lengths)]
 
     def forward(self, pcm: Tensor, generator: torch.Generator | None = None, seq_len: int | None = None) -> Tensor:

@@ -4,7 +4,8 @@
 (storage options, distributed group, threads, seeds, precision flags); `build_trainer`
 then assembles a `Trainer` from parts that each have one job: the data side
 (`TrainData`: shard reader, slots, the device-resident split, the train stream, the
-validation set) and the model side (model, DDP wrapper, optimizer, scheduler, step).
+validation set) and the model side, from the run's architecture (models.protocol: the model,
+its objective, each unit's optimizer and scheduler), then the step and the run state.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 
 from ..errors import UmxError
-from ..model import Joint, OpenUnmix, Spectrogram, bandwidth_to_max_bin, load_target
+from ..models import registry
+from ..models.protocol import OptimiserSettings, Statistics, Trainable
 from ..prep import stats as stats_mod
 from ..shards import manifest as mf
 from ..shards import storage
@@ -28,16 +30,16 @@ from ..shards.cache import cache_root
 from ..shards.reader import ShardReader, add_metrics
 from . import distributed, resident
 from .augment import Augment
-from .config import TrainConfig, json_object
+from ..json_input import json_object
+from .config import TrainConfig
 from .ema import EMA
-from .losses import make_objective
 from .outputs import checkpoint_bytes, load_checkpoints
 from .slots import Slots, make_slots
 from .state import Bounds, RunState, StateError, TargetState
 from .scoring import check_selectable
-from .step import checked_optimizer_state, checked_scheduler_state, make_optimizer, settle_lr
+from .step import checked_optimizer_state, checked_scheduler_state, settle_lr
 from .streams import SourceFileStream, TrainStream, choose_plan
-from .trainer import Mixer, Optimisation, Trainer, TrainData, make_step
+from .trainer import Mixer, ModelKind, Optimisation, Trainer, TrainData, make_step
 from .validation import ValidItem, load_validation
 
 
@@ -71,13 +73,13 @@ def build_trainer(config: TrainConfig, dist: distributed.Context | None = None,
     keep = 1 if len(cfg.targets) == 1 else 0 if remix == "independent" else required
     augment = Augment(cfg.source_augmentations, remix, keep).to(device)
     data = build_data(cfg, manifest, dist, device, augment)
-    encoder = Spectrogram(cfg.nfft, cfg.nhop, mono=cfg.nb_channels == 1).to(device)
-    model = build_model(cfg, manifest, data.reader, device, quiet=cfg.quiet or not dist.is_main)
+    kind = ModelKind(cfg.architecture, cfg.model_options(), cfg.spec(manifest))
+    model = build_model(cfg, kind, manifest, data.reader, device, quiet=cfg.quiet or not dist.is_main)
     add_metrics(data.valid_io, data.reader.take_metrics())  # (a statistics pass, if any) not an epoch's
     mixer = Mixer(augment, data.slots.input_slot, tuple(data.slots.target_slots),
                   data.out_len if augment.changes_length else None)
-    parts, state = build_optimisation(cfg, model, encoder, dist, device, data.seq_len, mixer,
-                                      resume_bounds(cfg, data.stream, dist))
+    parts, state = build_optimisation(cfg, kind, model, dist, device, data.seq_len, mixer,
+                                      resume_bounds(cfg, kind, data.stream, dist))
     fingerprint = run_fingerprint(cfg, manifest)
     if automatic:
         check_same_run(cfg, state.run, fingerprint)
@@ -85,7 +87,7 @@ def build_trainer(config: TrainConfig, dist: distributed.Context | None = None,
             p = state.progress
             print(f"resuming {cfg.output} automatically at epoch {p.epoch}" + (f", step {p.step}" if p.step else ""))
     state.run = fingerprint
-    return Trainer(cfg, manifest, dist, device, data, encoder, augment, parts, state)
+    return Trainer(cfg, manifest, dist, device, data, kind, augment, parts, state)
 
 
 # options that do not change what a run computes: a run resumed with other values is the same run
@@ -96,8 +98,11 @@ NOT_TRAJECTORY = {"output", "checkpoint", "quiet", "epochs", "trace", "resume", 
 
 def run_fingerprint(cfg: TrainConfig, manifest: mf.Manifest) -> dict:
     """What makes a run this run: the shard set's content and every option that changes the
-    trajectory. Not the topology: a run may continue on other ranks and workers (elastic)."""
+    trajectory. Not the topology: a run may continue on other ranks and workers (elastic). A run of
+    the default architecture fingerprints as before umx had others (its checkpoints resume)."""
     options = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_TRAJECTORY}
+    if cfg.arch == registry.DEFAULT and cfg.arch_options is None:
+        del options["arch"], options["arch_options"]
     return json.loads(json.dumps({"train": manifest.content_digest("train"), "options": options}))
 
 
@@ -116,7 +121,8 @@ def resume_mode(cfg: TrainConfig, dist: distributed.Context,
     if mode != "auto" or cfg.checkpoint:
         return cfg, False
     out = Path(cfg.output).expanduser()
-    present = [t for t in cfg.targets if (out / f"{t}.chkpnt").is_file() or (out / f"{t}.chkpnt.next").is_file()]
+    units = list(cfg.architecture.units(cfg.targets, cfg.model_options()))
+    present = [u for u in units if (out / f"{u}.chkpnt").is_file() or (out / f"{u}.chkpnt.next").is_file()]
     if dist.active and not distributed.agree(bool(present), dist, device):
         return cfg, False  # rank 0 (the writer) sees nothing to continue
     if not present:
@@ -124,9 +130,9 @@ def resume_mode(cfg: TrainConfig, dist: distributed.Context,
             raise UmxError(f"--resume auto: rank 0 continues the run in {out}, but rank {dist.rank} does not see "
                            "its checkpoints there: --output must be a folder every node sees")
         return cfg, False  # nothing to continue: a fresh run
-    if len(present) < len(cfg.targets):
+    if len(present) < len(units):
         raise UmxError(f"--resume auto: {out} holds checkpoints of {', '.join(present)} but not of "
-                       f"{', '.join(t for t in cfg.targets if t not in present)}: not this run's output")
+                       f"{', '.join(u for u in units if u not in present)}: not this run's output")
     return dataclasses.replace(cfg, checkpoint=str(out)), True
 
 
@@ -226,98 +232,80 @@ def input_statistics(manifest: mf.Manifest, nfft: int, nhop: int, quiet: bool, r
     return stats
 
 
-def build_model(cfg: TrainConfig, manifest: mf.Manifest, reader: ShardReader, device: torch.device,
-                quiet: bool) -> Joint:
-    """One OpenUnmix per target (fresh, with the input statistics, or `--model`'s weights to
-    fine-tune), joined; each fresh network starts from the generator state the first one
-    saw, so it is the network a run of that target alone would start from."""
+def build_model(cfg: TrainConfig, kind: ModelKind, manifest: mf.Manifest, reader: ShardReader,
+                device: torch.device, quiet: bool) -> Trainable:
+    """The architecture's model: fresh (with the input statistics it asks for), or `--model`'s weights
+    to fine-tune."""
     if cfg.model:
-        return Joint({t: _fine_tune(cfg, t, device) for t in cfg.targets}, cfg.bridge)
-    if cfg.checkpoint or cfg.debug:  # weights come from the checkpoint / --debug skips statistics
-        mean = std = None
-    else:
-        s = input_statistics(manifest, cfg.nfft, cfg.nhop, quiet, reader)
-        mean, std = np.asarray(s["mean"]), np.asarray(s["std"])
-    rng = torch.random.get_rng_state()
-    models = {}
-    for target in cfg.targets:
-        torch.random.set_rng_state(rng)
-        models[target] = OpenUnmix(
-            nb_bins=cfg.nfft // 2 + 1, nb_channels=cfg.nb_channels, hidden_size=cfg.hidden_size,
-            unidirectional=cfg.unidirectional, input_mean=mean, input_scale=std,
-            max_bin=bandwidth_to_max_bin(manifest.sample_rate, cfg.nfft, cfg.bandwidth),
-        ).to(device)
-    return Joint(models, cfg.bridge)
+        return kind.arch.fine_tune(Path(cfg.model).expanduser(), kind.spec, kind.options).to(device)
+    need = kind.arch.statistics(kind.options)
+    statistics = None
+    if need is not None and not (cfg.checkpoint or cfg.debug):  # weights come from the checkpoint / --debug
+        s = input_statistics(manifest, need.nfft, need.nhop, quiet, reader)
+        statistics = Statistics(np.asarray(s["mean"]), np.asarray(s["std"]))
+    return kind.arch.build(kind.spec, kind.options, statistics).to(device)
 
 
-def _fine_tune(cfg: TrainConfig, target: str, device: torch.device) -> OpenUnmix:
-    model = load_target(cfg.model, target, device)
-    channels = model.fc3.out_features // model.nb_output_bins
-    if (model.nb_output_bins, channels) != (cfg.nfft // 2 + 1, cfg.nb_channels):
-        raise UmxError(f"--model {cfg.model}: its '{target}' model has {model.nb_output_bins} frequency "
-                       f"bins and {channels} channel(s), but this run has --nfft {cfg.nfft} "
-                       f"({cfg.nfft // 2 + 1} bins) and --nb-channels {cfg.nb_channels}")
-    model.train()
-    return model
-
-
-def resume_bounds(cfg: TrainConfig, stream, dist: distributed.Context) -> Bounds:
-    """What this run can hold, which the state of a checkpoint it resumes must fit: its targets, the
+def resume_bounds(cfg: TrainConfig, kind: ModelKind, stream, dist: distributed.Context) -> Bounds:
+    """What this run can hold, which the state of a checkpoint it resumes must fit: its units, the
     epoch's samples and batches (from its stream), its topology and sampling plan."""
-    return Bounds(tuple(cfg.targets), stream.samples_per_epoch(), stream.batch_size, dist.world_size,
+    return Bounds(tuple(kind.units(cfg.targets)), stream.samples_per_epoch(), stream.batch_size, dist.world_size,
                   cfg.nb_workers, stream.elastic)
 
 
-def build_optimisation(cfg: TrainConfig, model: Joint, encoder, dist: distributed.Context, device: torch.device,
-                       seq_len: int | None, mixer: Mixer | None = None,
+def build_optimisation(cfg: TrainConfig, kind: ModelKind, model: Trainable, dist: distributed.Context,
+                       device: torch.device, seq_len: int | None, mixer: Mixer | None = None,
                        bounds: Bounds | None = None) -> tuple[Optimisation, RunState]:
-    """Per target an optimizer and a plateau scheduler; the model wrapper and the step — and the
-    run state, resumed from --checkpoint (held against `bounds`, what the run can hold)."""
+    """Per unit the optimizer and plateau scheduler the architecture declares; the objective, the
+    step — and the run state, resumed from --checkpoint (held against `bounds`, what the run can hold)."""
     graph = graph_step_wanted(cfg, dist, device, seq_len)
-    optimizers = {t: make_optimizer(m, cfg.lr, cfg.weight_decay, graph, device) for t, m in model.models.items()}
-    schedulers = {t: torch.optim.lr_scheduler.ReduceLROnPlateau(
-        o, factor=cfg.lr_decay_gamma, patience=cfg.lr_decay_patience, cooldown=10) for t, o in optimizers.items()}
+    settings = OptimiserSettings(cfg.lr, cfg.weight_decay, cfg.lr_decay_gamma, cfg.lr_decay_patience, graph, device)
+    declared = kind.arch.optimisers(model, settings)
+    optimizers = {u: d.optimizer for u, d in declared.items()}
+    schedulers = {u: d.scheduler for u, d in declared.items()}
     ema = EMA(model, cfg.ema) if cfg.ema else None
-    state = RunState(targets={t: TargetState() for t in cfg.targets})
+    units = list(model.units)
+    state = RunState(targets={u: TargetState() for u in units})
     if cfg.checkpoint:
         state = resume(cfg, model, optimizers, schedulers, ema, bounds)
-    objective = make_objective(cfg.loss, cfg.nfft, cfg.nhop, cfg.mix_coef, cfg.combination)
+    objective = kind.arch.objective(model, kind.options)
     parts = Optimisation(model, model, optimizers, schedulers, None, objective, graph, ema, mixer)
-    make_step(parts, cfg, encoder, dist, device, state.active(cfg.targets))
+    make_step(parts, cfg, dist, device, state.active(units))
     return parts, state
 
 
-def resume(cfg: TrainConfig, model: Joint, optimizers: dict, schedulers: dict, ema: EMA | None = None,
+def resume(cfg: TrainConfig, model: Trainable, optimizers: dict, schedulers: dict, ema: EMA | None = None,
            bounds: Bounds | None = None) -> RunState:
-    """Every target's network, optimizer, scheduler (and --ema averages) from `--checkpoint`, and the
+    """Every unit's network, optimizer, scheduler (and --ema averages) from `--checkpoint`, and the
     run state to continue. Each part is checked against this run's own (the optimizer's moments
     against its parameters, …) before it is loaded; only --output is ever written (an interrupted
     save is settled there, never in another run's folder given as --checkpoint)."""
     folder = Path(cfg.checkpoint).expanduser()
     averages = len(ema.decays) if ema is not None else 0
-    ckpts, state = load_checkpoints(folder, cfg.targets, bounds or Bounds(tuple(cfg.targets)),
+    units = list(model.units)
+    ckpts, state = load_checkpoints(folder, units, bounds or Bounds(tuple(units)),
                                     settle=_same_folder(folder, Path(cfg.output).expanduser()),
-                                    max_bytes={t: checkpoint_bytes(model.models[t], averages) for t in cfg.targets})
-    for target, ckpt in ckpts.items():
-        path = ckpt.path or folder / f"{target}.chkpnt"
+                                    max_bytes={u: checkpoint_bytes(model.units[u], averages) for u in units})
+    for unit, ckpt in ckpts.items():
+        path = ckpt.path or folder / f"{unit}.chkpnt"
         try:
-            model.models[target].load_state_dict(ckpt.state_dict)
+            model.units[unit].load_state_dict(ckpt.state_dict)
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
             lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-            raise UmxError(f"{path}: does not fit this run's model (--hidden-size, --nfft, --nb-channels, "
-                           f"--unidirectional, --bandwidth must be those of the run; "
-                           f"{lines[-1][:200] if lines else e})") from None
+            raise UmxError(f"{path}: does not fit this run's model (--arch {cfg.arch} and its options — for "
+                           f"open-unmix --hidden-size, --nfft, --nb-channels, --unidirectional, --bandwidth — must "
+                           f"be those of the run; {lines[-1][:200] if lines else e})") from None
         try:
-            optimizer = checked_optimizer_state(ckpt.optimizer, optimizers[target])
-            scheduler = checked_scheduler_state(ckpt.scheduler, schedulers[target])
+            optimizer = checked_optimizer_state(ckpt.optimizer, optimizers[unit])
+            scheduler = checked_scheduler_state(ckpt.scheduler, schedulers[unit])
         except StateError as e:
             raise UmxError(f"{path}: field '{e.name}' {e.problem}") from None
-        optimizers[target].load_state_dict(optimizer)
-        schedulers[target].load_state_dict(scheduler)
-        settle_lr(optimizers[target])
+        optimizers[unit].load_state_dict(optimizer)
+        schedulers[unit].load_state_dict(scheduler)
+        settle_lr(optimizers[unit])
         if ema is not None:
             try:
-                ema.load_target_state(target, ckpt.ema)
+                ema.load_target_state(unit, ckpt.ema)
             except KeyError as e:
                 raise UmxError(f"{path}: has no moving averages for --ema {' '.join(map(str, cfg.ema))} "
                                f"({e.args[0]})") from None

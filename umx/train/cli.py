@@ -13,7 +13,7 @@ import sys
 from ..cli_util import command, run_command
 from ..layouts.options import layout_options
 from ..prep import cache
-from .options import SECTIONS, train_config, train_options
+from .options import SECTIONS, architecture_sections, train_config, train_options
 
 EPILOG = """\b
 Examples:
@@ -23,8 +23,8 @@ Examples:
   umx-train --shards s3://bucket/umxhq --batch-size 32 --nb-workers 8"""
 
 
-@command("umx-train", sections=SECTIONS, epilog=EPILOG,
-         help="Train an Open-Unmix target model from a shard set (or, with open-unmix's --dataset/--root, "
+@command("umx-train", sections=SECTIONS + architecture_sections(), epilog=EPILOG,
+         help="Train a separation model (--arch: Open-Unmix by default) from a shard set (or, with open-unmix's --dataset/--root, "
               "from a dataset folder prepared on demand).")
 @train_options
 def cli(**params) -> int:

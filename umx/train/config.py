@@ -12,21 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UmxError, shown
-from ..json_input import parse_object
+from ..json_input import json_object
 from ..layouts import SAMPLE_COUNTS, check_target_name
-from ..model import HIDDEN_SIZE, NFFT, NHOP, check_stft
-from ..models import defaults
+from ..models import defaults, registry
+from ..models.openunmix.files import HIDDEN_SIZE, NFFT, NHOP
+from ..models.openunmix.losses import LOSSES
+from ..models.protocol import Architecture, ModelSpec
+from ..option_table import Option, check_values, fields_with_options, option
 from ..shards import manifest as mf
 from ..shards.cache import DEFAULT_CACHE_GIB
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 MODES = ("auto", "on", "off")  # --cuda-graph, --device-cache
-LOSSES = ("independent", "multidomain")  # --loss: see losses.py
 SELECT_BY = ("loss", "sdr")  # --select-by
 EVAL_SEPARATIONS = ("fast", "exact")  # --eval-separation: see scoring.SEPARATIONS
 RESUME = ("auto", "never")  # --resume
@@ -39,31 +41,14 @@ MANY = 10**6  # epochs, patience, evaluations, crops: more than any run takes
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding takes 32 bits
 
 
-@dataclass(frozen=True)
-class Option:
-    """What a command line needs to know of one field."""
-
-    help: str
-    group: str
-    choices: tuple | None = None
-    low: float | None = None  # the smallest value allowed: every number has both bounds (options.py)
-    high: float | None = None
-    low_open: bool = False  # the smallest value itself is excluded
-    high_open: bool = False  # the largest value itself is excluded
-    nargs: str | None = None  # "*" for lists
-    kind: str | None = None  # a value syntax of its own ("interval": N steps or a duration), see options.py
-    layout: bool = False  # one of open-unmix's dataset options, shared with umx-prep (layouts/options.py)
-
-
-def option(default: Any, help: str, group: str, **kw) -> Any:
-    return field(default=default, metadata={"option": Option(help, group, **kw)})
-
-
 def _counted(name: str) -> dict:
     """A sample-count layout option's range, the layouts' own (SAMPLE_COUNTS): umx-prep and umx-eval
     take it from there without importing the training stack."""
     low, high = SAMPLE_COUNTS[name]
     return dict(low=low, high=high)
+
+
+_OU = registry.get(registry.DEFAULT).options()  # open-unmix's model defaults, spelled once (models/openunmix)
 
 
 @dataclass
@@ -98,14 +83,14 @@ class TrainConfig:
     seed: int = option(42, "seed of every random draw (model, crops, augmentation, dropout)", "training", low=0,
                        high=SEED_MAX)
     debug: bool = option(False, "skip the input statistics (faster start)", "training")
-    loss: str = option("independent", "independent: the sum of each target's spectrogram MSE (N single-target "
+    loss: str = option(_OU.loss, "independent: the sum of each target's spectrogram MSE (N single-target "
                        "runs in one); multidomain: X-UMX's spectrogram MSE + --mix-coef × a time-domain weighted "
                        "SDR loss, one objective for all targets", "training", choices=LOSSES)
-    mix_coef: float = option(10.0, "multidomain: weight of the time-domain loss (X-UMX: 10)", "training", low=0,
+    mix_coef: float = option(_OU.mix_coef, "multidomain: weight of the time-domain loss (X-UMX: 10)", "training", low=0,
                              high=10**4)
-    combination: bool = option(False, "multidomain: also score every sum of 2 … N-1 targets (X-UMX's combination "
+    combination: bool = option(_OU.combination, "multidomain: also score every sum of 2 … N-1 targets (X-UMX's combination "
                                "loss)", "training")
-    bridge: bool = option(False, "X-UMX's averaging bridges between the targets' networks (not loadable by "
+    bridge: bool = option(_OU.bridge, "X-UMX's averaging bridges between the targets' networks (not loadable by "
                           "openunmix: umx-separate and umx-eval load it)", "training")
     ema: list[float] | None = option(None, "also keep moving averages of the weights with these decays (e.g. "
                                      "0.999 0.9999), validated each epoch next to the raw weights: the best is "
@@ -142,12 +127,16 @@ class TrainConfig:
                                "training", choices=MODES)
     trace: bool = option(False, "log the track ids of every step per rank to OUTPUT/trace-rank<r>.jsonl", "training")
 
+    arch: str = option(registry.DEFAULT, "the separation model's architecture (umx's own and installed plugins: "
+                       "models/registry.py); its options follow", "model", choices=registry.names())
     seq_dur: float = option(6.0, "crop length in s; <= 0: full tracks", "model", low=-3600, high=3600)
-    unidirectional: bool = option(False, "unidirectional LSTM (real time)", "model")
-    hidden_size: int = option(512, "LSTM hidden size", "model", low=HIDDEN_SIZE.low, high=HIDDEN_SIZE.high)
-    nfft: int = option(defaults.NFFT, "STFT window length", "model", low=NFFT.low, high=NFFT.high)
-    nhop: int = option(defaults.NHOP, "STFT hop length", "model", low=NHOP.low, high=NHOP.high)
-    bandwidth: int = option(16000, "max bandwidth (Hz) seen by the LSTM", "model", low=0, high=10**6)
+    # open-unmix's model options (its train.py's): the openunmix architecture's group
+    unidirectional: bool = option(_OU.unidirectional, "unidirectional LSTM (real time)", "model")
+    hidden_size: int = option(_OU.hidden_size, "LSTM hidden size", "model", low=HIDDEN_SIZE.low,
+                              high=HIDDEN_SIZE.high)
+    nfft: int = option(_OU.nfft, "STFT window length", "model", low=NFFT.low, high=NFFT.high)
+    nhop: int = option(_OU.nhop, "STFT hop length", "model", low=NHOP.low, high=NHOP.high)
+    bandwidth: int = option(_OU.bandwidth, "max bandwidth (Hz) seen by the LSTM", "model", low=0, high=10**6)
     nb_channels: int = option(2, "1: mono model (downmixed input), 2: stereo", "model", choices=(1, 2))
 
     nb_workers: int = option(0, "DataLoader worker processes", "data", low=0, high=1024)
@@ -183,23 +172,33 @@ class TrainConfig:
                                         layout=True, **_counted("nb_train_samples"))
     nb_valid_samples: int | None = option(None, "sourcefolder: validation samples", "layout",
                                         layout=True, **_counted("nb_valid_samples"))
+    # a plugin architecture's options (its `options` dataclass, from its option group); None: its
+    # defaults. Open-unmix's are the fields above (options_in_config).
+    arch_options: Any = None
+
+    @property
+    def architecture(self) -> Architecture:
+        return registry.get(self.arch)
+
+    def model_options(self) -> Any:
+        """The chosen architecture's options: from umx-train's own fields where they are its
+        (open-unmix's), else from `arch_options`."""
+        arch = self.architecture
+        if arch.options_in_config:
+            return arch.options(**{f.name: getattr(self, f.name) for f in dataclasses.fields(arch.options)})
+        return self.arch_options if self.arch_options is not None else arch.options()
 
     def check(self) -> None:
         """Refuse values no run can use, each as one line naming the option (before any work)."""
         self._check_ema()  # before the ranges: its decays have a line of their own
-        for f, opt in options():
-            value = getattr(self, f.name)
-            flag = "--" + f.name.replace("_", "-")
-            if value is None:
-                continue
-            if opt.choices is not None and not isinstance(value, list) and value not in opt.choices:
-                raise UmxError(f"{flag} must be one of {', '.join(map(str, opt.choices))}, not '{value}'")
-            if opt.low is None or opt.kind == "interval":
-                continue
-            for number in value if isinstance(value, list) else [value]:
-                problem = range_problem(number, opt)
-                if problem:
-                    raise UmxError(f"{flag} {problem}")
+        check_values(self)
+        arch = self.architecture
+        if not arch.options_in_config:
+            given = self.arch_options
+            if given is not None and type(given) is not arch.options:
+                raise UmxError(f"--arch {self.arch}: its options must be a {arch.options.__name__}, "
+                               f"not a {type(given).__name__}")
+            check_values(self.model_options())
         from .augment import parse_augmentation
 
         for spec in self.source_augmentations or []:
@@ -213,10 +212,9 @@ class TrainConfig:
                            "(a checkpoint between two optimizer steps would lose the gradients gathered so far)")
         if self.select_by == "sdr" and not self.eval_every:
             raise UmxError("--select-by sdr follows the SDR of --eval-every N: give --eval-every (e.g. 1)")
-        check_stft(self.nfft, self.nhop, f"--nfft {self.nfft} --nhop {self.nhop}")
-        if self.eval_separation == "fast" and (self.nfft // 2) % self.nhop:
-            raise UmxError(f"--eval-separation fast needs --nhop to divide --nfft / 2 (the loss pass's frames are "
-                           f"then centred frames), got --nfft {self.nfft} --nhop {self.nhop}: use exact")
+        targets = tuple(self.targets or [self.target or "target"])
+        arch.check(self.model_options(), ModelSpec(targets, defaults.SAMPLE_RATE, self.nb_channels),
+                   self.eval_separation)
         json_object(self.storage_options, "--storage-options")
         out = Path(self.output).expanduser()
         if self.output and out.exists() and not out.is_dir():
@@ -255,6 +253,7 @@ class TrainConfig:
             nb_valid_samples=_given(self.nb_valid_samples, d.nb_valid_samples),
         )
         values["random_interferer_mix"] = values["random_track_mix"]  # two spellings of one switch
+        self.architecture.check(self.model_options(), self.spec(manifest, targets), self.eval_separation)
         self._check_lengths(manifest)
         if not smp.augment:
             if self.source_augmentations or mix:
@@ -278,68 +277,48 @@ class TrainConfig:
         repeated = sorted({t for t in targets if targets.count(t) > 1})
         if repeated:
             raise UmxError(f"--targets: {', '.join(repeated)} given twice")
-        if self.bridge and len(targets) < 2:
-            raise UmxError("--bridge joins the networks of several targets: give two at least with --targets")
-        if self.combination and (self.loss != "multidomain" or len(targets) < 3):
-            raise UmxError("--combination scores sums of 2 … N-1 targets: it needs --loss multidomain and "
-                           "three targets at least")
         return targets
+
+    def spec(self, manifest: mf.Manifest, targets: list[str] | None = None) -> ModelSpec:
+        """What the data decides about the model (after `resolved`: its targets)."""
+        return ModelSpec(tuple(targets or self.targets), manifest.sample_rate, self.nb_channels)
 
     def _check_lengths(self, manifest: mf.Manifest) -> None:
         """Refuse tracks no STFT window fits in, where the run takes them whole (validation tracks;
         training tracks with --seq-dur <= 0): one line before any work, not a crash in the first
         validation pass. (Crops are never shorter than a window, and training leaves out tracks
         shorter than its crop, as open-unmix does; prep skips tracks shorter than its own window.)"""
+        shortest = self.architecture.min_samples(self.model_options())
         whole = ["train"] if self.seq_dur <= 0 and manifest.sampling.records == "tracks" else []
         if manifest.sampling.valid == "full_tracks":
             whole.append("valid")
         for split in (s for s in whole if s in manifest.splits()):
             for entry in manifest.shards(split):
                 for track, frames in zip(entry.track_ids, entry.track_frames):
-                    if frames < self.nfft:
+                    if frames < shortest:
                         raise UmxError(f"{manifest.location}: {split} track '{track}' is {frames} samples long, "
-                                       f"shorter than one STFT window (--nfft {self.nfft}): lower --nfft, or "
-                                       "prepare the set again (umx-prep skips such tracks)")
-
-    @property
-    def joint(self) -> bool:
-        """Whether the targets share one objective (then one best epoch and one early stop for all)."""
-        return self.loss != "independent" or self.bridge
+                                       f"shorter than the {shortest} samples --arch {self.arch} takes (open-unmix: "
+                                       "one STFT window, --nfft): lower it, or prepare the set again (umx-prep "
+                                       "skips such tracks)")
 
     def seq_len(self, sample_rate: int) -> int | None:
         """Crop length in samples, or None for whole tracks (--seq-dur <= 0)."""
         if self.seq_dur <= 0:
             return None
         seq_len = int(self.seq_dur * sample_rate)
-        if seq_len < self.nfft:
-            raise UmxError(f"--seq-dur {self.seq_dur} s is shorter than one STFT window (--nfft {self.nfft})")
+        shortest = self.architecture.min_samples(self.model_options())
+        if seq_len < shortest:
+            raise UmxError(f"--seq-dur {self.seq_dur} s is shorter than the {shortest} samples --arch {self.arch} "
+                           "takes (open-unmix: one STFT window, --nfft)")
         return seq_len
 
 
 def options() -> list[tuple[dataclasses.Field, Option]]:
-    """Every field of TrainConfig with its command-line metadata, in declaration order."""
-    return [(f, f.metadata["option"]) for f in dataclasses.fields(TrainConfig)]
+    """Every option field of TrainConfig with its command-line metadata, in declaration order."""
+    return fields_with_options(TrainConfig)
 
 
 _OPTIONS = {f.name: opt for f, opt in options()}
-
-
-def describe_range(opt: Option) -> str:
-    """An option's range as its error line says it: `>= 1 and <= 65536`."""
-    low = f"{'>' if opt.low_open else '>='} {_number(opt.low)}"
-    return f"{low} and {'<' if opt.high_open else '<='} {_number(opt.high)}"
-
-
-def range_problem(value: Any, opt: Option) -> str | None:
-    """What is wrong with one value of a numeric option (None: nothing): not a number, not finite,
-    or outside the option's range (`Option.low` … `high`)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"must be a number, got {shown(value)}"
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"must be a finite number, got {value}"
-    below = value <= opt.low if opt.low_open else value < opt.low
-    above = value >= opt.high if opt.high_open else value > opt.high
-    return f"must be {describe_range(opt)}, got {shown(value)}" if below or above else None
 
 
 def parse_interval(value: Any, opt: Option, flag: str = "--save-every") -> tuple[int, float]:
@@ -367,16 +346,6 @@ def parse_interval(value: Any, opt: Option, flag: str = "--save-every") -> tuple
     if not 0 <= steps <= high:
         raise bad
     return steps, 0.0
-
-
-def json_object(text: str | None, flag: str) -> dict:
-    """An option's JSON object (`--storage-options`; {} where not given), or one line naming the option."""
-    return parse_object(text, flag, "options, e.g. '{\"endpoint_url\": \"http://…\"}'") if text else {}
-
-
-def _number(x: float) -> str:
-    """A bound as people write it: 4294967295, 0.5, 1e+09 (not 4.29497e+09)."""
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
 def _given(value, default):

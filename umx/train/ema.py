@@ -1,6 +1,6 @@
 """Exponential moving averages of the weights (`--ema 0.999 …`), as Demucs and MSST keep them.
 
-One shadow copy of every target network per decay, updated on the device after each optimizer
+One shadow copy of every unit's network (models.protocol: open-unmix's targets) per decay, updated on the device after each optimizer
 step (`torch._foreach_lerp_`, no host sync, so it lives inside the captured CUDA graph too):
 p_ema ← decay · p_ema + (1 - decay) · p, for every floating-point entry of the state dict, BatchNorm's
 running statistics included (as Demucs does: averaged weights with the live statistics disagree);
@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from ..model import Joint
+from ..models.protocol import Trainable
 
 
 def label(decay: float | None) -> str:
@@ -26,18 +26,18 @@ def label(decay: float | None) -> str:
 
 
 class EMA:
-    """The moving averages of a Joint's networks, one set per decay."""
+    """The moving averages of a model's units, one set per decay."""
 
-    def __init__(self, model: Joint, decays: list[float]):
+    def __init__(self, model: Trainable, decays: list[float]):
         self.model, self.decays = model, list(decays)
         self.shadows: dict[float, dict[str, dict[str, Tensor]]] = {
-            d: {t: {k: v.detach().clone() for k, v in m.state_dict().items()} for t, m in model.models.items()}
+            d: {t: {k: v.detach().clone() for k, v in m.state_dict().items()} for t, m in model.units.items()}
             for d in self.decays}
         # per (decay, target): the tensors each step averages or copies, found once (the live tensors are
         # the modules' own, which training and load_state_dict change in place)
         self._pairs = {}
         for d, shadow in self.shadows.items():
-            for t, m in model.models.items():
+            for t, m in model.units.items():
                 live = m.state_dict()
                 floats = [k for k, v in live.items() if v.is_floating_point()]
                 others = [k for k in live if k not in floats]
@@ -57,22 +57,22 @@ class EMA:
     @contextlib.contextmanager
     def swapped(self, decay: float, names: list[str]) -> Iterator[None]:
         """The networks `names` hold the `decay` averages inside the block, their own weights after."""
-        saved = {t: {k: v.detach().clone() for k, v in self.model.models[t].state_dict().items()} for t in names}
+        saved = {t: {k: v.detach().clone() for k, v in self.model.units[t].state_dict().items()} for t in names}
         try:
             with torch.no_grad():
                 for t in names:
-                    for k, v in self.model.models[t].state_dict().items():
+                    for k, v in self.model.units[t].state_dict().items():
                         v.copy_(self.shadows[decay][t][k])
             yield
         finally:
             with torch.no_grad():
                 for t in names:
-                    for k, v in self.model.models[t].state_dict().items():
+                    for k, v in self.model.units[t].state_dict().items():
                         v.copy_(saved[t][k])
 
     def weights(self, decay: float | None, target: str) -> dict[str, Tensor]:
         """A target's state dict of one weight set (None: the raw weights)."""
-        return self.model.models[target].state_dict() if decay is None else self.shadows[decay][target]
+        return self.model.units[target].state_dict() if decay is None else self.shadows[decay][target]
 
     def snapshot(self) -> dict:
         return {d: {t: {k: v.clone() for k, v in s.items()} for t, s in sh.items()} for d, sh in self.shadows.items()}

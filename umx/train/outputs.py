@@ -1,17 +1,15 @@
-"""The model directory, exactly the files open-unmix's train.py writes.
+"""A run's files besides the architecture's own (models.protocol: its weights and separator.json).
 
-`<target>.pth` best weights · `<target>.chkpnt` model/optimizer/scheduler/epoch/
-best loss · `<target>.json` args and histories · `separator.json` STFT
-settings, one set per target of the run. Every file is written atomically, so a
-run killed mid-write leaves the previous complete version. A bridged (X-UMX) run
-writes its best weights as one `xumx.pth` instead, which openunmix cannot load.
+Per optimisation unit (open-unmix: per target, exactly the files its train.py writes):
+`<unit>.chkpnt` model/optimizer/scheduler/epoch/best loss and the run state ·
+`<unit>.json` args and histories. Every file is written atomically, so a run
+killed mid-write leaves the previous complete version.
 """
 
 from __future__ import annotations
 
 import copy
 import errno
-import io
 import os
 import pickle
 import stat
@@ -23,32 +21,13 @@ from pathlib import Path
 import torch
 
 from ..errors import UmxError
-from ..model import MAX_ELEMENT_BYTES, read_weights
-from ..models.directory import BRIDGED_WEIGHTS, SEPARATOR_JSON, read_json
-from ..shards.storage import atomic_writer, write_json
+from ..models.directory import read_json
+from ..models.weights import MAX_ELEMENT_BYTES, read_weights, save_torch
+from ..shards.storage import write_json
 from .state import Bounds, RunState, StateError
 from .step import optimizer_state
 
 CHECKPOINT_SLACK = 256 * 2**20  # a checkpoint's bytes besides its tensors: the pickled run state
-
-def save_torch(obj, path: Path) -> None:
-    """torch.save, atomically. Serialised in memory first: torch's zip writer turns a full disk
-    into 'unexpected pos …'; a plain write reports ENOSPC, naming the file (the previous
-    version stays in place either way)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    with atomic_writer(path) as f:
-        f.write(buf.getbuffer())
-
-
-def write_separator_json(folder: Path, nfft: int, nhop: int, sample_rate: int, nb_channels: int,
-                         bridged_targets: list[str] | None = None) -> None:
-    """open-unmix's `separator.json`; for a bridged model also its targets (openunmix ignores the key)."""
-    conf = {"nb_channels": nb_channels, "nfft": nfft, "nhop": nhop, "sample_rate": sample_rate}
-    if bridged_targets:
-        conf.update(bridged_targets=list(bridged_targets), weights=BRIDGED_WEIGHTS)
-    write_json(folder / SEPARATOR_JSON, conf)
-
 
 @dataclass
 class Checkpoint:

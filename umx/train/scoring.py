@@ -1,21 +1,10 @@
 """Separation quality during training (`--eval-every`): the validation tracks separated as
-umx-separate separates them, scored as umx-eval scores them, in the validation pass itself.
-
-The networks being trained go into a `Separator` (centred STFT, Wiener filtering with one EM
-iteration over every target of the run, plus a residual where the targets do not make up the
-mixture), on the training device. Each track is scored with umx.bss: BSSv4's SDR per 1-s frame
+umx-separate separates them (the architecture's `TrackScoring`), scored as umx-eval scores them,
+in the validation pass itself. Each track is scored with umx.bss: BSSv4's SDR per 1-s frame
 (`bss.sdr`: museval's SDR needs none of the distortion filters, which only ISR, SIR and SAR use;
 the references being every separated source of the track, as umx-eval and SiSEC do) and the
 global uSDR. A run's figures: cSDR = median over frames, then median over tracks; uSDR = mean
 over tracks (the MDX/SDX challenges' aggregate). docs/metrics.md has the definitions.
-
-The track's centred STFT is computed once: the loss pass takes its interior frames, which are
-the uncentred STFT open-unmix's loss is defined on (bit-equal), where the hop divides nfft / 2.
-Where the networks' magnitude estimates come from is the one choice (`--eval-separation`,
-`make_scorer`): `exact` runs them again on the centred STFT, as umx-separate does, so a recorded
-score is umx-eval's on those weights; `fast` reuses the loss pass's estimates (see
-`SharedForward`), which saves most of a forward pass and differs from umx-eval near the track
-edges only.
 """
 
 from __future__ import annotations
@@ -23,7 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -31,10 +20,8 @@ from torch import Tensor
 
 from .. import bss
 from ..errors import UmxError
-from ..models import defaults
 from ..evaluate import mean_over_tracks, median_of_values
-from ..model import Joint, Spectrogram
-from ..separate import Separator
+from ..models.protocol import TrackScoring
 from .augment import mix_and_target
 from .slots import Slots
 from .validation import ValidItem
@@ -59,108 +46,19 @@ def needs_residual(slots: Slots, sources: list[str]) -> bool:
     return len(slots.target_slots) < 2 or covered != set(sources) or slots.input_slot
 
 
-def separator_for(model: Joint, names: list[str], residual: bool, sample_rate: int, nfft: int, nhop: int,
-                  nb_channels: int) -> Separator:
-    """The networks being trained (not copied) as a Separator, as umx-separate would load them."""
-    return Separator({n: model.models[n] for n in names}, niter=defaults.NITER, residual=residual, sample_rate=sample_rate,
-                     n_fft=nfft, n_hop=nhop, nb_channels=nb_channels, wiener_win_len=defaults.WIENER_WIN_LEN, bridge=model.bridge)
-
-
-@dataclass
-class ValidTrack:
-    """One validation mixture as both passes need it: its centred STFT `[1, C, F, N]`, computed
-    once, and the loss pass's network input (the encoder's magnitudes of the uncentred frames)."""
-
-    mixture: Tensor  # [1, channels, time]
-    stft: Tensor
-    magnitude: Tensor  # |stft|, per channel
-    spectrogram: Tensor
-    lead: int | None  # centred frames before the first uncentred one; None: the frames do not align
-
-
-def track_for(x: Tensor, separator: Separator, encoder: Spectrogram) -> ValidTrack:
-    """The centred STFT of mixture `x` and the loss pass's input. The centred frame `lead + k`
-    is the uncentred frame k where the hop divides nfft / 2: then the input is taken from it,
-    else the encoder computes its own."""
-    stft = separator.stft(x)
-    magnitude = stft.abs()
-    half, hop = separator.n_fft // 2, separator.n_hop
-    if half % hop:
-        return ValidTrack(x, stft, magnitude, encoder(x), None)
-    lead = half // hop
-    mag = magnitude[..., lead:lead + 1 + (x.shape[-1] - separator.n_fft) // hop]
-    return ValidTrack(x, stft, magnitude, mag.mean(1, keepdim=True) if encoder.mono else mag, lead)
-
-
-class MagnitudeSource(Protocol):
-    """Where the separation's magnitude estimates of a track come from."""
-
-    def __call__(self, separator: Separator, track: ValidTrack, loss_estimates: Sequence[Tensor]) -> list[Tensor]:
-        ...
-
-
-class SeparateForward:
-    """umx-separate's: the networks run again, on the centred STFT (the recorded score is umx-eval's)."""
-
-    def __call__(self, separator: Separator, track: ValidTrack, loss_estimates: Sequence[Tensor]) -> list[Tensor]:
-        return list(separator.magnitudes(track.stft, track.magnitude))
-
-
-EDGE_CONTEXT = 32  # frames beside a track's edge frames that the networks see again to estimate them
-
-
-class SharedForward:
-    """The loss pass's estimates, reused: one forward pass instead of two. They are the networks'
-    outputs on the uncentred frames, which the centred STFT holds between `lead` frames at each
-    end (46 ms with nfft 4096). Those edge frames are estimated by the networks again on the
-    first and last EDGE_CONTEXT + lead frames alone (a few per cent of a 30-s track). What
-    differs from umx-separate is the LSTMs' context near the edges: the edge frames do not see
-    the far side of the track, and the loss pass's frames do not see the edge frames. (Applying
-    the nearest frame's mask to the edge frames instead was measured 4.7 dB off in uSDR on
-    1.5-s tracks: short tracks weigh their edges heavily.)"""
-
-    def __call__(self, separator: Separator, track: ValidTrack, loss_estimates: Sequence[Tensor]) -> list[Tensor]:
-        if track.lead is None:
-            raise UmxError("--eval-separation fast needs --nhop to divide --nfft / 2")
-        frames, first = track.stft.shape[-1], track.lead
-        last = first + track.spectrogram.shape[-1]
-        edge = first + EDGE_CONTEXT  # frames re-run at each end (the ends are alike: frames - last == first)
-        if 2 * edge >= frames:  # a short track: the whole of it is hardly more
-            return SeparateForward()(separator, track, loss_estimates)
-        batch = track.stft.shape[0]  # both ends in one call, as one batch
-        ends = separator.magnitudes(torch.cat([track.stft[..., :edge], track.stft[..., -edge:]]),
-                                    torch.cat([track.magnitude[..., :edge], track.magnitude[..., -edge:]]))
-        out = []
-        for inner, both in zip(loss_estimates, ends):
-            start, end = both[:batch], both[batch:]
-            full = start.new_empty(start.shape[:-1] + (frames,))
-            full[..., :first], full[..., last:] = start[..., :first], end[..., last - frames:]
-            full[..., first:last] = inner
-            out.append(full)
-        return out
-
-
-SEPARATIONS = {"exact": SeparateForward, "fast": SharedForward}  # --eval-separation
-
-
 class Scorer:
-    """Scores validation tracks with the networks being trained (not copied)."""
+    """Scores validation tracks with the networks being trained (not copied), separated as the
+    architecture separates a track inside the validation pass (models.protocol.TrackScoring)."""
 
-    def __init__(self, separator: Separator, encoder: Spectrogram, source: MagnitudeSource, names: list[str],
-                 rate: int):
-        self.separator, self.encoder, self.source, self.names, self.rate = separator, encoder, source, names, rate
-
-    def track(self, x: Tensor) -> ValidTrack:
-        return track_for(x, self.separator, self.encoder)
+    def __init__(self, separate: TrackScoring, names: list[str], residual: bool, rate: int):
+        self.separate, self.names, self.residual, self.rate = separate, names, residual, rate
 
     @torch.no_grad()
-    def score(self, track: ValidTrack, targets: Tensor, loss_estimates: Sequence[Tensor]) -> TrackScores:
-        """Separate one track (`targets`: its references `[1, targets, channels, time]`; the loss
-        pass's estimates, in `names` order) and score every target."""
-        x = track.mixture
-        est = self.separator.from_estimates(track.stft, self.source(self.separator, track, loss_estimates),
-                                            x.shape[-1], track.magnitude)[0]  # [sources, channels, time]
-        return score_signals(references(x[0], targets[0], self.separator.residual), est, self.names, self.rate)
+    def score(self, x: Tensor, targets: Tensor, loss_estimates: Any) -> TrackScores:
+        """Separate one track `x` `[1, channels, time]` (`targets`: its references `[1, targets,
+        channels, time]`; the loss pass's estimates) and score every target."""
+        est = self.separate(x, loss_estimates)  # [sources, channels, time]
+        return score_signals(references(x[0], targets[0], self.residual), est, self.names, self.rate)
 
 
 def references(x: Tensor, targets: Tensor, residual: bool) -> Tensor:
@@ -201,13 +99,6 @@ def check_selectable(items: Sequence[ValidItem], slots: Slots, sources: list[str
            "rest of the mixture, in every 1-s frame")
     raise UmxError(f"--select-by sdr: the validation tracks give no cSDR to select by ({why}; museval's SDR "
                    "leaves silent references out): use --select-by loss")
-
-
-def make_scorer(model: Joint, encoder: Spectrogram, names: list[str], slots: Slots, sources: list[str],
-                separation: str, sample_rate: int, nfft: int, nhop: int, nb_channels: int) -> Scorer:
-    """The scorer of `--eval-separation` (the one place the choice is made)."""
-    separator = separator_for(model, names, needs_residual(slots, sources), sample_rate, nfft, nhop, nb_channels)
-    return Scorer(separator, encoder, SEPARATIONS[separation](), names, sample_rate)
 
 
 def score_signals(refs: Tensor, est: Tensor, names: list[str], rate: int) -> TrackScores:

@@ -10,8 +10,8 @@ graph and replays it: one launch per step, the same fp32 kernels. That needs
 - an optimizer that keeps everything on the device: fused Adam with
   `capturable=True` and the learning rate as a device tensor, so the plateau
   scheduler's changes reach the graph;
-- dropout from the philox generator (`OpenUnmix.graph_safe_dropout`): cuDNN's own
-  LSTM dropout state is set up on the host, which a graph would freeze;
+- every draw from the philox generator (`Trainable.make_capturable`: open-unmix's cuDNN
+  LSTM dropout keeps a state set up on the host, which a graph would freeze);
 - no host synchronisation per step: losses stay on the device and `LossLog`
   reads them back asynchronously;
 - the batch's augmentation and mixing inside the step too (`prepare`: int16 crops →
@@ -32,19 +32,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .losses import Objective
+from ..models.protocol import Objective, Trainable
 from .state import StateError, shown
 
 MODES = ("auto", "on", "off")
-
-
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, graph: bool, device: torch.device):
-    """open-unmix's Adam; for the graph step fused, capturable, with a device-tensor lr (on CUDA)."""
-    if not graph:
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    cuda = device.type == "cuda"
-    return torch.optim.Adam(model.parameters(), lr=torch.tensor(lr, device=device) if cuda else lr,
-                            weight_decay=weight_decay, fused=True, capturable=cuda)
 
 
 def settle_lr(optimizer: torch.optim.Optimizer) -> None:
@@ -225,27 +216,27 @@ def _given(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class EagerStep:
-    """open-unmix's step as it is: zero_grad, forward, loss, backward, Adam — for every target
-    of the run at once: `net` returns one estimate per target (model.Joint), `objective`
-    (losses.py) scores them, each target's optimizer steps its own network. `prepare` turns the
+    """open-unmix's step as it is: zero_grad, forward, loss, backward, Adam — for every unit of
+    the run at once: `net` (a `Trainable`, or its DDP wrapper) estimates from the mixture waveform,
+    `objective` scores the estimates, each unit's optimizer steps its own network. `prepare` turns the
     step's inputs into (mixture, targets): by default they are those; the trainer gives the int16
     crops and its augmentation and mixing (trainer.Mixer), which so run inside the step."""
 
     captured = False
 
-    def __init__(self, net: nn.Module, encoder: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
+    def __init__(self, net: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
                  objective: Objective, bf16: bool = False, accumulate: int = 1, ema=None,
                  names: Sequence[str] = (), prepare: Callable[..., tuple[Tensor, Tensor]] = _given):
-        self.net, self.encoder, self.objective, self.bf16 = net, encoder, objective, bf16
+        self.net, self.objective, self.bf16 = net, objective, bf16
         self.prepare = prepare
         self.optimizers = list(optimizers)
-        self.ema, self.names = ema, list(names)  # --ema: the averages of these targets follow each step
+        self.ema, self.names = ema, list(names)  # --ema: the averages of these units follow each step
         self.accumulate, self.pending = accumulate, 0  # --grad-accum: batches per optimizer step
 
     def terms(self, x: Tensor, y: Tensor, seed: int | None = None) -> Tensor:
-        """The objective's row: each target's spectrogram MSE, then the objective."""
+        """The objective's row: each unit's loss term, then the objective."""
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
-            return self.objective(self.net(self.encoder(x), seed), y, x, self.encoder)
+            return self.objective(self.net(x, seed), y, x)
 
     def __call__(self, *inputs: Tensor, seed: int, update: bool = True) -> Tensor:
         """One batch (`inputs`: what `prepare` takes); the optimizers step where `update` (every
@@ -277,19 +268,17 @@ class GraphStep(EagerStep):
     so the first real step starts from the same state an eager run would.
     """
 
-    def __init__(self, net: nn.Module, encoder: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
+    def __init__(self, net: Trainable, optimizers: Sequence[torch.optim.Optimizer],
                  objective: Objective, bf16: bool = False, capture: bool = True, warmup: int = 3,
                  warn: Callable[[str], None] | None = None, accumulate: int = 1, ema=None,
                  names: Sequence[str] = (), prepare: Callable[..., tuple[Tensor, Tensor]] = _given):
-        super().__init__(net, encoder, optimizers, objective, bf16, accumulate, ema, names, prepare)
+        super().__init__(net, optimizers, objective, bf16, accumulate, ema, names, prepare)
         self.capture, self.warmup = capture, warmup
         self.warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: tuple[tuple[Tensor, ...], Tensor] | None = None  # the inputs' buffers, the loss terms
         self.uncaptured_steps = 0
-        for module in net.modules():
-            if hasattr(module, "graph_safe_dropout"):
-                module.graph_safe_dropout = True
+        net.make_capturable()  # never DDP-wrapped: the graph step runs on one process
 
     @property
     def captured(self) -> bool:  # type: ignore[override]

@@ -1,13 +1,13 @@
-"""The open-unmix training recipe on a streamed shard set, on one process or many, for one
-target or several at once.
+"""The training loop on a streamed shard set, on one process or many, for any architecture
+(models.protocol), one target or several at once.
 
-Adam(lr, weight_decay) · ReduceLROnPlateau(gamma, patience, cooldown=10) ·
-early stopping on the validation loss · MSE between magnitude spectrograms ·
-validation on the full tracks of the valid split, one per batch. Several targets
-(`--targets`) share one data stream, one augmentation pass and one step; each keeps
-its own network, optimizer, scheduler, best weights and early stopping, unless the
-objective is joint (losses.py, `--bridge`): then the validation objective decides
-for all. Under
+The open-unmix recipe, generalised to the architecture's optimisation units: each unit's
+optimizer and plateau scheduler (open-unmix: Adam(lr, weight_decay) · ReduceLROnPlateau(gamma,
+patience, cooldown=10) per target) · early stopping on the validation loss · the architecture's
+objective · validation on the full tracks of the valid split, one per batch. Every target of a
+run shares one data stream, one augmentation pass and one step; each unit keeps its own
+network, optimizer, scheduler, best weights and early stopping, unless the objective is joint
+(X-UMX's, or one network of all targets): then the validation objective decides for all. Under
 torchrun the model is wrapped in DistributedDataParallel, validation is split
 over the ranks and reduced, and only rank 0 writes. The data stream, the
 device augmentation and dropout are seeded per (seed, epoch, global batch), so
@@ -35,16 +35,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import UmxError
-from ..model import Joint
+from ..models import registry
+from ..models.protocol import Architecture, ModelSpec, Objective, Trainable
 from ..shards import manifest as mf
 from ..shards.reader import ShardReader, add_metrics
 from . import distributed, sampling
 from .augment import Augment, mix_and_target
 from .config import TrainConfig
 from .ema import EMA, label
-from .losses import Objective
-from .outputs import (BRIDGED_WEIGHTS, CheckpointWriter, TargetParts, append_to, save_torch, write_results,
-                      write_separator_json)
+from .outputs import CheckpointWriter, TargetParts, append_to, write_results
 from .slots import Slots
 from .state import Epoch, Progress, RunState
 from .step import EagerStep, GraphStep, LossLog
@@ -88,11 +87,23 @@ class Mixer:
         return dataclasses.replace(self, targets=tuple(t for t in self.targets if t.name in names))
 
 
+@dataclass(frozen=True)
+class ModelKind:
+    """The run's architecture, its options and what the data decides about the model."""
+
+    arch: Architecture
+    options: object  # the architecture's options dataclass
+    spec: ModelSpec
+
+    def units(self, targets: list[str]) -> dict[str, tuple[str, ...]]:
+        return self.arch.units(targets, self.options)
+
+
 @dataclass
 class Optimisation:
-    model: Joint  # every target's network
-    net: torch.nn.Module  # what the step runs: the networks still training, or their DDP wrapper
-    optimizers: dict[str, torch.optim.Optimizer]  # per target
+    model: Trainable  # every unit's network
+    net: torch.nn.Module  # what the step runs: the units still training, or their DDP wrapper
+    optimizers: dict[str, torch.optim.Optimizer]  # per unit
     schedulers: dict[str, torch.optim.lr_scheduler.ReduceLROnPlateau]
     step: object  # step.EagerStep | step.GraphStep (make_step)
     objective: Objective
@@ -103,7 +114,7 @@ class Optimisation:
 
 @dataclass
 class Scores:
-    """An epoch's losses: each target's (spectrogram MSE) and the objective's."""
+    """An epoch's losses: each unit's term (open-unmix: its target's spectrogram MSE) and the objective's."""
 
     targets: dict[str, float]
     objective: float
@@ -113,26 +124,37 @@ class Trainer:
     """One training run, built by `build_trainer`: `fit()` trains it to `--epochs`."""
 
     def __init__(self, cfg: TrainConfig, manifest: mf.Manifest, dist: distributed.Context, device: torch.device,
-                 data: TrainData, encoder: torch.nn.Module, augment: Augment, parts: Optimisation, state: RunState):
+                 data: TrainData, kind: ModelKind, augment: Augment, parts: Optimisation, state: RunState):
         self.cfg, self.manifest, self.dist, self.device = cfg, manifest, dist, device
-        self.data, self.encoder, self.augment, self.parts, self.state = data, encoder, augment, parts, state
+        self.data, self.kind, self.augment, self.parts, self.state = data, kind, augment, parts, state
+        self.units = list(parts.model.units)  # in the run's order
         self.out = Path(cfg.output).expanduser()
         self.writer = CheckpointWriter()  # checkpoints written in the background
 
     # short names for the parts most used
     model = property(lambda self: self.parts.model)
-    optimizer = property(lambda self: self.parts.optimizers[self.cfg.target])  # the first target's
+    optimizer = property(lambda self: self.parts.optimizers[self.units[0]])  # the first unit's
     step = property(lambda self: self.parts.step)
     stream = property(lambda self: self.data.stream)
     reader = property(lambda self: self.data.reader)
     resident = property(lambda self: self.data.resident)
 
     @property
-    def active(self) -> list[str]:
-        """The targets still training (in --targets order)."""
-        return self.state.active(self.cfg.targets)
+    def joint(self) -> bool:
+        return self.parts.objective.joint
 
-    def _slots(self, names: list[str]) -> tuple:
+    @property
+    def active(self) -> list[str]:
+        """The units still training (in the run's order)."""
+        return self.state.active(self.units)
+
+    def targets_of(self, units: list[str]) -> list[str]:
+        """The targets the networks of `units` estimate, in the run's order."""
+        mine = {t for u in units for t in self.model.unit_targets[u]}
+        return [t for t in self.cfg.targets if t in mine]
+
+    def _slots(self, units: list[str]) -> tuple:
+        names = self.targets_of(units)
         return tuple(t for t in self.data.slots.target_slots if t.name in names)
 
     def batch_audio(self, batch) -> torch.Tensor:
@@ -256,30 +278,36 @@ class Trainer:
         over every rank's tracks."""
         from . import scoring
 
-        m, cfg = self.manifest, self.cfg
-        scorer = scoring.make_scorer(self.model, self.encoder, self.active, self.data.slots, list(m.sources),
-                                     cfg.eval_separation, m.sample_rate, cfg.nfft, cfg.nhop, cfg.nb_channels)
+        kind, active = self.kind, self.active
+        residual = scoring.needs_residual(self.data.slots, list(self.manifest.sources))
+        separate = kind.arch.scoring(self.model, active, kind.spec, kind.options, residual, self.cfg.eval_separation)
+        targets = self.targets_of(active)
+        scorer = scoring.Scorer(separate, targets, residual, self.manifest.sample_rate)
         losses, mine = self._validation_pass(scorer)
-        return losses, scoring.aggregate(distributed.gather_all(mine, self.dist), self.active)
+        csdr, usdr = scoring.aggregate(distributed.gather_all(mine, self.dist), targets)
+        return losses, (self._per_unit(csdr, active), self._per_unit(usdr, active))
+
+    def _per_unit(self, values: dict[str, float], units: list[str]) -> dict[str, float]:
+        """A unit's figure: its targets' mean (open-unmix: its target's)."""
+        return {u: float(np.mean([values[t] for t in self.model.unit_targets[u]])) for u in units}
 
     @torch.no_grad()
     def _validation_pass(self, scorer: "scoring.Scorer | None") -> tuple[Scores, list["scoring.TrackScores"]]:
         """The mean losses, and with a scorer each of this rank's tracks' scores (from the same pass)."""
         self.model.eval()
         net, targets = self.model.subset(self.active), self._slots(self.active)
-        totals, scored = [0.0] * (len(targets) + 1), []
+        totals, scored = [0.0] * (len(self.active) + 1), []
         for item in self.data.valid_items:
             wav = item.sources.to(self.device).float()[None] / 32768.0
             x, y = mix_and_target(wav, targets=targets)
             if item.mixture is not None:  # the real mixture (musdb) or the stored input (aligned)
                 x = item.mixture.to(self.device).float()[None] / 32768.0
-            track = scorer.track(x) if scorer else None  # the centred STFT, once for both
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
-                estimates = net(track.spectrogram if track else self.encoder(x))
-                terms = self.parts.objective(estimates, y, x, self.encoder)
+                estimates = net(x)
+                terms = self.parts.objective(estimates, y, x)
             totals = [a + b for a, b in zip(totals, terms.tolist())]
             if scorer:
-                scored.append(scorer.score(track, y, estimates))
+                scored.append(scorer.score(x, y, estimates))
         sums = distributed.sum_all(totals, self.dist, self.device)
         return self._scores([v / self.data.n_valid for v in sums]), scored
 
@@ -297,7 +325,7 @@ class Trainer:
     def _best_weights(self, target: str, loss: float, averaged: dict[str, Scores]) -> tuple[str, float]:
         """The weight set (raw or a moving average) with the lowest validation loss, and that loss
         (joint objectives: the lowest objective, the same choice for every target)."""
-        options = {"raw": loss, **{k: (v.objective if self.cfg.joint else v.targets[target]) for k, v in averaged.items()}}
+        options = {"raw": loss, **{k: (v.objective if self.joint else v.targets[target]) for k, v in averaged.items()}}
         chosen = min(options, key=lambda k: (options[k], k != "raw"))  # ties: the raw weights
         return chosen, options[chosen]
 
@@ -327,18 +355,18 @@ class Trainer:
             best = {}
             for target in active:  # every rank holds the same reduced losses
                 t = self.state.target(target)
-                loss = valid.objective if cfg.joint else valid.targets[target]
+                loss = valid.objective if self.joint else valid.targets[target]
                 self.parts.schedulers[target].step(loss)  # the learning rate follows the loss, as in open-unmix
                 chosen, chosen_loss = self._best_weights(target, loss, averaged)
-                selected = chosen_loss if cfg.select_by == "loss" else _negative_sdr(sdr, target, active, cfg.joint)
+                selected = chosen_loss if cfg.select_by == "loss" else _negative_sdr(sdr, target, active, self.joint)
                 if selected is not None:
                     t.stop_early(selected, cfg.patience)
                 lr = float(self.parts.optimizers[target].param_groups[0]["lr"])  # after the plateau step
-                objective = (train.objective, valid.objective) if cfg.joint else None
+                objective = (train.objective, valid.objective) if self.joint else None
                 scores = None if not cfg.eval_every else (None, None) if sdr is None else \
                     (_finite(sdr[0][target]), _finite(sdr[1][target]))
                 averages = None if not averaged else \
-                    {label: (v.objective if cfg.joint else v.targets[target]) for label, v in averaged.items()}
+                    {label: (v.objective if self.joint else v.targets[target]) for label, v in averaged.items()}
                 best[target] = t.end_epoch(epoch, Epoch(train.targets[target], valid.targets[target], seconds, lr,
                                                         io, objective, scores, averages, chosen), selected)
             self.state.progress = Progress(epoch + 1)
@@ -352,10 +380,10 @@ class Trainer:
             if not self.active:
                 break
             if stopped:  # the others train on, without the stopped networks
-                make_step(self.parts, cfg, self.encoder, self.dist, self.device, self.active)
+                make_step(self.parts, cfg, self.dist, self.device, self.active)
         if cfg.trace:
             digest = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes()
-                                             for v in self.model.state_dict().values())).hexdigest()
+                                             for v in self.model.units.state_dict().values())).hexdigest()
             with self._trace_file() as f:
                 f.write(json.dumps({"final_weights_sha256": digest}) + "\n")
         self.writer.wait()
@@ -364,7 +392,7 @@ class Trainer:
 
     def _all_stopped(self) -> str:
         """The line for a run whose every target stopped early."""
-        when = ", ".join(f"{t} after epoch {self.state.target(t).history.epochs_trained}" for t in self.cfg.targets)
+        when = ", ".join(f"{t} after epoch {self.state.target(t).history.epochs_trained}" for t in self.units)
         where = Path(self.cfg.checkpoint or self.cfg.output).expanduser()
         return (f"nothing to train: every target of the run in {where} has stopped early ({when}); its best weights "
                 f"are in place (to train on from them, give --model {where} and a new --output)")
@@ -372,16 +400,18 @@ class Trainer:
     def _announce(self) -> None:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        write_separator_json(self.out, cfg.nfft, cfg.nhop, self.manifest.sample_rate, cfg.nb_channels,
-                             cfg.targets if cfg.bridge else None)
+        self.kind.arch.write_directory(self.out, self.kind.spec, self.kind.options)
         first = self.state.progress.epoch
         if first > cfg.epochs:
             print(f"nothing to train: {self.out} is trained to epoch {first - 1} already (--epochs {cfg.epochs})",
                   file=sys.stderr)
         if not cfg.quiet:
             per = f" per rank × {self.dist.world_size} ranks" if self.dist.active else ""
+            arch = "" if cfg.arch == registry.DEFAULT else f" with {cfg.arch}"
             what = f"'{cfg.target}'" if len(cfg.targets) == 1 else \
-                f"{', '.join(cfg.targets)} jointly ({cfg.loss} loss{', bridged' if cfg.bridge else ''})"
+                f"{', '.join(cfg.targets)} jointly" + (f" ({cfg.loss} loss{', bridged' if cfg.bridge else ''})"
+                                                       if cfg.arch == registry.DEFAULT else "")
+            what += arch
             print(f"training {what} on {self.device} from {self.manifest.location}: "
                   f"{self.stream.samples_per_epoch()} samples/epoch, batch {self.stream.batch_size}{per} "
                   f"(effective batch {self.stream.batch_size * self.dist.world_size})")
@@ -403,30 +433,27 @@ class Trainer:
         return append_to(self.out / f"trace-rank{self.dist.rank}.jsonl")
 
     def _chosen_weights(self, target: str) -> dict:
-        """The weights of this epoch's choice for `target` (raw, or a moving average: --ema)."""
+        """The weights of this epoch's choice for unit `target` (raw, or a moving average: --ema)."""
         chosen = (self.state.target(target).history.weights_history or ["raw"])[-1]
         if chosen == "raw" or self.parts.ema is None:
-            return self.model.models[target].state_dict()
+            return self.model.units[target].state_dict()
         decay = next(d for d in self.parts.ema.decays if label(d) == chosen)
         return self.parts.ema.weights(decay, target)
 
     def _save_checkpoint(self) -> None:
         if self.dist.is_main:
             p = self.parts
-            self.writer.save(self.out, {t: TargetParts(self.model.models[t], p.optimizers[t], p.schedulers[t],
-                                                       p.ema.target_state(t) if p.ema else None)
-                                        for t in self.cfg.targets}, self.state)
+            self.writer.save(self.out, {u: TargetParts(self.model.units[u], p.optimizers[u], p.schedulers[u],
+                                                       p.ema.target_state(u) if p.ema else None)
+                                        for u in self.units}, self.state)
 
     def _save(self, best: dict[str, bool]) -> None:
         """Epoch end: best weights, checkpoints, then the jsons (each atomic; rank 0 only)."""
         if not self.dist.is_main:
             return
         cfg = self.cfg
-        if cfg.bridge and any(best.values()):  # one network of all targets: one file, never a <target>.pth
-            save_torch({t: self._chosen_weights(t) for t in self.model.models}, self.out / BRIDGED_WEIGHTS)
-        elif not cfg.bridge:
-            for target in (t for t, is_best in best.items() if is_best):
-                save_torch(self._chosen_weights(target), self.out / f"{target}.pth")
+        self.kind.arch.write_weights(self.out, self.kind.options, {u: self._chosen_weights(u) for u in self.units},
+                                     [u for u, is_best in best.items() if is_best])
         self._save_checkpoint()
         args = {**dataclasses.asdict(cfg), "dataset": self.manifest.layout, "sample_rate": self.manifest.sample_rate,
                 "world_size": self.dist.world_size}
@@ -437,8 +464,8 @@ class Trainer:
 
             for target in best:
                 plot_history(self.out, target)
-            if len(cfg.targets) > 1:
-                plot_targets(self.out, cfg.targets)
+            if len(self.units) > 1:
+                plot_targets(self.out, self.units)
         except Exception as e:  # noqa: BLE001 (matplotlib/back-end trouble)
             print(f"warning: could not draw the loss plot ({type(e).__name__}: {e})", file=sys.stderr)
 
@@ -448,7 +475,7 @@ def _finite(value: float) -> float | None:
 
 
 def _negative_sdr(sdr, target: str, active: list[str], joint: bool) -> float | None:
-    """--select-by sdr: what early stopping minimises, -cSDR (joint objectives: of the targets'
+    """--select-by sdr: what early stopping minimises, -cSDR (joint objectives: of the units'
     mean); None where the epoch was not evaluated or gave no finite cSDR."""
     if sdr is None:
         return None
@@ -495,20 +522,22 @@ class _Meter:
                        if io.get("misses") or io.get("hits") else {}))
 
 
-def make_step(parts: Optimisation, cfg: TrainConfig, encoder, dist: distributed.Context, device: torch.device,
+def make_step(parts: Optimisation, cfg: TrainConfig, dist: distributed.Context, device: torch.device,
               active: list[str]) -> None:
-    """The step over the targets still training (all, until one stops early): their networks
+    """The step over the units still training (all, until one stops early): their networks
     (DDP-wrapped under torchrun) and optimizers. Rebuilt when that set changes."""
-    net = parts.model.subset(active)
+    model = parts.model.subset(active)
+    net = model
     if dist.active:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizers = [parts.optimizers[t] for t in active]
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizers = [parts.optimizers[u] for u in active]
     bf16 = cfg.precision == "bf16"
     parts.net = net
     common = dict(bf16=bf16, accumulate=cfg.grad_accum, ema=parts.ema, names=active)
     if parts.mixer is not None:  # the batch's augmentation and mixing run inside the step
-        common["prepare"] = parts.mixer.restricted(active)
-    parts.step = GraphStep(net, encoder, optimizers, parts.objective, capture=device.type == "cuda", **common) \
-        if parts.graph else EagerStep(net, encoder, optimizers, parts.objective, **common)
+        mine = {t for u in active for t in model.unit_targets[u]}
+        common["prepare"] = parts.mixer.restricted([t for t in cfg.targets if t in mine])
+    parts.step = GraphStep(model, optimizers, parts.objective, capture=device.type == "cuda", **common) \
+        if parts.graph else EagerStep(net, optimizers, parts.objective, **common)

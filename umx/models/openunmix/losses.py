@@ -1,4 +1,5 @@
-"""Training objectives over every target of a run (`--loss`), chosen in one place: `make_objective`.
+"""Open-Unmix's training objectives over every target of a run (`--loss`), chosen in one place:
+`make_objective`.
 
 An objective takes the networks' magnitude estimates (one per target), the targets' waveforms
 and the mixture, and returns one row of loss terms: each target's spectrogram MSE (what
@@ -22,22 +23,11 @@ what the networks see.
 from __future__ import annotations
 
 import itertools
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
-
-class Objective(Protocol):
-    """What the step minimises."""
-
-    joint: bool  # the targets share one objective (one best epoch, one early stop)
-
-    def __call__(self, estimates: Sequence[Tensor], references: Tensor, mixture: Tensor, encoder) -> Tensor:
-        """estimates: per target `[batch, channels', bins, frames]` magnitudes; references:
-        `[batch, targets, channels, time]`; mixture `[batch, channels, time]` → `[targets + 1]`
-        (each target's spectrogram MSE, then the objective)."""
+from torch import Tensor, nn
 
 
 class Independent:
@@ -45,8 +35,14 @@ class Independent:
 
     joint = False
 
-    def __call__(self, estimates, references, mixture, encoder) -> Tensor:
-        terms = [F.mse_loss(est, encoder(references[:, t])) for t, est in enumerate(estimates)]
+    def __init__(self, encoder: nn.Module):
+        self.encoder = encoder  # the networks' front end: the loss is computed in its space
+
+    def __call__(self, estimates: Sequence[Tensor], references: Tensor, mixture: Tensor) -> Tensor:
+        """estimates: per target `[batch, channels', bins, frames]` magnitudes; references:
+        `[batch, targets, channels, time]`; mixture `[batch, channels, time]` → `[targets + 1]`
+        (each target's spectrogram MSE, then the objective)."""
+        terms = [F.mse_loss(est, self.encoder(references[:, t])) for t, est in enumerate(estimates)]
         mse = torch.stack(terms)
         return torch.cat([mse, mse.sum()[None]])
 
@@ -70,8 +66,9 @@ class MultiDomain:
 
     joint = True
 
-    def __init__(self, nfft: int, nhop: int, mix_coef: float = 10.0, combination: bool = False):
-        self.nfft, self.nhop, self.mix_coef, self.combination = nfft, nhop, mix_coef, combination
+    def __init__(self, encoder: nn.Module, mix_coef: float = 10.0, combination: bool = False):
+        self.encoder, self.mix_coef, self.combination = encoder, mix_coef, combination
+        self.nfft, self.nhop = encoder.stft.n_fft, encoder.stft.n_hop
 
     def groups(self, n: int) -> list[tuple[int, ...]]:
         """The targets scored together: each alone, and with `combination` every 2 … n-1 of them."""
@@ -99,8 +96,8 @@ class MultiDomain:
         """Samples every frame position's full overlap covers: [nfft - nhop, nhop * n_frames)."""
         return self.nfft - self.nhop, self.nhop * n_frames
 
-    def __call__(self, estimates, references, mixture, encoder) -> Tensor:
-        n = len(estimates)
+    def __call__(self, estimates: Sequence[Tensor], references: Tensor, mixture: Tensor) -> Tensor:
+        n, encoder = len(estimates), self.encoder
         targets = [encoder(references[:, t]) for t in range(n)]
         mse = torch.stack([F.mse_loss(e.float(), y) for e, y in zip(estimates, targets)])
         groups = self.groups(n)
@@ -117,10 +114,14 @@ class MultiDomain:
         return torch.cat([mse, (freq + self.mix_coef * time)[None]])
 
 
-def make_objective(loss: str, nfft: int, nhop: int, mix_coef: float = 10.0, combination: bool = False) -> Objective:
-    """The objective `--loss` names (config.LOSSES)."""
+LOSSES = ("independent", "multidomain")  # --loss
+
+
+def make_objective(loss: str, encoder: nn.Module, mix_coef: float = 10.0,
+                   combination: bool = False) -> "Independent | MultiDomain":
+    """The objective `--loss` names (LOSSES)."""
     if loss == "independent":
-        return Independent()
+        return Independent(encoder)
     if loss == "multidomain":
-        return MultiDomain(nfft, nhop, mix_coef, combination)
+        return MultiDomain(encoder, mix_coef, combination)
     raise ValueError(f"unknown loss '{loss}'")

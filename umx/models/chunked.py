@@ -1,0 +1,63 @@
+"""Whole-track inference for models trained on chunks: windowed overlap-add, as MSST's `demix` does it.
+
+A chunked model (a waveform or band-split network trained on crops) separates a whole track chunk
+by chunk: windows of `chunk` samples every `chunk // overlap` samples, each estimate weighted by a
+fade window (linear fades of `chunk // 10` samples, none at the track's own ends), summed and
+divided by the summed weights. The track is reflect-padded by the windows' overlap at each end, so
+its first and last samples are estimated in the middle of a window, and the last window is padded
+with zeros. Chunks run in batches of `batch`, so memory is the output plus one batch of chunks,
+whatever the track's length.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+FADE_FRACTION = 10  # MSST: fade_size = chunk_size // 10
+
+
+def fade_window(chunk: int, fade_in: bool, fade_out: bool, device: torch.device | None = None) -> Tensor:
+    """Ones with linear fades of `chunk // FADE_FRACTION` samples where asked."""
+    window = torch.ones(chunk, device=device)
+    fade = chunk // FADE_FRACTION
+    if fade:
+        ramp = torch.linspace(0, 1, fade, device=device)
+        if fade_in:
+            window[:fade] = ramp
+        if fade_out:
+            window[-fade:] = ramp.flip(0)
+    return window
+
+
+@torch.no_grad()
+def overlap_add(separate: Callable[[Tensor], Tensor], audio: Tensor, chunk: int, overlap: int = 4,
+                batch: int = 4) -> Tensor:
+    """`audio` `[channels, time]` → `[sources, channels, time]`, where `separate` maps a batch of
+    chunks `[n, channels, chunk]` to `[n, sources, channels, chunk]`."""
+    if chunk < 1 or overlap < 1 or batch < 1:
+        raise ValueError(f"chunk, overlap and batch must be >= 1, got {chunk}, {overlap}, {batch}")
+    channels, length = audio.shape
+    step = max(1, chunk // overlap)
+    border = chunk - step
+    mode = "reflect" if length > border else "constant"  # reflect needs more samples than it pads
+    padded = F.pad(audio[None], (border, border), mode=mode)[0] if border else audio
+    total = padded.shape[-1]
+    starts = list(range(0, max(total - border, 1), step))
+    out: Tensor | None = None
+    weight = torch.zeros(total, device=audio.device)
+    for first in range(0, len(starts), batch):
+        group = starts[first:first + batch]
+        pieces = torch.stack([F.pad(padded[:, s:s + chunk], (0, max(0, s + chunk - total))) for s in group])
+        estimates = separate(pieces)  # [n, sources, channels, chunk]
+        if out is None:
+            out = estimates.new_zeros((estimates.shape[1], channels, total))
+        for k, s in enumerate(group):
+            n = min(chunk, total - s)
+            window = fade_window(chunk, border > 0 and s > 0, border > 0 and s + chunk < total, audio.device)[:n]
+            out[..., s:s + n] += estimates[k, ..., :n] * window
+            weight[s:s + n] += window
+    return (out / weight.clamp_min(1e-8))[..., border:border + length]
