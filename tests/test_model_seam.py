@@ -14,7 +14,7 @@ from umx.train.cli import main as train_main
 
 UMX = Path(__file__).parents[1] / "umx"
 TINY = ["--hidden-size", "8", "--seq-dur", "0.5", "--batch-size", "3", "--nfft", "1024", "--nhop", "512",
-        "--epochs", "2", "--samples-per-track", "2", "--quiet", "--seed", "3"]
+        "--epochs", "2", "--samples-per-track", "1", "--quiet", "--seed", "3", "--debug"]
 
 
 def test_arch_openunmix_is_the_default_bit_for_bit(shard_set, tmp_path, one_torch_thread):

@@ -1,4 +1,6 @@
 """The model layer: below `train/`, `separate` and `evaluate`, above the data formats.
 
-Today it holds the model directory's format (`directory.py`); the separation-model protocol and its
-architectures (open-unmix first) are to move here (docs/architecture.md, "The model layer")."""
+The separation-model protocol (`protocol.py`), the registry that resolves an architecture's name
+(`registry.py`), the model directory's shared format and the bounded readers for weights from
+elsewhere (`directory.py`, `weights.py`), and the architectures umx ships: open-unmix
+(`openunmix/`). docs/architecture.md, "The model seam"."""
