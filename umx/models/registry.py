@@ -46,10 +46,10 @@ def names() -> tuple[str, ...]:
 
 def get(name: str, where: str = "--arch") -> Architecture:
     """The architecture registered as `name`; one line naming `where` for any other name."""
-    if not isinstance(name, str) or name not in names():
-        raise UmxError(f"{where}: unknown architecture {str(name)[:80]!r} (installed: {', '.join(names())})")
-    if name in BUILTIN:
+    if isinstance(name, str) and name in BUILTIN:  # without scanning the installed packages' entry points
         return importlib.import_module(BUILTIN[name]).ARCHITECTURE
+    if not isinstance(name, str) or name not in _plugins():
+        raise UmxError(f"{where}: unknown architecture {str(name)[:80]!r} (installed: {', '.join(names())})")
     return _load_plugin(name)
 
 
