@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from umx.train.options import plugin_fields
+from umx.train.options import architecture_fields
 
 from umx import bench_cli, cli as umx_cli, evaluate_cli, plot, separate
 from umx.prep import cli as prep_cli
@@ -36,7 +36,7 @@ ADDED_SINCE = {"targets": None, "loss": "independent", "mix_coef": 10.0, "combin
                "eval_every": 0, "eval_separation": "fast", "select_by": "loss", "metrics": (), "grad_accum": 1, "ema": None,
                "resume": None, "dist_timeout": 600.0, "data_timeout": 600.0, "sampling": "auto", "arch": "openunmix"}
 # installed plugin architectures' options: None where not given (their defaults are theirs)
-ADDED_SINCE.update({f.name: None for fields in plugin_fields().values() for f, _, _ in fields})
+ADDED_SINCE.update({name: None for name in architecture_fields()})
 
 
 def _params(cmd, argv: list[str]) -> dict:

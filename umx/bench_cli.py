@@ -11,7 +11,7 @@ import sys
 from . import bench, bench_advice
 from .cli_util import IntRange, command, option, run_command
 from .layouts.options import layout_options
-from .train.options import SECTIONS, architecture_sections, train_config, train_options
+from .train.options import SECTIONS, architecture_sections, given_options, train_config, train_options
 
 EPILOG = """\b
 Examples:
@@ -35,7 +35,7 @@ def cli(steps: int, warmup: int, loader_batches: int, as_json: bool, **params) -
 
     shards = resolve_shards(params["shards"], params["dataset"], params["root"], layout_options(params),
                             params["quiet"])
-    r = bench.bench(train_config(params, shards), steps, warmup, loader_batches)
+    r = bench.bench(train_config(params, shards, given_options(params)), steps, warmup, loader_batches)
     print(json.dumps(r, indent=2, default=str) if as_json else bench_advice.report(r))
     return 0
 

@@ -72,11 +72,11 @@ def check_values(obj: Any, flag_prefix: str = "--") -> None:
         flag = flag_prefix + f.name.replace("_", "-")
         if value is None:
             continue
-        if opt.choices is not None and not isinstance(value, list) and value not in opt.choices:
+        if opt.choices is not None and not isinstance(value, (list, tuple)) and value not in opt.choices:
             raise UmxError(f"{flag} must be one of {', '.join(map(str, opt.choices))}, not '{value}'")
         if opt.low is None or opt.kind == "interval":
             continue
-        for number in value if isinstance(value, list) else [value]:
+        for number in value if isinstance(value, (list, tuple)) else [value]:
             problem = range_problem(number, opt)
             if problem:
                 raise UmxError(f"{flag} {problem}")

@@ -177,7 +177,7 @@ class Architecture(Protocol):
 
     def objective(self, model: Trainable, options: Any) -> Objective: ...
 
-    def optimisers(self, model: Trainable, settings: OptimiserSettings) -> dict[str, UnitOptimiser]:
+    def optimisers(self, model: Trainable, options: Any, settings: OptimiserSettings) -> dict[str, UnitOptimiser]:
         """One optimizer and plateau scheduler per unit."""
 
     def scoring(self, model: Trainable, units: Sequence[str], spec: ModelSpec, options: Any, residual: bool,

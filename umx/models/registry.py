@@ -29,7 +29,9 @@ from .protocol import Architecture, Separation, SeparationOptions
 
 GROUP = "umx.architectures"
 DEFAULT = "openunmix"
-BUILTIN = {DEFAULT: "umx.models.openunmix"}  # name → module holding ARCHITECTURE
+BUILTIN = {DEFAULT: ("umx.models.openunmix", "ARCHITECTURE"),  # name → (module, attribute): umx's own
+           "bs_roformer": ("umx.models.roformer", "BS_ROFORMER"),
+           "mel_band_roformer": ("umx.models.roformer", "MEL_BAND_ROFORMER")}
 ARCHITECTURE_KEY = "architecture"  # separator.json's key naming a model directory's architecture
 
 
@@ -47,7 +49,8 @@ def names() -> tuple[str, ...]:
 def get(name: str, where: str = "--arch") -> Architecture:
     """The architecture registered as `name`; one line naming `where` for any other name."""
     if isinstance(name, str) and name in BUILTIN:  # without scanning the installed packages' entry points
-        return importlib.import_module(BUILTIN[name]).ARCHITECTURE
+        module, attribute = BUILTIN[name]
+        return vars(importlib.import_module(module))[attribute]
     if not isinstance(name, str) or name not in _plugins():
         raise UmxError(f"{where}: unknown architecture {str(name)[:80]!r} (installed: {', '.join(names())})")
     return _load_plugin(name)

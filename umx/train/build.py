@@ -91,7 +91,7 @@ def build_trainer(config: TrainConfig, dist: distributed.Context | None = None,
 
 
 # options that do not change what a run computes: a run resumed with other values is the same run
-NOT_TRAJECTORY = {"output", "checkpoint", "quiet", "epochs", "trace", "resume", "save_every", "cache_dir",
+NOT_TRAJECTORY = {"output", "checkpoint", "config", "quiet", "epochs", "trace", "resume", "save_every", "cache_dir",
                   "cache_size", "storage_options", "anon", "no_cuda", "eval_every", "eval_separation", "patience",
                   "nb_workers", "dist_timeout", "data_timeout"}  # the topology may change: elastic resume
 
@@ -141,6 +141,11 @@ def check_same_run(cfg: TrainConfig, saved: dict, fingerprint: dict) -> None:
     saved = {k: v for k, v in saved.items() if k != "world_size"}  # recorded before elastic resume
     if saved.get("options") is not None:
         saved["options"] = {k: v for k, v in saved["options"].items() if k not in NOT_TRAJECTORY}
+        # an option added since that checkpoint was written: at its default, the run is the same
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        for key, value in fingerprint["options"].items():
+            if key not in saved["options"] and key in defaults and value == defaults[key]:
+                saved["options"][key] = value
     if saved == fingerprint:
         return
     if not saved:
@@ -260,7 +265,7 @@ def build_optimisation(cfg: TrainConfig, kind: ModelKind, model: Trainable, dist
     step — and the run state, resumed from --checkpoint (held against `bounds`, what the run can hold)."""
     graph = graph_step_wanted(cfg, dist, device, seq_len)
     settings = OptimiserSettings(cfg.lr, cfg.weight_decay, cfg.lr_decay_gamma, cfg.lr_decay_patience, graph, device)
-    declared = kind.arch.optimisers(model, settings)
+    declared = kind.arch.optimisers(model, kind.options, settings)
     optimizers = {u: d.optimizer for u, d in declared.items()}
     schedulers = {u: d.scheduler for u, d in declared.items()}
     ema = EMA(model, cfg.ema) if cfg.ema else None

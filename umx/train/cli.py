@@ -13,7 +13,7 @@ import sys
 from ..cli_util import command, run_command
 from ..layouts.options import layout_options
 from ..prep import cache
-from .options import SECTIONS, architecture_sections, train_config, train_options
+from .options import SECTIONS, architecture_sections, given_options, train_config, train_options
 
 EPILOG = """\b
 Examples:
@@ -32,7 +32,7 @@ def cli(**params) -> int:
 
     shards = cache.resolve_shards(params["shards"], params["dataset"], params["root"], layout_options(params),
                                   params["quiet"])
-    out = train(train_config(params, shards))
+    out = train(train_config(params, shards, given_options(params)))
     if out is not None:
         print(f"model written to {out}")
     return 0

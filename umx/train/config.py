@@ -61,6 +61,8 @@ class TrainConfig:
                                        nargs="*")
     output: str = option("open-unmix", "model directory to write", "run")
     checkpoint: str | None = option(None, "model directory of a run to resume", "run")
+    config: str | None = option(None, "an MSST config file (YAML: audio, model, training, augmentations, "
+                                "inference), read as MSST reads it; options given here override it", "run")
     model: str | None = option(None, "model directory of a trained target to fine-tune", "run")
     no_cuda: bool = option(False, "train on the CPU even if CUDA is available", "run")
     quiet: bool = option(False, "no progress bars", "run")
@@ -99,6 +101,11 @@ class TrainConfig:
     grad_accum: int = option(1, "step the optimizer every N batches (gradients summed, each batch weighted "
                              "1/N): an N× batch on a small GPU, but BatchNorm still sees each batch's statistics, "
                              "so not bit-equal to it", "training", low=1, high=2**16)
+    grad_clip: float = option(0.0, "clip the gradients' global norm to this before each optimizer step "
+                              "(MSST's training.grad_clip); 0: never", "training", low=0, high=1e9)
+    epoch_steps: int | None = option(None, "batches per epoch (MSST's training.num_steps): sets "
+                                     "--samples-per-track (or --nb-train-samples) to cover them", "training",
+                                     low=1, high=10**9)
     eval_every: int = option(0, "every N epochs also separate the validation tracks (Wiener filtering, as "
                              "umx-separate) and score them: cSDR (BSSv4) and uSDR into <target>.json; 0: never",
                              "training", low=0, high=MANY)
@@ -245,11 +252,13 @@ class TrainConfig:
         targets = self._targets(manifest)
         values = dict(
             target=targets[0], targets=targets,
-            samples_per_track=_given(self.samples_per_track, d.samples_per_track),
+            samples_per_track=_given(self.samples_per_track, d.samples_per_track)
+            if not self.epoch_steps else -(-self.epoch_steps * self.batch_size // max(1, manifest.split("train").tracks)),
             source_augmentations=_given(self.source_augmentations, list(d.source_augmentations)),
             random_track_mix=_given(mix, d.random_mix),
             silence_missing_targets=_given(self.silence_missing_targets, d.silence_missing_targets),
-            nb_train_samples=_given(self.nb_train_samples, d.nb_train_samples),
+            nb_train_samples=_given(self.nb_train_samples, d.nb_train_samples) if not self.epoch_steps
+            else self.epoch_steps * self.batch_size,
             nb_valid_samples=_given(self.nb_valid_samples, d.nb_valid_samples),
         )
         values["random_interferer_mix"] = values["random_track_mix"]  # two spellings of one switch

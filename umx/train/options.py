@@ -15,7 +15,7 @@ from ..cli_util import Choice, FloatRange, IntRange, apply, option
 from ..errors import UmxError
 from ..layouts import options as layout
 from ..models import registry
-from ..option_table import fields_with_options
+from ..option_table import check_values, fields_with_options
 from . import config
 from .config import TrainConfig
 
@@ -48,7 +48,7 @@ def _click_type(hint, opt: config.Option):
     """The click type of one field: every number is range-checked (config.Option's low … high)."""
     if opt.kind == "interval":
         return Interval(opt)
-    kind = next(t for t in (bool, int, float, str) if hint in (t, t | None, list[t], list[t] | None))
+    kind = next(t for t in (bool, int, float, str) if hint in (t, t | None, list[t], list[t] | None, tuple[t, ...]))
     if opt.choices is not None:
         return Choice(opt.choices)
     return range_type(kind, opt) if kind in (int, float) else click.STRING
@@ -75,7 +75,7 @@ def config_option(name: str, group: str | None = None) -> Callable:
 
 
 def field_option(f: dataclasses.Field, opt: config.Option, hint, group: str | None = None,
-                 unset: bool = False) -> Callable:
+                 unset: bool = False, default_text: str | None = None) -> Callable:
     """One option field as a click option. `unset`: its default stays None on the command line (an
     architecture's option: None is "not given", so a value given to another --arch is refused)."""
     name = f.name
@@ -85,7 +85,7 @@ def field_option(f: dataclasses.Field, opt: config.Option, hint, group: str | No
         kw.update(envvar=f"UMX_{name.upper()}", show_envvar=True)
     default = f.default if f.default is not dataclasses.MISSING and not unset else None
     if unset:
-        kw["help"] = f"{opt.help} (default: {f.default})"
+        kw["help"] = f"{opt.help} (default: {default_text if default_text is not None else f.default})"
     if hint is bool and unset:
         return option(f"{flag}/--no-{flag[2:]}", default=None, **kw)
     if hint is bool:
@@ -99,41 +99,63 @@ def field_option(f: dataclasses.Field, opt: config.Option, hint, group: str | No
     return option(flag, type=_click_type(hint, opt), default=default, **kw)
 
 
-def plugin_fields() -> dict[str, list[tuple[dataclasses.Field, config.Option, object]]]:
-    """Every installed plugin architecture's own options (arch name → its fields with metadata and
-    type), for the command line; one flag per name, so two architectures may not declare one name
-    differently, nor a name of umx-train's own."""
-    out, seen = {}, {}
+@dataclasses.dataclass
+class ArchitectureOption:
+    """One flag of the architectures' option groups, and the architectures that take it."""
+
+    field: dataclasses.Field
+    option: config.Option
+    hint: object
+    archs: list[str]
+
+
+def architecture_fields() -> dict[str, ArchitectureOption]:
+    """Every architecture's own options but open-unmix's (which are umx-train's fields), by name. One
+    flag per name: two architectures may share one (RoFormers' --dim), with one type; each keeps its
+    own default, which applies where the flag is not given. None may be a name of umx-train's."""
+    out: dict[str, ArchitectureOption] = {}
     for name in registry.names():
         arch = registry.get(name)
         if arch.options_in_config:
             continue
         hints = get_type_hints(arch.options)
-        out[name] = []
         for f, opt in fields_with_options(arch.options):
             if f.name in TRAIN_FIELDS:
                 raise UmxError(f"architecture '{name}': its option --{f.name.replace('_', '-')} is umx-train's own")
-            other = seen.setdefault(f.name, (name, f.default, opt))
-            if other[1:] != (f.default, opt):
-                raise UmxError(f"architectures '{other[0]}' and '{name}' both declare --{f.name.replace('_', '-')}, "
-                               "differently")
-            out[name].append((f, opt, hints[f.name]))
+            known = out.setdefault(f.name, ArchitectureOption(f, opt, hints[f.name], []))
+            if known.hint != hints[f.name] or known.option.group != opt.group:
+                raise UmxError(f"architectures '{known.archs[0]}' and '{name}' both declare "
+                               f"--{f.name.replace('_', '-')}, differently")
+            known.archs.append(name)
     return out
 
 
+def own_fields(arch: str) -> list[str]:
+    """The option names of one architecture (none for open-unmix: its are umx-train's fields)."""
+    return [name for name, o in architecture_fields().items() if arch in o.archs]
+
+
 def architecture_options(f: Callable) -> Callable:
-    """The plugin architectures' option groups (one section each)."""
-    decorators, done = [], set()
-    for name, fields in plugin_fields().items():
-        for fld, opt, hint in fields:
-            if fld.name not in done:
-                done.add(fld.name)
-                decorators.append(field_option(fld, opt, hint, group=f"arch:{name}", unset=True))
+    """The architectures' option groups as click options (one help section per group)."""
+    decorators = []
+    for o in architecture_fields().values():
+        defaults = {a: registry.get(a).options.__dataclass_fields__[o.field.name].default for a in o.archs}
+        shown = ", ".join(f"{a} {_shown(d)}" for a, d in defaults.items()) if len(set(map(str, defaults.values()))) > 1 \
+            else _shown(next(iter(defaults.values())))
+        decorators.append(field_option(o.field, o.option, o.hint, unset=True, default_text=shown))
     return apply(*decorators)(f) if decorators else f
 
 
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def architecture_sections() -> tuple[tuple[str, str], ...]:
-    return tuple((f"arch:{name}", f"--arch {name} options") for name in plugin_fields())
+    groups: dict[str, list[str]] = {}
+    for o in architecture_fields().values():
+        archs = groups.setdefault(o.option.group, [])
+        archs.extend(a for a in o.archs if a not in archs)
+    return tuple((group, f"--arch {', '.join(archs)} options") for group, archs in groups.items())
 
 
 def train_options(f: Callable) -> Callable:
@@ -151,19 +173,50 @@ def train_options(f: Callable) -> Callable:
     )(f)
 
 
-def train_config(params: dict, shards: str) -> TrainConfig:
-    """The TrainConfig of a command's parsed values, training from `shards`: the chosen plugin
-    architecture's options in `arch_options`; one given to another architecture is refused."""
+def train_config(params: dict, shards: str, given_names: set[str] | None = None) -> TrainConfig:
+    """The TrainConfig of a command's parsed values, training from `shards`: the chosen architecture's
+    own options in `arch_options` (one given to another architecture is refused); with --config, an
+    MSST config file's values where `given_names` (the options given on the command line) has none."""
     arch = params.get("arch") or registry.DEFAULT
-    arch_options = None
-    for name, fields in plugin_fields().items():
-        given = {f.name: params[f.name] for f, _, _ in fields if params.get(f.name) is not None}
-        if name == arch:
-            arch_options = registry.get(name).options(**given)
-        else:
-            own = {f.name for f, _, _ in plugin_fields().get(arch, [])}
-            stray = [k for k in given if k not in own]
-            if stray:
-                raise UmxError(f"--{stray[0].replace('_', '-')} is an option of --arch {name}, not of --arch {arch}")
+    fields = architecture_fields()
+    given = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in params.items()
+             if k in fields and v is not None and v != ()}  # () : a list option not given
+    if params.get("config"):
+        params, given = _with_config(params, given, arch, given_names if given_names is not None else set(params))
+    stray = [k for k in given if arch not in fields[k].archs]
+    if stray:
+        owners = ", ".join(fields[stray[0]].archs)
+        raise UmxError(f"--{stray[0].replace('_', '-')} is an option of --arch {owners}, not of --arch {arch}")
+    arch_options = None if registry.get(arch).options_in_config else registry.get(arch).options(**given)
+    if arch_options is not None:
+        check_values(arch_options)
     return TrainConfig(**{**{k: v for k, v in params.items() if k in TRAIN_FIELDS}, "shards": shards,
                           "arch_options": arch_options})
+
+
+def given_options(params: dict) -> set[str]:
+    """The options of the running click command that were given (command line or environment), not
+    defaults: they override --config's values."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return {n for n in params if ctx.get_parameter_source(n) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+
+
+def _with_config(params: dict, given: dict, arch: str, given_names: set[str]) -> tuple[dict, dict]:
+    """--config's values under the command line's (msst_config.py)."""
+    from . import msst_config
+
+    chosen = registry.get(arch)
+    if chosen.options_in_config:
+        raise UmxError(f"--config {params['config']}: an MSST config file configures an architecture MSST trains "
+                       f"(--arch {', '.join(n for n in registry.names() if not registry.get(n).options_in_config)}), "
+                       f"not --arch {arch}")
+    hints = get_type_hints(chosen.options)
+    values = msst_config.read(params["config"], hints)
+    msst_config.print_warnings(values)
+    train, model = msst_config.merged(values, given, given_names, set(hints))
+    unknown = [k for k in train if k not in TRAIN_FIELDS]
+    if unknown:
+        raise UmxError(f"--config: {unknown[0]} is no umx-train option")  # (a mapping of msst_config's own)
+    return {**params, **train}, {**model, **given}

@@ -226,8 +226,10 @@ class EagerStep:
 
     def __init__(self, net: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
                  objective: Objective, bf16: bool = False, accumulate: int = 1, ema=None,
-                 names: Sequence[str] = (), prepare: Callable[..., tuple[Tensor, Tensor]] = _given):
+                 names: Sequence[str] = (), prepare: Callable[..., tuple[Tensor, Tensor]] = _given,
+                 clip: float = 0.0):
         self.net, self.objective, self.bf16 = net, objective, bf16
+        self.clip = clip  # --grad-clip: the gradients' global norm at most this (0: never)
         self.prepare = prepare
         self.optimizers = list(optimizers)
         self.ema, self.names = ema, list(names)  # --ema: the averages of these units follow each step
@@ -252,12 +254,20 @@ class EagerStep:
         (terms[-1] if self.accumulate == 1 else terms[-1] / self.accumulate).backward()
         self.pending += 1
         if update:
+            self.clip_gradients()
             for opt in self.optimizers:
                 opt.step()
             if self.ema is not None:
                 self.ema.update(self.names)
             self.pending = 0
         return terms.detach()
+
+    def clip_gradients(self) -> None:
+        """--grad-clip: every stepped parameter's gradient scaled to a global norm of at most `clip`
+        (on the device, no host sync: capturable)."""
+        if self.clip:
+            params = [p for o in self.optimizers for g in o.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.clip)
 
 
 class GraphStep(EagerStep):
@@ -271,8 +281,9 @@ class GraphStep(EagerStep):
     def __init__(self, net: Trainable, optimizers: Sequence[torch.optim.Optimizer],
                  objective: Objective, bf16: bool = False, capture: bool = True, warmup: int = 3,
                  warn: Callable[[str], None] | None = None, accumulate: int = 1, ema=None,
-                 names: Sequence[str] = (), prepare: Callable[..., tuple[Tensor, Tensor]] = _given):
-        super().__init__(net, optimizers, objective, bf16, accumulate, ema, names, prepare)
+                 names: Sequence[str] = (), prepare: Callable[..., tuple[Tensor, Tensor]] = _given,
+                 clip: float = 0.0):
+        super().__init__(net, optimizers, objective, bf16, accumulate, ema, names, prepare, clip)
         self.capture, self.warmup = capture, warmup
         self.warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -318,6 +329,7 @@ class GraphStep(EagerStep):
                 o.zero_grad(set_to_none=True)
             terms = self.terms(*self.prepare(*buffers))  # augmentation and mixing are captured too
             terms[-1].backward()
+            self.clip_gradients()
             for o in opts:
                 o.step()
             if self.ema is not None:  # the averages' update is captured with the step

@@ -535,7 +535,7 @@ def make_step(parts: Optimisation, cfg: TrainConfig, dist: distributed.Context, 
     optimizers = [parts.optimizers[u] for u in active]
     bf16 = cfg.precision == "bf16"
     parts.net = net
-    common = dict(bf16=bf16, accumulate=cfg.grad_accum, ema=parts.ema, names=active)
+    common = dict(bf16=bf16, accumulate=cfg.grad_accum, ema=parts.ema, names=active, clip=cfg.grad_clip)
     if parts.mixer is not None:  # the batch's augmentation and mixing run inside the step
         mine = {t for u in active for t in model.unit_targets[u]}
         common["prepare"] = parts.mixer.restricted([t for t in cfg.targets if t in mine])

@@ -141,7 +141,8 @@ class OpenUnmixArchitecture:
     def objective(self, model: OpenUnmixModel, options: OpenUnmixOptions):
         return make_objective(options.loss, model.encoder, options.mix_coef, options.combination)
 
-    def optimisers(self, model: OpenUnmixModel, settings: OptimiserSettings) -> dict[str, UnitOptimiser]:
+    def optimisers(self, model: OpenUnmixModel, options: OpenUnmixOptions,
+                   settings: OptimiserSettings) -> dict[str, UnitOptimiser]:
         """open-unmix's: Adam and ReduceLROnPlateau(cooldown=10) per target's network."""
         from ..optimisers import adam, plateau
 

@@ -149,7 +149,7 @@ class TinyMaskArchitecture:
     def objective(self, model, options):
         return L1()
 
-    def optimisers(self, model: TinyMaskModel, settings: OptimiserSettings) -> dict[str, UnitOptimiser]:
+    def optimisers(self, model: TinyMaskModel, options, settings: OptimiserSettings) -> dict[str, UnitOptimiser]:
         optimizer = adam(model.units[UNIT], settings, adamw=True)
         return {UNIT: UnitOptimiser(optimizer, plateau(optimizer, settings))}
 
