@@ -24,6 +24,7 @@ setup(
         "museval",
         "matplotlib",
         "click>=8.2",  # the command lines (Choice.normalize_choice is 8.2's)
+        "bs-roformer==1.2.4",  # BS-RoFormer and Mel-Band RoFormer (--arch); pulls no other torch
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist", "hypothesis", "moto[server]"],

@@ -20,7 +20,9 @@
 #      together at most 10 % of the step);
 #   6. fast BSSv4 on the GPU against museval (scripts/bench_bss.py --device cuda) and what --eval-every costs
 #      there, both --eval-separation modes (scripts/bench_valid_sdr.py --umxhq, 1 and 4 targets) (#18);
-#   7. umx-train for 3 short epochs with each step (loss curves, wall time), and its start to its first step.
+#   7. umx-train for 3 short epochs with each step (loss curves, wall time), and its start to its first step;
+#   8. umx-bench of every architecture of the model seam (#28, #29): open-unmix's 4 targets, BS-RoFormer and
+#      Mel-Band RoFormer at MSST's MUSDB18 sizes (bf16 autocast, MSST's chunk), the CUDA-graph step and eager.
 # Needs: the umx package importable (pip install -e ., or PYTHONPATH=.), openunmix 1.3.0 (--no-deps).
 set -uo pipefail
 work=${1:-bench-gpu}
@@ -123,6 +125,24 @@ $(printf '%q ' "${fix[@]}" "${model[@]}") --epochs 3 --samples-per-track ${spt:-
 --cuda-graph $graph --output $work/train-$graph && $py -c 'import json, sys; h = json.load(open(sys.argv[1])); \
 print({k: h[k] for k in (\"train_loss_history\", \"valid_loss_history\", \"train_time_history\")})' \
 $work/train-$graph/vocals.json"
+done
+
+if [[ "${QUICK:-0}" == 1 ]]; then
+  roformer=(--seq-dur 0.5 --batch-size 2 --dim 16 --depth 1 --heads 2 --dim-head 8 --stft-n-fft 512 --stft-hop-length 256
+            --stft-win-length 512 --chunk-size 22050); bands=(--freqs-per-bands $(printf '8 %.0s' {1..32}) 1); mel=(--num-bands 8)
+else
+  roformer=(--seq-dur 2.9837 --batch-size 4 --precision bf16); bands=(); mel=()  # 131584 samples: MSST's chunk
+fi
+arch_data=(--shards "$work/data/fix-shards" --targets vocals drums bass other --samples-per-track 64 --random-track-mix
+           --source-augmentations gain)
+for graph in auto off; do
+  step "umx-bench --arch openunmix, 4 targets, --cuda-graph $graph" $py -m umx.bench_cli "${arch_data[@]}" "${model[@]}" \
+    "${short[@]}" --nb-workers "$workers" --cuda-graph "$graph" --json
+  step "umx-bench --arch bs_roformer (MSST's MUSDB18 sizes), --cuda-graph $graph" $py -m umx.bench_cli "${arch_data[@]}" \
+    --arch bs_roformer "${roformer[@]}" "${bands[@]}" "${short[@]}" --nb-workers "$workers" --cuda-graph "$graph" --json
+  step "umx-bench --arch mel_band_roformer (MSST's MUSDB18 sizes), --cuda-graph $graph" $py -m umx.bench_cli \
+    "${arch_data[@]}" --arch mel_band_roformer "${roformer[@]}" "${mel[@]}" "${short[@]}" --nb-workers "$workers" \
+    --cuda-graph "$graph" --json
 done
 
 step "umx-train start to first step (prepared set; statistics from the manifest)" \

@@ -101,6 +101,29 @@ def test_our_loss_is_the_packages_and_msst_s():
         torch.testing.assert_close(ours[0], theirs, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["bs_roformer", "mel_band_roformer"])
+def test_msst_s_musdb18_config_builds_the_package_s_model(name):
+    """MSST's own MUSDB18 config, read by --config, builds the network the package builds from the same
+    values (the keys it has no argument for left out, MSST's architecture: one residual stream, zero_dc)."""
+    import bs_roformer
+
+    path = MSST / f"config_musdb18_{name}.yaml"
+    arch = registry.get(name)
+    values = msst_config.read(path, {f: None for f in arch.options.__dataclass_fields__})
+    assert values.train["targets"] == ["vocals"] and values.train["seq_dur"] == 131584 / 44100
+    options = arch.options(**values.model)
+    raw = msst_config.load(path)["model"]
+    cls = bs_roformer.BSRoformer if name == "bs_roformer" else bs_roformer.MelBandRoformer
+    accepted = set(__import__("inspect").signature(cls.__init__).parameters)
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in accepted}
+    given.update(num_residual_streams=1, zero_dc=True,
+                 **({"add_value_residual": False, "match_input_audio_length": True} if name != "bs_roformer" else {}))
+    with torch.device("meta"):
+        theirs = cls(**given).state_dict()
+        ours = arch.build(ModelSpec(("vocals",), 44100, 2), options, None).network.state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+
+
 CONFIG = """
 audio: {chunk_size: 11025, num_channels: 2, sample_rate: 44100, min_mean_abs: 0.001, dim_t: 256}
 model:
@@ -202,9 +225,10 @@ def test_bs_roformer_separates_evaluates_and_fine_tunes(trained_bs, shard_set, t
     one_line(capsys, "its options differ from this run's (dim)")
 
 
-def test_bs_roformer_resumes_mid_epoch_exactly(shard_set, tmp_path, monkeypatch, one_torch_thread):
+def test_bs_roformer_resumes_mid_epoch_exactly_with_ema_and_fp16(shard_set, tmp_path, monkeypatch, one_torch_thread):
+    """MSST's recipe: --ema and fp16 autocast with a GradScaler, whose state is in the checkpoint."""
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    args = dict(samples_per_track=3, epochs=1, targets=["vocals", "drums"])
+    args = dict(samples_per_track=3, epochs=1, targets=["vocals", "drums"], ema=0.9, precision="fp16")
     assert train_main(_cli(shard_set, whole, "bs_roformer", "--save-every", "2", **args)) == 0
     with interrupted(monkeypatch, (1, 5)):
         train_main(_cli(shard_set, cut, "bs_roformer", "--save-every", "2", **args))
@@ -213,6 +237,71 @@ def test_bs_roformer_resumes_mid_epoch_exactly(shard_set, tmp_path, monkeypatch,
     assert a["train_loss_history"] == b["train_loss_history"] and a["valid_loss_history"] == b["valid_loss_history"]
     wa, wb = (torch.load(p / "bs_roformer.pth", weights_only=True) for p in (whole, cut))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    ckpt = torch.load(cut / "bs_roformer.chkpnt", weights_only=True)
+    assert ckpt["scaler"]["_growth_tracker"] > 0 and set(ckpt["ema"]) == {"ema0.9"}
+
+
+def test_a_checkpoint_s_scaler_state_is_checked(shard_set, tmp_path, capsys):
+    out = tmp_path / "m"
+    args = dict(samples_per_track=1, epochs=1, targets=["vocals"], precision="fp16")
+    assert train_main(_cli(shard_set, out, "bs_roformer", **args)) == 0
+    ckpt = torch.load(out / "bs_roformer.chkpnt", weights_only=True)
+    torch.save({**ckpt, "scaler": {**ckpt["scaler"], "scale": float("inf")}}, out / "bs_roformer.chkpnt")
+    capsys.readouterr()
+    assert train_main(_cli(shard_set, tmp_path / "o", "bs_roformer", "--checkpoint", str(out),
+                           **{**args, "epochs": 2})) == 2
+    one_line(capsys, "bs_roformer.chkpnt: field 'scaler.scale' must be a finite number")
+
+
+def test_umx_forward_is_the_package_s(shard_set):
+    """The architecture's forward is the package's network called directly (same weights, same input)."""
+    torch.manual_seed(0)
+    for name in ("bs_roformer", "mel_band_roformer"):
+        model = registry.get(name).build(ModelSpec(("vocals", "drums"), 44100, 2), _options(name), None).eval()
+        x = torch.randn(1, 2, 256 * 16)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), model.network(x), rtol=0, atol=0)
+
+
+def test_overlap_add_of_a_short_track_is_one_forward_and_weights_sum_to_one():
+    from umx.models.chunked import layout, overlap_add, weight_sums
+
+    model = registry.get("bs_roformer").build(ModelSpec(("vocals", "drums"), 44100, 2), _options("bs_roformer"),
+                                              None).eval()
+    x = torch.randn(2, 256 * 30)
+    run = lambda chunks: model(chunks)  # noqa: E731
+    with torch.no_grad():
+        torch.testing.assert_close(overlap_add(run, x, chunk=256 * 30), model(x[None])[0], rtol=0, atol=0)
+    for length, chunk, overlap in [(10_000, 1024, 4), (44_100, 4096, 2), (5000, 333, 1), (131_584 * 3 + 7, 131_584, 4)]:
+        sums = weight_sums(length, chunk, overlap)
+        border, windows = layout(length, chunk, overlap)
+        assert (sums > 0).all()
+        normalised = torch.zeros_like(sums)
+        for start, window in windows:
+            normalised[start:start + len(window)] += window / sums[start:start + len(window)]
+        torch.testing.assert_close(normalised, torch.ones_like(sums))
+
+
+def test_two_gloo_ranks_then_one(shard_set, tmp_path):
+    """BS-RoFormer under torchrun (gloo): killed mid-epoch on two ranks, continued on one."""
+    import os
+
+    env = dict(os.environ, UMX_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    out = tmp_path / "m"
+    args = _cli(shard_set, out, "bs_roformer", "--save-every", "1", samples_per_track=4, epochs=1,
+                targets=["vocals", "drums"])
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    killed = [str(Path(__file__).parent / "killed_at.py"), "1", "2"]
+    r = subprocess.run([*run, "--nproc-per-node=2", *killed, *args], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode != 0
+    position = torch.load(out / "bs_roformer.chkpnt", weights_only=True)["umx"]["position"]
+    assert (position["epoch"], position["step"], position["world"]) == (1, 2, 2)
+    r = subprocess.run([*run, "--nproc-per-node=1", "-m", "umx.train", *args, "--resume", "auto"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "bs_roformer.json").read_text())
+    assert res["epochs_trained"] == 1 and (out / "bs_roformer.pth").is_file()
 
 
 def test_mel_band_roformer_trains_and_separates(shard_set, tmp_path):

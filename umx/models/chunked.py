@@ -3,10 +3,15 @@
 A chunked model (a waveform or band-split network trained on crops) separates a whole track chunk
 by chunk: windows of `chunk` samples every `chunk // overlap` samples, each estimate weighted by a
 fade window (linear fades of `chunk // 10` samples, none at the track's own ends), summed and
-divided by the summed weights. The track is reflect-padded by the windows' overlap at each end, so
-its first and last samples are estimated in the middle of a window, and the last window is padded
-with zeros. Chunks run in batches of `batch`, so memory is the output plus one batch of chunks,
-whatever the track's length.
+divided by the summed weights, so the weights of every sample add up to one. The track is
+reflect-padded by the windows' overlap at each end, so its first and last samples are estimated
+inside a window, and the last window is padded with zeros. Chunks run in batches of `batch`, so
+memory is the output plus one batch of chunks, whatever the track's length. A track no longer than
+one chunk is one forward pass of the whole track.
+
+Where this differs from MSST's demix: the fades are decided per chunk (MSST decides them per batch
+of chunks, so its batch size changes its output), and a last chunk is padded with zeros (MSST pads it
+by reflection when it is over half a chunk).
 """
 
 from __future__ import annotations
@@ -33,6 +38,27 @@ def fade_window(chunk: int, fade_in: bool, fade_out: bool, device: torch.device 
     return window
 
 
+def layout(length: int, chunk: int, overlap: int) -> tuple[int, list[tuple[int, Tensor]]]:
+    """The padding at each end and every window: (its start in the padded track, its weights)."""
+    step = max(1, chunk // overlap)
+    border = chunk - step
+    total = length + 2 * border
+    windows = []
+    for start in range(0, max(total - border, 1), step):
+        n = min(chunk, total - start)
+        windows.append((start, fade_window(chunk, border > 0 and start > 0, border > 0 and start + chunk < total)[:n]))
+    return border, windows
+
+
+def weight_sums(length: int, chunk: int, overlap: int) -> Tensor:
+    """Every padded sample's summed window weights (what overlap_add divides by): never zero."""
+    border, windows = layout(length, chunk, overlap)
+    total = torch.zeros(length + 2 * border)
+    for start, window in windows:
+        total[start:start + len(window)] += window
+    return total
+
+
 @torch.no_grad()
 def overlap_add(separate: Callable[[Tensor], Tensor], audio: Tensor, chunk: int, overlap: int = 4,
                 batch: int = 4) -> Tensor:
@@ -41,23 +67,22 @@ def overlap_add(separate: Callable[[Tensor], Tensor], audio: Tensor, chunk: int,
     if chunk < 1 or overlap < 1 or batch < 1:
         raise ValueError(f"chunk, overlap and batch must be >= 1, got {chunk}, {overlap}, {batch}")
     channels, length = audio.shape
-    step = max(1, chunk // overlap)
-    border = chunk - step
+    if length <= chunk:
+        return separate(audio[None])[0]
+    border, windows = layout(length, chunk, overlap)
     mode = "reflect" if length > border else "constant"  # reflect needs more samples than it pads
     padded = F.pad(audio[None], (border, border), mode=mode)[0] if border else audio
     total = padded.shape[-1]
-    starts = list(range(0, max(total - border, 1), step))
     out: Tensor | None = None
     weight = torch.zeros(total, device=audio.device)
-    for first in range(0, len(starts), batch):
-        group = starts[first:first + batch]
-        pieces = torch.stack([F.pad(padded[:, s:s + chunk], (0, max(0, s + chunk - total))) for s in group])
+    for first in range(0, len(windows), batch):
+        group = windows[first:first + batch]
+        pieces = torch.stack([F.pad(padded[:, s:s + chunk], (0, max(0, s + chunk - total))) for s, _ in group])
         estimates = separate(pieces)  # [n, sources, channels, chunk]
         if out is None:
             out = estimates.new_zeros((estimates.shape[1], channels, total))
-        for k, s in enumerate(group):
-            n = min(chunk, total - s)
-            window = fade_window(chunk, border > 0 and s > 0, border > 0 and s + chunk < total, audio.device)[:n]
-            out[..., s:s + n] += estimates[k, ..., :n] * window
-            weight[s:s + n] += window
+        for k, (s, window) in enumerate(group):
+            window = window.to(audio.device)
+            out[..., s:s + len(window)] += estimates[k, ..., :len(window)] * window
+            weight[s:s + len(window)] += window
     return (out / weight.clamp_min(1e-8))[..., border:border + length]

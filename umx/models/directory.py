@@ -14,6 +14,7 @@ from ..errors import UmxError
 from ..json_input import parse_object
 
 SEPARATOR_JSON = "separator.json"  # open-unmix's: the STFT, rate and channels every target shares
+ARCHITECTURE_KEY = "architecture"  # separator.json's key naming the architecture (absent: open-unmix)
 BRIDGED_WEIGHTS = "xumx.pth"  # a bridged model's weights, every target's: not `<target>*.pth`, which openunmix globs
 MAX_JSON_BYTES = 64 * 2**20  # histories of very long runs stay far below
 

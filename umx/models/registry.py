@@ -24,7 +24,7 @@ import torch
 
 from ..errors import UmxError
 from ..names import safe_name
-from .directory import SEPARATOR_JSON, read_json
+from .directory import ARCHITECTURE_KEY, SEPARATOR_JSON, read_json
 from .protocol import Architecture, Separation, SeparationOptions
 
 GROUP = "umx.architectures"
@@ -32,7 +32,6 @@ DEFAULT = "openunmix"
 BUILTIN = {DEFAULT: ("umx.models.openunmix", "ARCHITECTURE"),  # name → (module, attribute): umx's own
            "bs_roformer": ("umx.models.roformer", "BS_ROFORMER"),
            "mel_band_roformer": ("umx.models.roformer", "MEL_BAND_ROFORMER")}
-ARCHITECTURE_KEY = "architecture"  # separator.json's key naming a model directory's architecture
 
 
 @lru_cache(maxsize=1)

@@ -37,7 +37,7 @@ from .outputs import checkpoint_bytes, load_checkpoints
 from .slots import Slots, make_slots
 from .state import Bounds, RunState, StateError, TargetState
 from .scoring import check_selectable
-from .step import checked_optimizer_state, checked_scheduler_state, settle_lr
+from .step import checked_optimizer_state, checked_scaler_state, checked_scheduler_state, settle_lr
 from .streams import SourceFileStream, TrainStream, choose_plan
 from .trainer import Mixer, ModelKind, Optimisation, Trainer, TrainData, make_step
 from .validation import ValidItem, load_validation
@@ -269,18 +269,19 @@ def build_optimisation(cfg: TrainConfig, kind: ModelKind, model: Trainable, dist
     optimizers = {u: d.optimizer for u, d in declared.items()}
     schedulers = {u: d.scheduler for u, d in declared.items()}
     ema = EMA(model, cfg.ema) if cfg.ema else None
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     units = list(model.units)
     state = RunState(targets={u: TargetState() for u in units})
     if cfg.checkpoint:
-        state = resume(cfg, model, optimizers, schedulers, ema, bounds)
+        state = resume(cfg, model, optimizers, schedulers, ema, bounds, scaler)
     objective = kind.arch.objective(model, kind.options)
-    parts = Optimisation(model, model, optimizers, schedulers, None, objective, graph, ema, mixer)
+    parts = Optimisation(model, model, optimizers, schedulers, None, objective, graph, ema, mixer, scaler)
     make_step(parts, cfg, dist, device, state.active(units))
     return parts, state
 
 
 def resume(cfg: TrainConfig, model: Trainable, optimizers: dict, schedulers: dict, ema: EMA | None = None,
-           bounds: Bounds | None = None) -> RunState:
+           bounds: Bounds | None = None, scaler: "torch.amp.GradScaler | None" = None) -> RunState:
     """Every unit's network, optimizer, scheduler (and --ema averages) from `--checkpoint`, and the
     run state to continue. Each part is checked against this run's own (the optimizer's moments
     against its parameters, …) before it is loaded; only --output is ever written (an interrupted
@@ -308,6 +309,11 @@ def resume(cfg: TrainConfig, model: Trainable, optimizers: dict, schedulers: dic
         optimizers[unit].load_state_dict(optimizer)
         schedulers[unit].load_state_dict(scheduler)
         settle_lr(optimizers[unit])
+        if scaler is not None:  # one scaler for the run: every unit's file holds its state
+            try:
+                scaler.load_state_dict(checked_scaler_state(ckpt.scaler))
+            except StateError as e:
+                raise UmxError(f"{path}: field '{e.name}' {e.problem} (--precision fp16)") from None
         if ema is not None:
             try:
                 ema.load_target_state(unit, ckpt.ema)
@@ -332,7 +338,8 @@ def graph_step_wanted(cfg: TrainConfig, dist: distributed.Context, device: torch
     shapes); on: the graph step everywhere (on CPU uncaptured, the same code); off: eager."""
     if cfg.cuda_graph == "off":
         return False
-    reason = ("under torchrun/DDP" if dist.active else
+    reason = ("with --precision fp16 (the GradScaler decides on the host whether a step is taken)"
+              if cfg.precision == "fp16" else "under torchrun/DDP" if dist.active else
               "with whole-track batches (--seq-dur 0: every batch has another shape)" if seq_len is None else
               "with --grad-accum > 1 (accumulating and stepping batches would need two graphs)"
               if cfg.grad_accum > 1 else None)

@@ -27,7 +27,7 @@ from ..option_table import Option, check_values, fields_with_options, option
 from ..shards import manifest as mf
 from ..shards.cache import DEFAULT_CACHE_GIB
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 MODES = ("auto", "on", "off")  # --cuda-graph, --device-cache
 SELECT_BY = ("loss", "sdr")  # --select-by
 EVAL_SEPARATIONS = ("fast", "exact")  # --eval-separation: see scoring.SEPARATIONS
@@ -124,7 +124,8 @@ class TrainConfig:
                                 "shard set and options; else an error), or start it; never: start fresh "
                                 "(default: auto when torchrun restarted the group, else never)", "run",
                                 choices=RESUME)
-    precision: str = option("fp32", "fp32 (exact), tf32 matmuls on GPUs, or bf16 autocast", "training",
+    precision: str = option("fp32", "fp32 (exact), tf32 matmuls on GPUs, bf16 autocast, or fp16 autocast with a "
+                            "GradScaler (MSST's use_amp; its state is in the checkpoint)", "training",
                             choices=PRECISIONS)
     cuda_graph: str = option("auto", "capture the training step as one CUDA graph: auto (on one GPU with fixed "
                              "shapes), on (also runs that step, uncaptured, on CPU), off (open-unmix's eager step)",

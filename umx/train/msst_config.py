@@ -144,9 +144,7 @@ def read(path: str | Path, model_fields: dict[str, type]) -> ConfigValues:
                 out.train["ema"] = [float(value)]
         elif key == "use_amp":
             if value:
-                out.train["precision"] = "bf16"
-                warn("training.use_amp", "runs as --precision bf16 (umx's autocast; fp16 with a GradScaler is "
-                     "not implemented)")
+                out.train["precision"] = "fp16"  # autocast with a GradScaler, as MSST's
         elif key == "optimizer":
             out.model["optimizer"] = value
         elif key in TRAINING_UNUSED:

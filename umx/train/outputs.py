@@ -39,6 +39,7 @@ class Checkpoint:
     payload: dict | None
     ema: dict | None = None  # --ema: label → the target's averaged state dict
     path: Path | None = None  # the file it was read from
+    scaler: dict | None = None  # --precision fp16: the GradScaler's state
 
 
 @dataclass
@@ -49,6 +50,7 @@ class TargetParts:
     optimizer: torch.optim.Optimizer
     scheduler: object
     ema: dict | None = None  # --ema: label → averaged state dict
+    scaler: dict | None = None  # --precision fp16: the GradScaler's state
 
 
 NEXT = ".next"  # a checkpoint written, not yet in place (see save_checkpoints)
@@ -64,7 +66,7 @@ def checkpoint_objects(parts: dict[str, TargetParts], state: RunState) -> dict[s
         out[target] = _detached({"epoch": state.progress.epoch, "state_dict": p.model.state_dict(),
                                  "best_loss": payload["best_loss"], "optimizer": optimizer_state(p.optimizer),
                                  "scheduler": p.scheduler.state_dict(), "umx": payload,
-                                 **({"ema": p.ema} if p.ema else {})})
+                                 **({"ema": p.ema} if p.ema else {}), **({"scaler": p.scaler} if p.scaler else {})})
     return out
 
 
@@ -226,10 +228,11 @@ def _load_one(path: Path, target: str, max_bytes: int | None = None) -> Checkpoi
     missing = [k for k in ("state_dict", "optimizer", "scheduler") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise UmxError(f"{path}: not a training checkpoint (no {', '.join(missing)})")
-    for key in ("state_dict", "optimizer", "scheduler", "umx", "ema"):
-        if key in ckpt and not isinstance(ckpt[key], dict) and not (key in ("umx", "ema") and ckpt[key] is None):
+    for key in ("state_dict", "optimizer", "scheduler", "umx", "ema", "scaler"):
+        if key in ckpt and not isinstance(ckpt[key], dict) and not (key in ("umx", "ema", "scaler") and ckpt[key] is None):
             raise UmxError(f"{path}: field '{key}' must be a mapping, not {type(ckpt[key]).__name__}")
-    return Checkpoint(ckpt["state_dict"], ckpt["optimizer"], ckpt["scheduler"], ckpt.get("umx"), ckpt.get("ema"), path)
+    return Checkpoint(ckpt["state_dict"], ckpt["optimizer"], ckpt["scheduler"], ckpt.get("umx"), ckpt.get("ema"), path,
+                      ckpt.get("scaler"))
 
 
 def append_to(path: Path):

@@ -211,6 +211,22 @@ def checked_scheduler_state(saved: Any, scheduler: torch.optim.lr_scheduler.Redu
     return out
 
 
+def checked_scaler_state(saved: Any) -> dict:
+    """A checkpoint's GradScaler state (--precision fp16), field by field: the scale finite and > 0,
+    growth > 1, backoff in (0, 1), the interval and the tracker whole numbers."""
+    if not isinstance(saved, dict):
+        raise StateError("scaler", "must be a mapping (a checkpoint of --precision fp16)")
+    checks = {"scale": lambda v, n: _real(v, n, 1e-30), "growth_factor": lambda v, n: _real(v, n, 1.0 + 1e-9),
+              "backoff_factor": _factor, "growth_interval": _count, "_growth_tracker": _count}
+    for key, check in checks.items():
+        if key not in saved:
+            raise StateError(f"scaler.{key}", "is missing")
+        check(saved[key], f"scaler.{key}")
+    if saved["growth_interval"] < 1:
+        raise StateError("scaler.growth_interval", "must be >= 1")
+    return {k: saved[k] for k in checks}
+
+
 def _given(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return x, y
 
@@ -227,9 +243,10 @@ class EagerStep:
     def __init__(self, net: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
                  objective: Objective, bf16: bool = False, accumulate: int = 1, ema=None,
                  names: Sequence[str] = (), prepare: Callable[..., tuple[Tensor, Tensor]] = _given,
-                 clip: float = 0.0):
+                 clip: float = 0.0, scaler: "torch.amp.GradScaler | None" = None):
         self.net, self.objective, self.bf16 = net, objective, bf16
         self.clip = clip  # --grad-clip: the gradients' global norm at most this (0: never)
+        self.scaler = scaler  # --precision fp16: the loss scaled, steps with infinite gradients skipped
         self.prepare = prepare
         self.optimizers = list(optimizers)
         self.ema, self.names = ema, list(names)  # --ema: the averages of these units follow each step
@@ -237,7 +254,9 @@ class EagerStep:
 
     def terms(self, x: Tensor, y: Tensor, seed: int | None = None) -> Tensor:
         """The objective's row: each unit's loss term, then the objective."""
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+        dtype = torch.float16 if self.scaler is not None else torch.bfloat16
+        with torch.autocast(x.device.type, dtype=dtype, enabled=self.bf16 or self.scaler is not None,
+                            cache_enabled=False):
             return self.objective(self.net(x, seed), y, x)
 
     def __call__(self, *inputs: Tensor, seed: int, update: bool = True) -> Tensor:
@@ -251,12 +270,18 @@ class EagerStep:
                 opt.zero_grad()
         x, y = self.prepare(*inputs)
         terms = self.terms(x, y, seed)
-        (terms[-1] if self.accumulate == 1 else terms[-1] / self.accumulate).backward()
+        loss = terms[-1] if self.accumulate == 1 else terms[-1] / self.accumulate
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         self.pending += 1
         if update:
+            if self.scaler is not None:
+                for opt in self.optimizers:
+                    self.scaler.unscale_(opt)  # the clip and the optimizer see the true gradients
             self.clip_gradients()
             for opt in self.optimizers:
-                opt.step()
+                opt.step() if self.scaler is None else self.scaler.step(opt)
+            if self.scaler is not None:
+                self.scaler.update()
             if self.ema is not None:
                 self.ema.update(self.names)
             self.pending = 0

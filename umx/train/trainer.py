@@ -110,6 +110,7 @@ class Optimisation:
     graph: bool  # the step is the CUDA-graph step
     ema: EMA | None = None  # --ema: moving averages of the weights
     mixer: Mixer | None = None  # the batch preparation inside the step (all targets; make_step restricts it)
+    scaler: "torch.amp.GradScaler | None" = None  # --precision fp16
 
 
 @dataclass
@@ -302,7 +303,8 @@ class Trainer:
             x, y = mix_and_target(wav, targets=targets)
             if item.mixture is not None:  # the real mixture (musdb) or the stored input (aligned)
                 x = item.mixture.to(self.device).float()[None] / 32768.0
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            with torch.autocast(self.device.type, dtype=torch.float16 if self.cfg.precision == "fp16" else torch.bfloat16,
+                                enabled=self.cfg.precision in ("bf16", "fp16")):
                 estimates = net(x)
                 terms = self.parts.objective(estimates, y, x)
             totals = [a + b for a, b in zip(totals, terms.tolist())]
@@ -443,8 +445,9 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         if self.dist.is_main:
             p = self.parts
+            scaler = p.scaler.state_dict() if p.scaler is not None else None
             self.writer.save(self.out, {u: TargetParts(self.model.units[u], p.optimizers[u], p.schedulers[u],
-                                                       p.ema.target_state(u) if p.ema else None)
+                                                       p.ema.target_state(u) if p.ema else None, scaler)
                                         for u in self.units}, self.state)
 
     def _save(self, best: dict[str, bool]) -> None:
@@ -536,6 +539,8 @@ def make_step(parts: Optimisation, cfg: TrainConfig, dist: distributed.Context, 
     bf16 = cfg.precision == "bf16"
     parts.net = net
     common = dict(bf16=bf16, accumulate=cfg.grad_accum, ema=parts.ema, names=active, clip=cfg.grad_clip)
+    if parts.scaler is not None:  # (never the graph step: see build.graph_step_wanted)
+        common["scaler"] = parts.scaler
     if parts.mixer is not None:  # the batch's augmentation and mixing run inside the step
         mine = {t for u in active for t in model.unit_targets[u]}
         common["prepare"] = parts.mixer.restricted([t for t in cfg.targets if t in mine])

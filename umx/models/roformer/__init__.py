@@ -28,14 +28,12 @@ from ...names import safe_name
 from ...option_table import check_values
 from ...shards.storage import write_json
 from ..chunked import overlap_add
-from ..directory import SEPARATOR_JSON, read_json
+from ..directory import ARCHITECTURE_KEY, SEPARATOR_JSON, read_json
 from ..optimisers import adam, plateau
 from ..protocol import ModelSpec, OptimiserSettings, SeparationOptions, UnitOptimiser
 from ..weights import MAX_ELEMENT_BYTES, PICKLE_SLACK, check_stored, read_weights, save_torch
 from .loss import MultiResolutionLoss
 from .options import BSRoformerOptions, MelBandRoformerOptions
-
-ARCHITECTURE_KEY = "architecture"  # (models.registry's: not imported, the registry imports this module)
 
 
 def build_network(kind: str, spec: ModelSpec, options: Any) -> nn.Module:

@@ -21,10 +21,9 @@ from torch import Tensor, nn
 
 from umx.errors import UmxError
 from umx.models.chunked import overlap_add
-from umx.models.directory import SEPARATOR_JSON, read_json
+from umx.models.directory import ARCHITECTURE_KEY, SEPARATOR_JSON, read_json
 from umx.models.optimisers import adam, plateau
 from umx.models.protocol import ModelSpec, OptimiserSettings, SeparationOptions, UnitOptimiser
-from umx.models.registry import ARCHITECTURE_KEY
 from umx.models.weights import MAX_ELEMENT_BYTES, PICKLE_SLACK, check_stored, read_weights, save_torch
 from umx.names import safe_name
 from umx.option_table import check_values, option
