@@ -47,16 +47,23 @@ def test_aligned_example(tmp_path, capsys):
     assert (out / "vocals.pth").is_file()
 
 
-def test_sourcefolder_example(tmp_path, capsys):
+def test_sourcefolder_example(tmp_path, capsys, monkeypatch):
+    """The spec's command prepares its folder and trains with its options (the 1000 samples' epoch is
+    not run here: sourcefolder training is in the golden record)."""
     root = synth.write_layout("sourcefolder", tmp_path / "data", n_train=2, n_valid=1, duration=3.0, ext=".ogg")
     for split in ("train", "valid"):
         (root / split / "bass").rename(root / split / "car_noise")
         (root / split / "drums").rename(root / split / "wind_noise")
-    out, _ = _run(tmp_path, ["--dataset", "sourcefolder", "--root", str(root), "--target-dir", "vocals",
-                             "--interferer-dirs", "car_noise", "wind_noise", "--ext", ".ogg",
-                             "--nb-train-samples", "1000"], capsys)
-    res = json.loads((out / "vocals.json").read_text())
-    assert res["args"]["nb_train_samples"] == 1000
+    from umx.train import build
+
+    seen = {}
+    monkeypatch.setattr(build, "train", lambda cfg: seen.update(trainer=build.build_trainer(cfg)))
+    _run(tmp_path, ["--dataset", "sourcefolder", "--root", str(root), "--target-dir", "vocals",
+                    "--interferer-dirs", "car_noise", "wind_noise", "--ext", ".ogg", "--nb-train-samples", "1000", "--debug"],
+         capsys)
+    trainer = seen["trainer"]
+    assert trainer.cfg.nb_train_samples == 1000 and trainer.stream.samples_per_epoch() == 1000
+    assert trainer.manifest.layout == "sourcefolder" and list(trainer.manifest.sources)[1:] == ["car_noise", "wind_noise"]
 
 
 def test_trackfolder_fix_example(tmp_path, capsys):

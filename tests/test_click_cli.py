@@ -34,7 +34,8 @@ SPEC_OPTIONS = sorted({"--dataset", "--root", "--is-wav", "--samples-per-track",
 # options added after argparse was removed: the record cannot hold them; their defaults keep the old behaviour
 ADDED_SINCE = {"targets": None, "loss": "independent", "mix_coef": 10.0, "combination": False, "bridge": False,
                "eval_every": 0, "eval_separation": "fast", "select_by": "loss", "metrics": (), "grad_accum": 1, "ema": None,
-               "resume": None, "dist_timeout": 600.0, "data_timeout": 600.0, "sampling": "auto", "arch": "openunmix"}
+               "resume": None, "dist_timeout": 600.0, "data_timeout": 600.0, "sampling": "auto", "arch": "openunmix",
+               "config": None, "grad_clip": 0.0, "epoch_steps": None, "min_mean_abs": 0.0}
 # installed plugin architectures' options: None where not given (their defaults are theirs)
 ADDED_SINCE.update({name: None for name in architecture_fields()})
 
@@ -102,7 +103,7 @@ def test_help_is_grouped_and_lists_every_option(name, capsys):
     if name in ("train", "bench"):
         for flag in SPEC_OPTIONS:
             assert flag in text, flag
-        assert "[default: 1000; 1<=x<=1000000]" in text and "[fp32|tf32|bf16]" in text  # defaults, ranges, choices
+        assert "[default: 1000; 1<=x<=1000000]" in text and "[fp32|tf32|bf16|fp16]" in text  # defaults, ranges, choices
 
 
 def test_help_defaults_come_from_the_table(capsys):

@@ -473,6 +473,22 @@ class Augment(nn.Module):
         return wav
 
 
+def replace_quiet(pcm: Tensor, floor: float, sources: int) -> Tensor:
+    """MSST's quiet-crop rejection (`min_mean_abs`), on the device: a crop any of whose first `sources`
+    slots has a mean absolute value below `floor` (of full scale, measured before the augmentations, as
+    MSST measures the raw chunk) is replaced by one of the batch's crops that has none, in turn; a batch
+    of only quiet crops stays as it is. No host sync: the CUDA graph captures it."""
+    level = pcm[:, :sources].abs().float().mean((-1, -2)) / INT16_SCALE  # [batch, sources]
+    loud = (level >= floor).all(1)
+    quiet = ~loud
+    order = torch.argsort(quiet.to(torch.int8), stable=True)  # the loud crops first, in batch order
+    rank = torch.cumsum(quiet.to(torch.int64), 0) - 1  # each quiet crop's place among the quiet ones
+    taken = order[torch.remainder(rank.clamp_min(0), loud.sum().clamp_min(1))]
+    positions = torch.arange(pcm.shape[0], device=pcm.device)
+    source = torch.where(loud | ~loud.any(), positions, taken)
+    return pcm[source]
+
+
 def mix_and_target(wav: Tensor, input_slot: bool = False, complement: bool = False,
                    targets: Sequence[TargetSlot] | None = None) -> tuple[Tensor, Tensor]:
     """`[batch, slots, channels, time]` → (model input x, target y).

@@ -77,7 +77,7 @@ def build_trainer(config: TrainConfig, dist: distributed.Context | None = None,
     model = build_model(cfg, kind, manifest, data.reader, device, quiet=cfg.quiet or not dist.is_main)
     add_metrics(data.valid_io, data.reader.take_metrics())  # (a statistics pass, if any) not an epoch's
     mixer = Mixer(augment, data.slots.input_slot, tuple(data.slots.target_slots),
-                  data.out_len if augment.changes_length else None)
+                  data.out_len if augment.changes_length else None, cfg.min_mean_abs)
     parts, state = build_optimisation(cfg, kind, model, dist, device, data.seq_len, mixer,
                                       resume_bounds(cfg, kind, data.stream, dist))
     fingerprint = run_fingerprint(cfg, manifest)

@@ -160,6 +160,9 @@ class TrainConfig:
                            "of the shards it streams (resumes exactly only on the same topology; aligned tracks only: "
                            "source files are always global); auto: global unless the shards are remote and larger "
                            "than --cache-size", "data", choices=SAMPLING)
+    min_mean_abs: float = option(0.0, "MSST's quiet-crop rejection (audio.min_mean_abs): a crop any of whose "
+                                 "sources has a mean absolute value below this (of full scale) is replaced, on the "
+                                 "device, by another crop of its batch; 0: off", "data", low=0, high=1)
     pool_size: int = option(8, "tracks each worker holds for random crops (--sampling pool)", "data", low=1,
                             high=10**5)
 

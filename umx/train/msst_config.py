@@ -43,7 +43,7 @@ class ConfigValues:
 # MSST model keys the bs-roformer package has no argument for, and the value with which umx's
 # network is the same: other values cannot be honoured
 MODEL_FIXED = {"linear_transformer_depth": 0, "mlp_expansion_factor": 4, "stereo": True}
-MODEL_UNHONOURED = {"use_torch_checkpoint": False, "skip_connection": False}
+MODEL_UNHONOURED = {"skip_connection": False}
 MODEL_UNUSED = ("dim_freqs_in",)  # read by neither MSST's network nor the package's
 AUDIO_UNUSED = ("n_fft", "hop_length", "dim_f", "dim_t")  # MSST's other models' STFT, not RoFormers'
 TRAINING_UNUSED = ("q", "coarse_loss_clip", "other_fix")  # not used for RoFormers by MSST either
@@ -106,8 +106,7 @@ def read(path: str | Path, model_fields: dict[str, type]) -> ConfigValues:
             if value != 2:
                 raise UmxError(f"{where}: audio.num_channels {value!r}: RoFormers are trained stereo")
         elif key == "min_mean_abs":
-            if value:
-                warn("audio.min_mean_abs", "(quiet-crop rejection) is not honoured: every crop trains")
+            out.train["min_mean_abs"] = float(value)
         elif key in AUDIO_UNUSED:
             warn(f"audio.{key}", "is used by MSST's other models, not by RoFormers (not honoured)")
         else:

@@ -40,7 +40,7 @@ from ..models.protocol import Architecture, ModelSpec, Objective, Trainable
 from ..shards import manifest as mf
 from ..shards.reader import ShardReader, add_metrics
 from . import distributed, sampling
-from .augment import Augment, mix_and_target
+from .augment import Augment, mix_and_target, replace_quiet
 from .config import TrainConfig
 from .ema import EMA, label
 from .outputs import CheckpointWriter, TargetParts, append_to, write_results
@@ -78,8 +78,11 @@ class Mixer:
     input_slot: bool
     targets: tuple  # slots.TargetSlot of the targets trained
     out_len: int | None  # the crops' length after the augmentations (None: what they deliver)
+    min_mean_abs: float = 0.0  # --min-mean-abs: quiet crops replaced first (augment.replace_quiet)
 
     def __call__(self, pcm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.min_mean_abs:
+            pcm = replace_quiet(pcm, self.min_mean_abs, pcm.shape[1] - self.input_slot)
         return mix_and_target(self.augment(pcm, None, self.out_len), self.input_slot, targets=self.targets)
 
     def restricted(self, names: list[str]) -> "Mixer":

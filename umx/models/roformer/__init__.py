@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from ...errors import UmxError
@@ -56,9 +57,31 @@ def build_network(kind: str, spec: ModelSpec, options: Any) -> nn.Module:
     with warnings.catch_warnings():  # the package's constructor counts bins with a window-less STFT
         warnings.filterwarnings("ignore", message="A window was not provided")
         if kind == "bs_roformer":
-            return BSRoformer(**common, freqs_per_bands=tuple(options.freqs_per_bands))
-        return MelBandRoformer(**common, num_bands=options.num_bands, sample_rate=spec.sample_rate,
-                               linear_transformer_depth=0, add_value_residual=False, match_input_audio_length=True)
+            network = BSRoformer(**common, freqs_per_bands=tuple(options.freqs_per_bands))
+        else:
+            network = MelBandRoformer(**common, num_bands=options.num_bands, sample_rate=spec.sample_rate,
+                                      linear_transformer_depth=0, add_value_residual=False,
+                                      match_input_audio_length=True)
+    if options.use_torch_checkpoint:
+        for block in network.layers:  # each block: its (linear,) time and frequency transformers
+            for transformer in block:
+                if transformer is not None:
+                    checkpointed(transformer)
+    return network
+
+
+def checkpointed(module: nn.Module) -> None:
+    """`module` recomputes its activations in the backward pass (torch.utils.checkpoint, the RNG
+    state kept: the same dropout) instead of keeping them: MSST's use_torch_checkpoint, for memory.
+    Its parameters and their names stay its own."""
+    forward = module.forward
+
+    def run(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    module.forward = run
 
 
 class RoformerModel(nn.Module):

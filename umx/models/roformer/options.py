@@ -45,6 +45,8 @@ def _common(depth: int, mask_estimator_depth: int):
                                                    high=2**16),
         multi_stft_hop_size=option(147, "the STFT loss's hop", GROUP, low=1, high=2**16),
         multi_stft_normalized=option(False, "normalised STFTs in the STFT loss", GROUP),
+        use_torch_checkpoint=option(False, "activation checkpointing of the transformers (torch.utils.checkpoint): "
+                                    "less memory, one more forward per step", GROUP),
         optimizer=option("adam", "MSST's training.optimizer: adam or adamw (with --weight-decay)", GROUP,
                          choices=OPTIMIZERS),
         chunk_size=option(131584, "inference: chunk length in samples (MSST's audio.chunk_size)", GROUP, low=16,
