@@ -49,6 +49,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--arch", nargs="+", default=list(SMALL))
     p.add_argument("--json", action="store_true")
+    p.add_argument("--reuse", action="store_true", help="keep the models already trained in --work")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
@@ -60,8 +61,12 @@ def main() -> int:
         rows = {}
         for arch in args.arch:
             out = work / arch
-            train_s = run(["umx.train", "--shards", str(shards), "--output", str(out), "--arch", arch,
-                           "--epochs", str(args.epochs), *DATA, *SMALL[arch]])
+            reused = args.reuse and (out / f"{'vocals' if arch == 'openunmix' else arch}.json").is_file()
+            train_s = None if reused else run(["umx.train", "--shards", str(shards), "--output", str(out), "--arch",
+                                               arch, "--epochs", str(args.epochs), *DATA, *SMALL[arch]])
+            if reused:
+                train_s = sum(json.loads((out / f"{'vocals' if arch == 'openunmix' else arch}.json").read_text())
+                              ["train_time_history"])
             eval_s = run(["umx.evaluate_cli", str(out), "--shards", str(shards), "--split", "valid", "--outdir",
                           str(out / "eval"), "--metric", "bssv4", "--metric", "usdr"])
             r = json.loads((out / "eval" / "eval_valid.json").read_text())

@@ -61,6 +61,18 @@ def test_msst_checkpoint_gives_msst_output(name):
     torch.testing.assert_close(out, io["output"], rtol=1e-5, atol=1e-6)
 
 
+def test_umx_train_fine_tunes_an_msst_checkpoint(shard_set, tmp_path):
+    """`--model FILE.ckpt`: training starts from MSST's weights (the run's first validation is that
+    network's), through the plain command line."""
+    out = tmp_path / "ft"
+    assert train_main(_cli(shard_set, out, "bs_roformer", "--model", str(MSST / "bs_roformer.ckpt"), epochs=1,
+                           samples_per_track=1, targets=["vocals", "drums"], lr=1e-9)) == 0
+    trained = torch.load(out / "bs_roformer.pth", weights_only=True)
+    msst = torch.load(MSST / "bs_roformer.ckpt", weights_only=True)["model_state_dict"]
+    key = "band_split.to_features.0.1.weight"  # a name both share
+    torch.testing.assert_close(trained[key], msst[key], rtol=0, atol=1e-6)
+
+
 def test_an_msst_checkpoint_of_other_sizes_names_the_keys(capsys, tmp_path):
     arch = registry.get("bs_roformer")
     model = arch.build(ModelSpec(("vocals", "drums"), 44100, 2), _options("bs_roformer", dim=32), None)
@@ -316,6 +328,26 @@ def test_mel_band_roformer_trains_and_separates(shard_set, tmp_path):
     sf.write(tmp_path / "song.wav", np.random.default_rng(1).uniform(-0.3, 0.3, (20000, 2)), 44100)
     assert separate_main([str(out), str(tmp_path / "song.wav"), "--outdir", str(tmp_path / "s"), "--residual"]) == 0
     assert sorted(p.stem for p in (tmp_path / "s" / "song").iterdir()) == ["residual", "vocals"]
+
+
+def test_a_model_directory_with_tied_weights_loads_and_untied_views_are_refused(tmp_path):
+    """BS-RoFormer shares one rotary embedding between its layers: those keys may be stored once. Other
+    keys sharing one stored tensor would let a small file pass for a larger network: refused."""
+    from umx.models.protocol import SeparationOptions
+
+    arch = registry.get("bs_roformer")
+    spec, options = ModelSpec(("vocals",), 44100, 2), _options("bs_roformer", depth=2)
+    model = arch.build(spec, options, None)
+    arch.write_directory(tmp_path, spec, options)
+    state = model.network.state_dict()
+    arch.write_weights(tmp_path, options, {"bs_roformer": state}, ["bs_roformer"])
+    assert registry.load_separation(tmp_path, None, SeparationOptions(), "cpu").target_names == ["vocals"]
+    same = [k for k in state if k.endswith("to_out.0.weight")]
+    assert len(same) >= 2 and state[same[0]].shape == state[same[1]].shape
+    forged = {**state, same[1]: state[same[0]]}  # two untied keys, one stored tensor
+    torch.save(forged, tmp_path / "bs_roformer.pth")
+    with pytest.raises(UmxError, match="views claiming more elements than the file stores"):
+        registry.load_separation(tmp_path, None, SeparationOptions(), "cpu")
 
 
 def test_roformer_options_are_checked(shard_set, tmp_path, capsys):

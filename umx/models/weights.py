@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import UmxError
 from ..shards.storage import atomic_writer
@@ -43,10 +43,21 @@ MAX_ELEMENT_BYTES = 8  # a weights file may store its tensors as float64 at most
 PICKLE_SLACK = 2**20  # a weights file's bytes besides its tensors: the pickled state dict, torch's records
 
 
-def check_stored(states: list[dict[str, Tensor]], path: Path) -> None:
+def tied_keys(module: nn.Module) -> list[set[str]]:
+    """The state-dict keys that name one tensor of `module` (a module used in several places, as a
+    RoFormer's rotary embedding is): the only keys a weights file may store once."""
+    groups: dict[int, set[str]] = {}
+    for key, value in module.state_dict(keep_vars=True).items():
+        groups.setdefault(id(value), set()).add(key)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def check_stored(states: list[dict[str, Tensor]], path: Path, tied: list[set[str]] = ()) -> None:
     """Refuse tensors whose elements are not all in the file: views (zero strides, storages shared
-    between tensors or networks) would let a small file pass for a network of any size."""
-    tensors = [t for state in states for t in state.values()]
+    between tensors or networks) would let a small file pass for a network of any size. Keys the
+    network itself ties (`tied_keys`) count once."""
+    skipped = {key for group in tied for key in sorted(group)[1:]}
+    tensors = [t for state in states for k, t in state.items() if k not in skipped]
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
     if sum(t.numel() * t.element_size() for t in tensors) > sum(storages.values()):
         raise UmxError(f"{path}: cannot be loaded: its tensors are views claiming more elements than the file "

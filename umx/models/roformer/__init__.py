@@ -32,7 +32,7 @@ from ..chunked import overlap_add
 from ..directory import ARCHITECTURE_KEY, SEPARATOR_JSON, read_json
 from ..optimisers import adam, plateau
 from ..protocol import ModelSpec, OptimiserSettings, SeparationOptions, UnitOptimiser
-from ..weights import MAX_ELEMENT_BYTES, PICKLE_SLACK, check_stored, read_weights, save_torch
+from ..weights import MAX_ELEMENT_BYTES, PICKLE_SLACK, check_stored, read_weights, save_torch, tied_keys
 from .loss import MultiResolutionLoss
 from .options import BSRoformerOptions, MelBandRoformerOptions
 
@@ -264,8 +264,8 @@ class RoformerArchitecture:
         """The weights, bounded by the network the JSON describes (built on the meta device) before
         torch reads them, then loaded strictly."""
         with torch.device("meta"):
-            shapes = {k: v.shape for k, v in build_network(self.name, described.spec, described.options)
-                      .state_dict().items()}
+            network = build_network(self.name, described.spec, described.options)
+            shapes, tied = {k: v.shape for k, v in network.state_dict().items()}, tied_keys(network)
         path = Path(model_dir) / f"{self.name}.pth"
         if not path.is_file():
             raise UmxError(f"{path}: not found (is {model_dir} a {self.name} model directory?)")
@@ -280,7 +280,7 @@ class RoformerArchitecture:
         for key, shape in shapes.items():
             if state[key].shape != shape:
                 raise UmxError(f"{path}: {key} is {list(state[key].shape)}, {described.path.name} gives {list(shape)}")
-        check_stored([state], path)
+        check_stored([state], path, tied)
         model = self.build(described.spec, described.options, None)
         model.network.load_state_dict(state)
         return model
