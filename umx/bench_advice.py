@@ -86,17 +86,23 @@ def memory_line(wm: dict, budget: dict) -> str:
             f"{wm['grown_anon'] / mb:.0f}); budget {budget['budget_bytes'] / mb:.0f} MiB = {budget['formula']}")
 
 
+MODEL_SIZES = ("dim", "depth", "heads", "stft_n_fft", "stft_hop_length", "chunk_size")  # shown for other architectures
+
+
 def report(r: dict) -> str:
     """The human-readable summary of a `bench` result."""
     wm = r["worker_memory"]
     who = f"{r['nb_workers']} worker(s)" if r["nb_workers"] else "in-process (--nb-workers 0)"
     targets = r.get("targets") or [r["target"]]
-    what = f"target '{r['target']}'" if len(targets) == 1 else \
-        f"targets {', '.join(targets)} ({r.get('loss', 'independent')} loss{', bridged' if r.get('bridge') else ''})"
+    arch = r.get("arch", "openunmix")
+    model = f"hidden {r['hidden_size']}, nfft {r['nfft']}" if arch == "openunmix" else \
+        f"--arch {arch} ({', '.join(f'{k} {v}' for k, v in r.get('arch_options', {}).items() if k in MODEL_SIZES)})"
+    what = f"target '{r['target']}'" if len(targets) == 1 else f"targets {', '.join(targets)}" + (
+        f" ({r.get('loss', 'independent')} loss{', bridged' if r.get('bridge') else ''})" if arch == "openunmix" else "")
     joint = len(targets) > 1
     lines = [
         f"umx-bench on {r['device']}: {r['shards']} {what}, batch {r['batch_size']} × "
-        f"{r['seq_dur']} s, hidden {r['hidden_size']}, nfft {r['nfft']}, {r['precision']}",
+        f"{r['seq_dur']} s, {model}, {r['precision']}",
         f"  loader      {r['loader_samples_per_s']:8.1f} samples/s total, {r['loader_samples_per_s_per_worker']:.1f} "
         f"per worker ({who}; first batch after {r['loader_first_batch_s']:.2f} s)",
         f"  step        {r['step_ms']:8.1f} ms per batch of {r['step_batch']} on the device, without the loader "

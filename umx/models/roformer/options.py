@@ -1,8 +1,8 @@
 """BS-RoFormer's and Mel-Band RoFormer's options: the `bs-roformer` package's constructor arguments,
 defaulting to the architecture MSST trains (its MUSDB18 configs, `configs/config_musdb18_*.yaml`).
 
-Where the package's own defaults differ from MSST's vendored copy, the option takes MSST's (docs/
-architectures.md): one residual stream (the package defaults to 4 hyper-connection streams, which
+Where the package's own defaults differ from MSST's vendored copy, the option takes MSST's (the
+README's RoFormer section): one residual stream (the package defaults to 4 hyper-connection streams, which
 MSST and the paper do not have), `zero_dc` on, and for Mel-Band RoFormer no value residual and no
 linear-attention layer. Inference: MSST's windowed overlap-add (chunk, overlap, batch of chunks)."""
 
