@@ -86,3 +86,28 @@ def overlap_add(separate: Callable[[Tensor], Tensor], audio: Tensor, chunk: int,
             out[..., s:s + len(window)] += estimates[k, ..., :len(window)] * window
             weight[s:s + len(window)] += window
     return (out / weight.clamp_min(1e-8))[..., border:border + length]
+
+
+class ChunkedSeparation:
+    """A chunked model's whole-track separation (models.protocol.Separation): `overlap_add` of `run`
+    (chunks `[n, channels, chunk]` → `[n, targets, channels, chunk]`) over each track, then the
+    residual (the mixture minus the targets) where asked."""
+
+    def __init__(self, run: Callable[[Tensor], Tensor], targets: list[str], sample_rate: int, chunk: int,
+                 overlap: int, batch: int, residual: bool | str = False):
+        self.run, self.sample_rate = run, sample_rate
+        self.chunk, self.overlap, self.batch = chunk, overlap, batch
+        self.residual = bool(residual)
+        self.target_names = list(targets) + ([residual if isinstance(residual, str) else "residual"]
+                                             if residual else [])
+
+    @torch.no_grad()
+    def __call__(self, audio: Tensor) -> Tensor:
+        """`[batch, channels, time]` → `[batch, sources, channels, time]`."""
+        out = []
+        for track in audio:
+            est = overlap_add(self.run, track, self.chunk, self.overlap, self.batch)
+            if self.residual:
+                est = torch.cat([est, (track - est.sum(0))[None]])
+            out.append(est)
+        return torch.stack(out)

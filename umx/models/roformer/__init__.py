@@ -28,7 +28,7 @@ from ...errors import UmxError
 from ...names import safe_name
 from ...option_table import check_values
 from ...shards.storage import write_json
-from ..chunked import overlap_add
+from ..chunked import ChunkedSeparation
 from ..directory import ARCHITECTURE_KEY, SEPARATOR_JSON, read_json
 from ..optimisers import adam, plateau
 from ..protocol import ModelSpec, OptimiserSettings, SeparationOptions, UnitOptimiser
@@ -123,31 +123,12 @@ def separate_chunks(network: nn.Module, mixture: Tensor, hop: int, n_targets: in
     return out[..., :length]
 
 
-class ChunkedSeparation(nn.Module):
-    """Whole-track inference: MSST's windowed overlap-add of the network (models.chunked)."""
-
-    def __init__(self, model: RoformerModel, sample_rate: int, options: Any, residual: bool | str):
-        super().__init__()
-        self.model, self.sample_rate, self.options = model, sample_rate, options
-        self.residual = bool(residual)
-        targets = list(model.unit_targets[model.unit])
-        self.target_names = targets + ([residual if isinstance(residual, str) else "residual"] if residual else [])
-
-    @torch.no_grad()
-    def forward(self, audio: Tensor) -> Tensor:
-        o = self.options
-        n = len(self.model.unit_targets[self.model.unit])
-
-        def run(chunks: Tensor) -> Tensor:
-            return separate_chunks(self.model.network, chunks, self.model.hop, n)
-
-        out = []
-        for track in audio:
-            est = overlap_add(run, track, o.chunk_size, o.num_overlap, o.inference_batch_size)
-            if self.residual:
-                est = torch.cat([est, (track - est.sum(0))[None]])
-            out.append(est)
-        return torch.stack(out)
+def whole_track(model: RoformerModel, sample_rate: int, options: Any, residual: bool | str) -> ChunkedSeparation:
+    """MSST's windowed overlap-add of the network over whole tracks (models.chunked)."""
+    n = len(model.unit_targets[model.unit])
+    return ChunkedSeparation(lambda chunks: separate_chunks(model.network, chunks, model.hop, n),
+                             list(model.unit_targets[model.unit]), sample_rate, options.chunk_size,
+                             options.num_overlap, options.inference_batch_size, residual)
 
 
 class RoformerArchitecture:
@@ -213,7 +194,7 @@ class RoformerArchitecture:
 
     def scoring(self, model: RoformerModel, units: Sequence[str], spec: ModelSpec, options: Any, residual: bool,
                 how: str):
-        separation = ChunkedSeparation(model, spec.sample_rate, options, residual)
+        separation = whole_track(model, spec.sample_rate, options, residual)
         return lambda mixture, loss_estimates: separation(mixture)[0]
 
     def write_directory(self, folder: Path, spec: ModelSpec, options: Any) -> None:
@@ -234,7 +215,7 @@ class RoformerArchitecture:
         model = self._load(model_dir, described).to(device).eval()
         for p in model.parameters():
             p.requires_grad = False
-        return ChunkedSeparation(model, described.spec.sample_rate, described.options, how.residual)
+        return whole_track(model, described.spec.sample_rate, described.options, how.residual)
 
     def directory_targets(self, model_dir: Path) -> list[str]:
         return list(self.describe(model_dir).spec.targets)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from umx.errors import UmxError
-from umx.models.chunked import overlap_add
+from umx.models.chunked import ChunkedSeparation
 from umx.models.directory import ARCHITECTURE_KEY, SEPARATOR_JSON, read_json
 from umx.models.optimisers import adam, plateau
 from umx.models.protocol import ModelSpec, OptimiserSettings, SeparationOptions, UnitOptimiser
@@ -93,26 +93,12 @@ class L1:
         return torch.stack([loss, loss])
 
 
-class ChunkedSeparation(nn.Module):
+def whole_track(network: TinyMask, sample_rate: int, options: TinyMaskOptions, residual: bool | str
+                ) -> ChunkedSeparation:
     """Whole-track inference: windowed overlap-add of the network over chunks (umx.models.chunked)."""
-
-    def __init__(self, network: TinyMask, sample_rate: int, options: TinyMaskOptions, residual: bool | str):
-        super().__init__()
-        self.network, self.sample_rate, self.options = network, sample_rate, options
-        self.residual = bool(residual)
-        self.target_names = list(network.targets) + ([residual if isinstance(residual, str) else "residual"]
-                                                     if residual else [])
-
-    @torch.no_grad()
-    def forward(self, audio: Tensor) -> Tensor:
-        chunk = max(self.options.tiny_kernel, int(self.options.tiny_chunk * self.sample_rate))
-        out = []
-        for track in audio:
-            est = overlap_add(self.network, track, chunk, self.options.tiny_overlap, self.options.tiny_batch)
-            if self.residual:
-                est = torch.cat([est, (track - est.sum(0))[None]])
-            out.append(est)
-        return torch.stack(out)
+    chunk = max(options.tiny_kernel, int(options.tiny_chunk * sample_rate))
+    return ChunkedSeparation(network, list(network.targets), sample_rate, chunk, options.tiny_overlap,
+                             options.tiny_batch, residual)
 
 
 class TinyMaskArchitecture:
@@ -154,7 +140,7 @@ class TinyMaskArchitecture:
 
     def scoring(self, model: TinyMaskModel, units, spec: ModelSpec, options: TinyMaskOptions, residual: bool,
                 how: str):
-        separation = ChunkedSeparation(model.units[UNIT], spec.sample_rate, options, residual)
+        separation = whole_track(model.units[UNIT], spec.sample_rate, options, residual)
         return lambda mixture, loss_estimates: separation(mixture)[0]
 
     def write_directory(self, folder: Path, spec: ModelSpec, options: TinyMaskOptions) -> None:
@@ -174,7 +160,7 @@ class TinyMaskArchitecture:
         network = _load_network(model_dir, described).to(device).eval()
         for p in network.parameters():
             p.requires_grad = False
-        return ChunkedSeparation(network, described.spec.sample_rate, described.options, how.residual)
+        return whole_track(network, described.spec.sample_rate, described.options, how.residual)
 
     def directory_targets(self, model_dir: Path) -> list[str]:
         return list(_read_directory(model_dir).spec.targets)
