@@ -65,7 +65,11 @@ def load(path: str | Path) -> dict:
     if len(data) > MAX_CONFIG_BYTES:
         raise UmxError(f"--config {path}: larger than {MAX_CONFIG_BYTES // 1024} KiB: not a config file")
     try:
-        raw = yaml.load(data, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader: no tag constructs objects)
+        loader = ConfigLoader(data)  # a SafeLoader: no tag constructs objects
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         first = " ".join(str(e).split())[:200]
         raise UmxError(f"--config {path}: not a config umx can read safely ({first})") from None

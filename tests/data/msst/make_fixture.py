@@ -1,37 +1,49 @@
-"""Writes the MSST fixtures of tests/test_roformer.py with MSST's own model code (not part of umx).
+"""Writes tests/data/msst/<arch>.json with MSST's own model code (not part of umx):
 
     git clone https://github.com/ZFTurbo/Music-Source-Separation-Training /tmp/msst   # ccc011a
     python tests/data/msst/make_fixture.py /tmp/msst
 
-For a tiny BS-RoFormer and Mel-Band RoFormer (the sizes of TINY below, MSST's defaults otherwise)
-it saves, with MSST's classes: a checkpoint as MSST's train.py saves it ({"model_state_dict": …,
-"optimizer_state_dict": …, …}), a fixed stereo input, and MSST's output on it. umx loads the
-checkpoint into the `bs-roformer` package's classes and must give the same output."""
+For a tiny BS-RoFormer and Mel-Band RoFormer (TINY below, MSST's defaults otherwise) it records, as
+text: the names and shapes of MSST's state dict, and MSST's output, on a seeded input, of the network
+whose every tensor is `fixture_tensor(name, shape)`. tests/test_roformer.py builds that checkpoint from
+the names alone, loads it into the bs-roformer package's network and must give MSST's output."""
 
+import json
 import sys
+import zlib
 
 import torch
-
-sys.path.insert(0, sys.argv[1])
-from models.bs_roformer import BSRoformer, MelBandRoformer  # noqa: E402  (MSST's vendored copy)
 
 TINY = dict(dim=16, depth=1, stereo=True, num_stems=2, time_transformer_depth=1, freq_transformer_depth=1,
             dim_head=8, heads=2, attn_dropout=0.0, ff_dropout=0.0, flash_attn=False, stft_n_fft=512,
             stft_hop_length=256, stft_win_length=512, mask_estimator_depth=2, linear_transformer_depth=0)
 BANDS = (8,) * 32 + (1,)
+SAMPLES = 256 * 24
+KEPT = 97  # every KEPT-th output sample is recorded
 
-for name, cls, extra in (("bs_roformer", BSRoformer, dict(freqs_per_bands=BANDS)),
-                         ("mel_band_roformer", MelBandRoformer, dict(num_bands=8, sample_rate=44100))):
-    torch.manual_seed(0)
-    model = cls(**TINY, **extra).eval()
-    with torch.no_grad():  # away from init values (ones, zeros), so a misplaced tensor shows
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    optimizer = torch.optim.Adam(model.parameters(), lr=5e-5)
-    x = torch.randn(1, 2, 256 * 24)
-    with torch.no_grad():
-        y = model(x)
-    torch.save({"epoch": 3, "optimizer_name": "adam", "optimizer_state_dict": optimizer.state_dict(),
-                "best_metric": 1.5, "model_state_dict": model.state_dict()}, f"{name}.ckpt")
-    torch.save({"input": x, "output": y}, f"{name}.io.pt")
-    print(name, len(model.state_dict()), "keys", tuple(y.shape))
+
+def fixture_tensor(name: str, shape) -> torch.Tensor:
+    """A tensor depending on its name only (seeded by its CRC), near a network's initial values."""
+    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    base = 1.0 if name.endswith("gamma") else 0.0
+    return base + 0.1 * torch.randn(tuple(shape), generator=g)
+
+
+def fixture_input() -> torch.Tensor:
+    return torch.randn(1, 2, SAMPLES, generator=torch.Generator().manual_seed(0))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, sys.argv[1])
+    from models.bs_roformer import BSRoformer, MelBandRoformer  # noqa: E402  (MSST's vendored copy)
+
+    for name, cls, extra in (("bs_roformer", BSRoformer, dict(freqs_per_bands=BANDS)),
+                             ("mel_band_roformer", MelBandRoformer, dict(num_bands=8, sample_rate=44100))):
+        model = cls(**TINY, **extra).eval()
+        shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+        model.load_state_dict({k: fixture_tensor(k, s) for k, s in shapes.items()})
+        with torch.no_grad():
+            y = model(fixture_input())
+        json.dump({"keys": shapes, "output_shape": list(y.shape), "every": KEPT,
+                   "output": y.flatten()[::KEPT].tolist()}, open(f"{name}.json", "w"))
+        print(name, len(shapes), "keys", tuple(y.shape))
