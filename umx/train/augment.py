@@ -13,7 +13,7 @@ random modules added after Gain/ChannelSwap split `forward` into `draw(wav, gene
 random parameters, a small tensor) and `apply(wav, params[, out_len])` (deterministic), so a
 test can force or read back a draw and a benchmark can time each part.
 
-Length-changing modules (Shift, Speed, Pitch) take the output length in `forward(wav,
+Length-changing modules (Shift, Speed, Pitch, Repitch) take the output length in `forward(wav,
 generator, out_len)` and say with `frames_needed(out_len)` how many input frames it takes;
 `Augment.input_frames(seq_len)` chains those so that the crops arrive long enough.
 """
@@ -279,6 +279,48 @@ class Speed(nn.Module):
         return self.apply(wav, self.draw(wav, generator), out_len)
 
 
+def _vocode(wav: Tensor, rate: Tensor, stretch: Tensor, out_len: int, margin: int, r_max: float, n_fft: int,
+            hop: int, zeros: int, rolloff: float, half: int) -> Tensor:
+    """Pitch's and Repitch's core: `wav` `[batch, ..., time]` phase-vocoder stretched by `stretch`
+    `[batch]` (float64), then read at `(start + n) * rate` (`rate` `[batch]`, at most `r_max`) by
+    `_interpolate`: every frequency times `rate`, the duration times `stretch / rate`. Output frame
+    n is input frame `k0 * hop + (start + n) * rate / stretch`, where `start = margin - k0 * hop`:
+    `margin + n` where `stretch = rate` (Pitch). Shapes depend on `out_len`, `margin` and `r_max` only."""
+    (b, *lead), t = wav.shape[:-1], wav.shape[-1]
+    rows = math.prod(lead)
+    window = torch.hann_window(n_fft, device=wav.device, dtype=wav.dtype)
+    spec = torch.stft(wav.reshape(-1, t), n_fft, hop, window=window, return_complex=True)
+    bins, frames = spec.shape[1:]
+    spec = spec.view(b, rows, bins, frames)
+    mag, phase = spec.abs(), spec.angle()
+    # stretched frame m reads input frame k0 + m / stretch: the first one read (whose phases every
+    # later frame inherits) lies wholly within the input, not in stft's reflected padding
+    k0 = math.ceil(n_fft / 2 / hop)
+    start = margin - k0 * hop  # output frame n is stretched frame (n + start) * rate
+    last = (out_len - 1 + start) * r_max + half + 1  # enough for the last read's taps,
+    m = math.ceil((last + n_fft / 2) / hop) + 1  # and every window overlapping them
+    tau = k0 + torch.arange(m, device=wav.device, dtype=torch.float64) / stretch[:, None]
+    at = tau.floor().clamp(0, frames - 2)
+    alpha = (tau - at).clamp(0, 1).to(wav.dtype)[:, None, None]
+    i0 = at.long()[:, None, None].expand(b, rows, bins, m)
+    i1 = (at.long() + 1)[:, None, None].expand(b, rows, bins, m)
+    magnitude = (1 - alpha) * mag.gather(3, i0) + alpha * mag.gather(3, i1)
+    omega = torch.arange(bins, device=wav.device, dtype=wav.dtype)[:, None] * (2 * math.pi * hop / n_fft)
+    dphi = phase.gather(3, i1) - phase.gather(3, i0) - omega
+    advance = dphi - 2 * math.pi * torch.round(dphi / (2 * math.pi)) + torch.remainder(omega, 2 * math.pi)
+    first = phase[..., k0:k0 + 1]
+    phase_out = torch.cat([first, first + advance[..., :-1].cumsum(3)], dim=3)
+    out_frames = torch.fft.irfft(torch.polar(magnitude, phase_out), n=n_fft, dim=2) * window[:, None]
+    length = (m - 1) * hop + n_fft
+    fold = dict(output_size=(1, length), kernel_size=(1, n_fft), stride=(1, hop))
+    ola = nn.functional.fold(out_frames.reshape(b * rows, n_fft, m), **fold).view(b, rows, length)
+    envelope = nn.functional.fold(window.square()[None, :, None].repeat(1, 1, m), **fold).view(1, 1, length)
+    stretched = (ola / envelope.clamp_min(1e-3))[..., n_fft // 2:]  # frame q: input frame k0 * hop + q / stretch
+    pos = (start + torch.arange(out_len, device=wav.device, dtype=torch.float64)) * rate[:, None]
+    cutoff = rolloff * rate.reciprocal().clamp(max=1)
+    return _interpolate(stretched, pos, cutoff, zeros, half).view(*wav.shape[:-1], out_len)
+
+
 class Pitch(nn.Module):
     """Shift the pitch of each sample by U(-max_semitones, max_semitones) semitones keeping its
     tempo: keys and timbres beyond the dataset's without touching the rhythm. All sources of a
@@ -329,47 +371,83 @@ class Pitch(nn.Module):
 
     def apply(self, wav: Tensor, semitones: Tensor, out_len: int | None = None) -> Tensor:
         out_len = _out_len(self, wav, out_len)
-        (b, *lead), t = wav.shape[:-1], wav.shape[-1]
-        n_fft, hop, rows = self.n_fft, self.hop, math.prod(lead)
         rate = torch.pow(2.0, semitones.to(device=wav.device, dtype=torch.float64) / 12)
-        window = torch.hann_window(n_fft, device=wav.device, dtype=wav.dtype)
-        spec = torch.stft(wav.reshape(-1, t), n_fft, hop, window=window, return_complex=True)
-        bins, frames = spec.shape[1:]
-        spec = spec.view(b, rows, bins, frames)
-        mag, phase = spec.abs(), spec.angle()
-        # stretched frame m reads input frame k0 + m / r: the first one read (whose phases every
-        # later frame inherits) lies wholly within the input, not in stft's reflected padding
-        k0 = math.ceil(n_fft / 2 / hop)
-        start = self.margin - k0 * hop  # output frame n is stretched frame (n + start) * r
-        last = (out_len - 1 + start) * self.r_max + self.half + 1  # enough for the last read's taps,
-        m = math.ceil((last + n_fft / 2) / hop) + 1  # and every window overlapping them
-        tau = k0 + torch.arange(m, device=wav.device, dtype=torch.float64) / rate[:, None]
-        at = tau.floor().clamp(0, frames - 2)
-        alpha = (tau - at).clamp(0, 1).to(wav.dtype)[:, None, None]
-        i0 = at.long()[:, None, None].expand(b, rows, bins, m)
-        i1 = (at.long() + 1)[:, None, None].expand(b, rows, bins, m)
-        magnitude = (1 - alpha) * mag.gather(3, i0) + alpha * mag.gather(3, i1)
-        omega = torch.arange(bins, device=wav.device, dtype=wav.dtype)[:, None] * (2 * math.pi * hop / n_fft)
-        dphi = phase.gather(3, i1) - phase.gather(3, i0) - omega
-        advance = dphi - 2 * math.pi * torch.round(dphi / (2 * math.pi)) + torch.remainder(omega, 2 * math.pi)
-        first = phase[..., k0:k0 + 1]
-        phase_out = torch.cat([first, first + advance[..., :-1].cumsum(3)], dim=3)
-        out_frames = torch.fft.irfft(torch.polar(magnitude, phase_out), n=n_fft, dim=2) * window[:, None]
-        length = (m - 1) * hop + n_fft
-        fold = dict(output_size=(1, length), kernel_size=(1, n_fft), stride=(1, hop))
-        ola = nn.functional.fold(out_frames.reshape(b * rows, n_fft, m), **fold).view(b, rows, length)
-        envelope = nn.functional.fold(window.square()[None, :, None].repeat(1, 1, m), **fold).view(1, 1, length)
-        stretched = (ola / envelope.clamp_min(1e-3))[..., n_fft // 2:]  # frame q: input frame k0 * hop + q / r
-        pos = (start + torch.arange(out_len, device=wav.device, dtype=torch.float64)) * rate[:, None]
-        cutoff = self.rolloff * rate.reciprocal().clamp(max=1)
-        return _interpolate(stretched, pos, cutoff, self.zeros, self.half).view(*wav.shape[:-1], out_len)
+        return _vocode(wav, rate, rate, out_len, self.margin, self.r_max, self.n_fft, self.hop, self.zeros,
+                       self.rolloff, self.half)
+
+    def forward(self, wav: Tensor, generator: torch.Generator | None = None, out_len: int | None = None) -> Tensor:
+        return self.apply(wav, self.draw(wav, generator), out_len)
+
+
+class Repitch(nn.Module):
+    """Demucs' repitch augmentation (its RepitchedWrapper, soundstretch on the CPU there) on the
+    device: with probability `proba` a sample is shifted by whole semitones, uniform in [-max_pitch,
+    max_pitch], and its tempo changed by N(0, tempo_std) percent clipped to ± max_tempo (+12: 12 %
+    faster), all its sources alike, so they stay in tune and in time; the other samples are plain
+    crops. Keys and tempi beyond the dataset's, while most crops stay as recorded. (Demucs repitches
+    its dataset, before its other augmentations: put it first.)
+
+    Method: Pitch's, stretched by r / f instead of r (r = 2^(semitones / 12), f = 1 + tempo / 100),
+    so the read at `n * r` multiplies every frequency by r and the duration by 1 / f. Output frame
+    n is input frame `k0_hop + (margin - k0_hop + n) * f` (k0_hop: the first STFT frame read): at
+    f = 1 Pitch's `margin + n`, and Pitch's output. A sample not repitched is the crop from `margin`,
+    exactly (torch.where). `frames_needed` holds the fastest tempo 1 + max_tempo / 100 and Pitch's
+    margins stretched by it. Pitch's artefacts (phasiness: repitched samples of the synthetic stems
+    come out 2-4 dB quieter) and graph-safety; every sample costs a Pitch whatever its draw.
+    Not reproduced: Demucs' `voice` flag (soundstretch's `-speech` for its vocals, a quality setting
+    of that tool) and `same=False` (a draw per source).
+    """
+
+    changes_length = True  # trims frames: frames_needed
+
+    SUMMARY = "with probability PROBA: ± MAX_PITCH semitones, tempo N(0, TEMPO_STD) % within ± MAX_TEMPO (Demucs')"
+    PARAMS = (("proba", float, 0.0, 1.0), ("max_pitch", int, 0, 12), ("max_tempo", float, 0.0, 50.0),
+              ("tempo_std", float, 0.0, 50.0))
+
+    def __init__(self, proba: float = 0.2, max_pitch: int = 2, max_tempo: float = 12.0, tempo_std: float = 5.0,
+                 n_fft: int = 2048, hop: int = 512, zeros: int = 16, rolloff: float = 0.94):
+        super().__init__()
+        self.proba, self.max_pitch, self.max_tempo, self.tempo_std = proba, int(max_pitch), max_tempo, tempo_std
+        self.n_fft, self.hop, self.zeros, self.rolloff = n_fft, hop, zeros, rolloff
+        self.r_max, self.f_max = 2 ** (self.max_pitch / 12), 1 + max_tempo / 100
+        self.half = math.ceil(zeros * self.r_max / rolloff)
+        self.margin = math.ceil(self.half * self.r_max) + math.ceil(n_fft / 2 * (1 + self.r_max)) + hop  # Pitch's
+        self.k0_hop = math.ceil(n_fft / 2 / hop) * hop
+
+    def frames_needed(self, out_len: int) -> int:
+        # the last output frame's input frame at the fastest tempo, then Pitch's trailing margin for
+        # the slowest stretch r / f (the sinc's taps and the STFT windows, each / stretch in input frames)
+        reach = self.r_max * self.f_max
+        last = self.k0_hop + math.ceil((self.margin - self.k0_hop + out_len - 1) * self.f_max)
+        return last + 1 + math.ceil(self.half * reach) + math.ceil(self.n_fft / 2 * (1 + reach)) + self.hop
+
+    def draw(self, wav: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """`[batch, 3]` float64: 1 where the sample is repitched (probability proba) else 0, the
+        semitones (an integer in [-max_pitch, max_pitch]), the tempo change in percent. All three are
+        drawn for every sample, so the generator advances alike whatever the outcome."""
+        b, device = wav.shape[0], wav.device
+        on = torch.rand(b, device=device, generator=generator, dtype=torch.float64) < self.proba
+        semitones = torch.randint(-self.max_pitch, self.max_pitch + 1, (b,), device=device, generator=generator)
+        tempo = torch.randn(b, device=device, generator=generator, dtype=torch.float64) * self.tempo_std
+        return torch.stack([on.double(), semitones.double(), tempo.clamp(-self.max_tempo, self.max_tempo)], dim=1)
+
+    def apply(self, wav: Tensor, params: Tensor, out_len: int | None = None) -> Tensor:
+        """`params` as `draw` gives them; semitones and tempo within the module's ranges (not checked:
+        that would read them back), or the reads run past the crop."""
+        out_len = _out_len(self, wav, out_len)
+        params = params.to(device=wav.device, dtype=torch.float64)
+        rate = torch.pow(2.0, params[:, 1] / 12)
+        shifted = _vocode(wav, rate, rate / (1 + params[:, 2] / 100), out_len, self.margin, self.r_max, self.n_fft,
+                          self.hop, self.zeros, self.rolloff, self.half)
+        on = (params[:, 0] > 0.5).view(-1, *[1] * (wav.dim() - 1))
+        return torch.where(on, shifted, wav[..., self.margin:self.margin + out_len])
 
     def forward(self, wav: Tensor, generator: torch.Generator | None = None, out_len: int | None = None) -> Tensor:
         return self.apply(wav, self.draw(wav, generator), out_len)
 
 
 AUGMENTATIONS = {"gain": Gain, "channelswap": ChannelSwap, "flipsign": FlipSign, "scale": Scale,
-                 "shift": Shift, "speed": Speed, "pitch": Pitch}
+                 "shift": Shift, "speed": Speed, "pitch": Pitch, "repitch": Repitch}
 
 
 def _defaults(cls: type) -> list:
@@ -421,7 +499,8 @@ class Augment(nn.Module):
     `source_augmentations` are specs (`NAME[:PARAM...]`, see SYNTAX) or ready modules; `remix` is
     None, "independent" or "joint" (see Remix). A stored input slot (aligned data,
     `input_slot=True`) is never augmented: such sets never are. With length-changing steps (shift,
-    speed, pitch) the crops must hold `input_frames(seq_len)` frames and `forward` gets `seq_len`.
+    speed, pitch, repitch) the crops must hold `input_frames(seq_len)` frames and `forward` gets
+    `seq_len`.
     """
 
     def __init__(self, source_augmentations: Sequence[str | nn.Module] = (), remix: str | None = None, keep: int = 1):
@@ -449,7 +528,7 @@ class Augment(nn.Module):
         after the int16 → float conversion, one by one (a benchmark times each; the first takes
         float `[batch, sources, channels, input_frames(seq_len)]`)."""
         if seq_len is None and self.changes_length:
-            raise ValueError(f"source augmentations {self.names}: shift, speed and pitch change the length; "
+            raise ValueError(f"source augmentations {self.names}: shift, speed, pitch and repitch change the length; "
                              "give seq_len (the crops must then hold input_frames(seq_len) frames)")
         lengths, n = [], seq_len
         for step in reversed(self.steps):

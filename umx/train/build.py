@@ -162,14 +162,14 @@ def check_same_run(cfg: TrainConfig, saved: dict, fingerprint: dict) -> None:
 
 def build_data(cfg: TrainConfig, manifest: mf.Manifest, dist: distributed.Context, device: torch.device,
                augment: Augment | None = None) -> TrainData:
-    """The data side. Crops are `seq_len` long, or longer where an augmentation (shift, speed, pitch)
+    """The data side. Crops are `seq_len` long, or longer where an augmentation (shift, speed, pitch, repitch)
     needs more frames to end `seq_len` long on the device."""
     reader = ShardReader(manifest, cfg.cache_dir, int(cfg.cache_size * 2**30), cfg.skip_bad_shards)
     out_len = cfg.seq_len(manifest.sample_rate)
     seq_len = out_len
     if augment is not None and augment.changes_length:
         if out_len is None:
-            raise UmxError("--source-augmentations shift, speed and pitch need crops: --seq-dur must be > 0")
+            raise UmxError("--source-augmentations shift, speed, pitch and repitch need crops: --seq-dur must be > 0")
         seq_len = augment.input_frames(out_len)
     slots = make_slots(manifest, cfg.targets, cfg.silence_missing_targets)
     split = resident_split(cfg, manifest, slots, reader, device, seq_len, quiet=cfg.quiet or not dist.is_main)

@@ -151,7 +151,8 @@ class TrainConfig:
     source_augmentations: list[str] | None = option(
         None, "per-source augmentations on the device, in order, NAME[:PARAM...]: gain[:LOW[:HIGH]] "
         "channelswap[:P] flipsign[:P] scale[:LOW[:HIGH]] shift[:MAX_SHIFT] speed[:MAX_CHANGE] "
-        "pitch[:MAX_SEMITONES] (musdb: gain channelswap, else none; README has the defaults)", "data", nargs="*")
+        "pitch[:MAX_SEMITONES] repitch[:PROBA[:MAX_PITCH[:MAX_TEMPO[:TEMPO_STD]]]] (musdb: gain channelswap, else none; "
+        "README has the defaults)", "data", nargs="*")
     random_track_mix: bool | None = option(None, "draw interferers from other tracks (musdb: on, else off)", "data")
     random_interferer_mix: bool | None = option(None, "trackfolder_var: all interferers from one random track "
                                                 "(the same switch as --random-track-mix)", "data")
@@ -224,8 +225,8 @@ class TrainConfig:
         if self.select_by == "sdr" and not self.eval_every:
             raise UmxError("--select-by sdr follows the SDR of --eval-every N: give --eval-every (e.g. 1)")
         targets = tuple(self.targets or [self.target or "target"])
-        arch.check(self.model_options(), ModelSpec(targets, defaults.SAMPLE_RATE, self.nb_channels),
-                   self.eval_separation)
+        arch.check(self.model_options(), ModelSpec(targets, defaults.SAMPLE_RATE, self.nb_channels,
+                                                   self.seq_len(defaults.SAMPLE_RATE)), self.eval_separation)
         json_object(self.storage_options, "--storage-options")
         out = Path(self.output).expanduser()
         if self.output and out.exists() and not out.is_dir():
@@ -294,7 +295,8 @@ class TrainConfig:
 
     def spec(self, manifest: mf.Manifest, targets: list[str] | None = None) -> ModelSpec:
         """What the data decides about the model (after `resolved`: its targets)."""
-        return ModelSpec(tuple(targets or self.targets), manifest.sample_rate, self.nb_channels)
+        return ModelSpec(tuple(targets or self.targets), manifest.sample_rate, self.nb_channels,
+                         self.seq_len(manifest.sample_rate))
 
     def _check_lengths(self, manifest: mf.Manifest) -> None:
         """Refuse tracks no STFT window fits in, where the run takes them whole (validation tracks;

@@ -65,7 +65,7 @@ class TrainData:
     valid_items: list[ValidItem]  # this rank's share
     n_valid: int  # over all ranks
     valid_io: dict  # loader counters of loading the validation set
-    out_len: int | None = None  # the model's crop length: seq_len less what augmentations trim (shift, speed, pitch)
+    out_len: int | None = None  # the model's crop length: seq_len less what augmentations trim (shift, speed, pitch, repitch)
 
 
 @dataclass(frozen=True)
