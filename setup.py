@@ -25,9 +25,11 @@ setup(
         "matplotlib",
         "click>=8.2",  # the command lines (Choice.normalize_choice is 8.2's)
         "bs-roformer==1.2.4",  # BS-RoFormer and Mel-Band RoFormer (--arch); pulls no other torch
+        "demucs==4.1.0",  # HTDemucs (--arch htdemucs): its model and apply modules; no torchaudio, no other torch
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "hypothesis", "moto[server]"],
+        "test": ["pytest", "pytest-xdist", "hypothesis", "moto[server]",
+                 "omegaconf"],  # demucs' own checkpoint writer (states.serialize_model) in the tests
         "gcs": ["gcsfs"],
     },
     entry_points={

@@ -115,7 +115,7 @@ def test_clear_errors(vocals_model, shard_set, tmp_path, capsys):
     for ext in ("pth", "json"):
         (piano / f"vocals.{ext}").rename(piano / f"piano.{ext}")
     cases = [
-        ([str(piano)], "has no source 'piano' to score against (it has vocals, bass, drums, other)"),
+        ([str(piano)], "has no source 'piano' to score against (it has vocals, bass, drums, other, accompaniment)"),
         ([str(vocals_model), "--targets", "vocals", "guitar"], "no source 'guitar'"),
         ([str(vocals_model), "--split", "test"], "no 'test' split (it has ['train', 'valid'])"),
         ([str(vocals_model), "--residual-name", "bass"], "residual name 'bass' is a source"),

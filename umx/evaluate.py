@@ -325,6 +325,7 @@ class EvalSet:
     sample_rate: int
     n_tracks: int
     records: Callable[[], Iterator]
+    complement: tuple[str, str] | None = None  # (name, of): a target that is every source but `of` (accompaniment)
 
 
 def shard_split(shards: str, split: str) -> EvalSet:
@@ -340,8 +341,10 @@ def shard_split(shards: str, split: str) -> EvalSet:
         for entry in entries:
             yield from reader.records(entry)
 
+    complement = manifest.sampling.complement
     return EvalSet(manifest.location, list(manifest.sources), manifest.sample_rate,
-                   sum(len(e.track_ids) for e in entries), records)
+                   sum(len(e.track_ids) for e in entries), records,
+                   None if complement is None else (complement.name, complement.of))
 
 
 def folder_split(layout: str, root: str | Path, split: str, options: dict | None = None,
@@ -408,11 +411,15 @@ def evaluate(
     if n_tracks == 0:
         raise UmxError(f"{manifest.location}: split '{split}' has no tracks")
     targets = list(targets) if targets else directory_targets(model_dir)
-    missing = [t for t in targets if t not in manifest.sources]
+    complement_of = dict([manifest.complement]) if manifest.complement is not None else {}
+    missing = [t for t in targets if t not in manifest.sources and t not in complement_of]
     if missing:
+        extra = f", {', '.join(complement_of)}" if complement_of else ""
         raise UmxError(f"{manifest.location}: the shard set has no source {', '.join(repr(t) for t in missing)} "
-                       f"to score against (it has {', '.join(manifest.sources)})")
-    leftover = [s for s in manifest.sources if s not in targets]
+                       f"to score against (it has {', '.join(manifest.sources)}{extra})")
+    covered = {s for t in targets for s in ([x for x in manifest.sources if x != complement_of[t]]
+                                            if t in complement_of else [t])}
+    leftover = [s for s in manifest.sources if s not in covered]
     # the residual is scored where the targets do not make up the mixture
     score_rest = bool(leftover) or len(targets) < 2
     rest_name = (residual_name or "residual") if residual or score_rest else None
@@ -427,14 +434,16 @@ def evaluate(
     def prepare(rec) -> dict:
         safe_name(rec.id, "track id", manifest.location)  # it names a file: refused before the work, not after
         mixture = audio_io.force_stereo(rec.mixture_or_sum())
-        lacking = [t for t in targets if t not in rec.sources]
+        lacking = [complement_of.get(t, t) for t in targets if complement_of.get(t, t) not in rec.sources]
         if lacking:
             raise UmxError(f"{manifest.location}: track '{rec.id}' has no {', '.join(lacking)} source")
         x = mixture if separator.sample_rate == rate else audio_io.resample(mixture, rate, separator.sample_rate)
         with torch.inference_mode():
             est = separator(torch.from_numpy(np.ascontiguousarray(x))[None].to(device))[0].float().cpu().numpy()
         est = dict(zip(separator.target_names, est, strict=True))
-        refs = {t: audio_io.force_stereo(audio_io.to_float32(rec.sources[t])) for t in targets}
+        refs = {t: audio_io.force_stereo(audio_io.to_float32(rec.sources[complement_of.get(t, t)])) for t in targets}
+        for t in refs.keys() & complement_of.keys():  # every source but its `of`: the mixture less that one
+            refs[t] = mixture - refs[t]
         if score_rest:
             refs[rest_name] = mixture - sum(refs.values())
         n = mixture.shape[-1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,3 +81,41 @@ def check_values(obj: Any, flag_prefix: str = "--") -> None:
             problem = range_problem(number, opt)
             if problem:
                 raise UmxError(f"{flag} {problem}")
+
+
+MAX_LIST = 4096  # the longest list option a file may give
+
+
+def options_from_json(cls: type, raw: Any, where: str) -> Any:
+    """An options dataclass from a JSON object (a model directory's): known keys only, each of its
+    field's type (a list option: a list of its element type, empty only where its default is) and
+    range; `where` begins every error line."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    if not isinstance(raw, dict):
+        raise UmxError(f"{where}: must be an object")
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise UmxError(f"{where}: unknown option {unknown[0]!r:.60}")
+    values = {}
+    for name, value in raw.items():
+        default = fields[name].default
+        if isinstance(default, tuple):
+            element = typing.get_args(hints[name])[0]
+            if not isinstance(value, list) or (not value and default) or len(value) > MAX_LIST \
+                    or not all(_is(v, element) for v in value):
+                raise UmxError(f"{where}.{name}: must be a list of {'whole ' if element is int else ''}numbers")
+            value = tuple(element(v) for v in value)
+        elif not _is(value, type(default)):
+            raise UmxError(f"{where}.{name}: must be {type(default).__name__}, got {value!r:.40}")
+        values[name] = value
+    options = cls(**values)
+    check_values(options, flag_prefix=f"{where}.")
+    return options
+
+
+def _is(value: Any, kind: type) -> bool:
+    """JSON's value of an option of type `kind` (a whole number stands for a float)."""
+    if kind is float:
+        return type(value) in (int, float)
+    return type(value) is kind

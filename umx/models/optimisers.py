@@ -10,14 +10,20 @@ from .protocol import OptimiserSettings
 PLATEAU_COOLDOWN = 10  # open-unmix's ReduceLROnPlateau(cooldown=10)
 
 
-def adam(network: nn.Module, settings: OptimiserSettings, adamw: bool = False) -> torch.optim.Optimizer:
+def adam(network: nn.Module, settings: OptimiserSettings, adamw: bool = False,
+         groups: list[dict] | None = None) -> torch.optim.Optimizer:
     """open-unmix's Adam (or AdamW); for the graph step fused, capturable, with a device-tensor lr
-    (on CUDA), so that the plateau scheduler's changes reach a captured step."""
+    (on CUDA), so that the plateau scheduler's changes reach a captured step. `groups`: parameter
+    groups with options of their own (each group's lr a device tensor too for the graph step),
+    instead of all of the network's parameters with the run's."""
     kind = torch.optim.AdamW if adamw else torch.optim.Adam
+    params = groups if groups is not None else network.parameters()
     if not settings.graph:
-        return kind(network.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        return kind(params, lr=settings.lr, weight_decay=settings.weight_decay)
     cuda = settings.device.type == "cuda"
-    return kind(network.parameters(), lr=torch.tensor(settings.lr, device=settings.device) if cuda else settings.lr,
+    if cuda and groups is not None:
+        params = [{**g, "lr": torch.tensor(g["lr"], device=settings.device)} if "lr" in g else g for g in groups]
+    return kind(params, lr=torch.tensor(settings.lr, device=settings.device) if cuda else settings.lr,
                 weight_decay=settings.weight_decay, fused=True, capturable=cuda)
 
 

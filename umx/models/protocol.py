@@ -41,11 +41,14 @@ WIENER_WIN_LEN = Range(0, 2**16)  # frames filtered together (0: the whole track
 @dataclass(frozen=True)
 class ModelSpec:
     """What the data decides about any model: the targets it separates, in order, the audio's rate
-    and the channels it takes (1: a mono model of stereo audio)."""
+    and the channels it takes (1: a mono model of stereo audio). `crop_samples`: the length of the
+    crops a run trains it on (after augmentations that change the length); None for whole tracks
+    and outside training (a model directory's model)."""
 
     targets: tuple[str, ...]
     sample_rate: int
     nb_channels: int
+    crop_samples: int | None = None
 
 
 @dataclass(frozen=True)

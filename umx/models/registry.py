@@ -31,7 +31,8 @@ GROUP = "umx.architectures"
 DEFAULT = "openunmix"
 BUILTIN = {DEFAULT: ("umx.models.openunmix", "ARCHITECTURE"),  # name → (module, attribute): umx's own
            "bs_roformer": ("umx.models.roformer", "BS_ROFORMER"),
-           "mel_band_roformer": ("umx.models.roformer", "MEL_BAND_ROFORMER")}
+           "mel_band_roformer": ("umx.models.roformer", "MEL_BAND_ROFORMER"),
+           "htdemucs": ("umx.models.htdemucs", "ARCHITECTURE")}
 
 
 @lru_cache(maxsize=1)

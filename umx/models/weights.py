@@ -110,6 +110,29 @@ def read_weights(path: Path, max_bytes: int, declared_in: str) -> object:
         raise UmxError(f"{path}: cannot be loaded: not a readable model file ({detail})") from None
 
 
+def read_state(path: Path, expected: nn.Module, declared_in: str, what: str) -> dict[str, Tensor]:
+    """A state dict file for the network `expected` (built on the meta device from what
+    `declared_in` describes): bounded by that network's size before torch reads it, then exactly its
+    keys and shapes, and no views claiming more than the file stores. `what`: the model directory's
+    kind, for the line a missing file gets."""
+    shapes, tied = {k: v.shape for k, v in expected.state_dict().items()}, tied_keys(expected)
+    if not path.is_file():
+        raise UmxError(f"{path}: not found (is {path.parent} {what}?)")
+    limit = sum(s.numel() for s in shapes.values()) * MAX_ELEMENT_BYTES + PICKLE_SLACK
+    state = read_weights(path, limit, declared_in)
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise UmxError(f"{path}: not a state dict (a mapping of names to tensors)")
+    for key in shapes.keys() - state.keys():
+        raise UmxError(f"{path}: does not hold the network {declared_in} describes (no {key})")
+    for key in state.keys() - shapes.keys():
+        raise UmxError(f"{path}: does not hold the network {declared_in} describes (unexpected {key:.80})")
+    for key, shape in shapes.items():
+        if state[key].shape != shape:
+            raise UmxError(f"{path}: {key} is {list(state[key].shape)}, {declared_in} gives {list(shape)}")
+    check_stored([state], path, tied)
+    return state
+
+
 def save_torch(obj, path: Path) -> None:
     """torch.save, atomically. Serialised in memory first: torch's zip writer turns a full disk
     into 'unexpected pos …'; a plain write reports ENOSPC, naming the file (the previous

@@ -111,9 +111,12 @@ class ArchitectureOption:
 
 def architecture_fields() -> dict[str, ArchitectureOption]:
     """Every architecture's own options but open-unmix's (which are umx-train's fields), by name. One
-    flag per name: two architectures may share one (RoFormers' --dim), with one type; each keeps its
-    own default, which applies where the flag is not given. None may be a name of umx-train's."""
+    flag per name: several architectures may share one (--depth), with one type and one choice list;
+    each keeps its own default, which applies where the flag is not given, and its own help (the
+    flag's help joins them) and range (checked by its options' dataclass). The flag is listed in its
+    first architecture's section. None may be a name of umx-train's."""
     out: dict[str, ArchitectureOption] = {}
+    helps: dict[str, dict[str, list[str]]] = {}  # flag → help text → the architectures saying it
     for name in registry.names():
         arch = registry.get(name)
         if arch.options_in_config:
@@ -123,11 +126,35 @@ def architecture_fields() -> dict[str, ArchitectureOption]:
             if f.name in TRAIN_FIELDS:
                 raise UmxError(f"architecture '{name}': its option --{f.name.replace('_', '-')} is umx-train's own")
             known = out.setdefault(f.name, ArchitectureOption(f, opt, hints[f.name], []))
-            if known.hint != hints[f.name] or known.option.group != opt.group:
+            if known.hint != hints[f.name] or known.option.choices != opt.choices \
+                    or known.option.nargs != opt.nargs:
                 raise UmxError(f"architectures '{known.archs[0]}' and '{name}' both declare "
                                f"--{f.name.replace('_', '-')}, differently")
             known.archs.append(name)
+            helps.setdefault(f.name, {}).setdefault(opt.help, []).append(name)
+    for flag, texts in helps.items():
+        shared = out[flag]
+        if len(shared.archs) > 1:  # the flag's help: each architecture's own
+            joined = "; ".join(f"{', '.join(archs)}: {text}" for text, archs in texts.items()) if len(texts) > 1 \
+                else shared.option.help
+            shared.option = dataclasses.replace(shared.option, help=joined, low=widest_bound(shared, "low"),
+                                                high=widest_bound(shared, "high"))
     return out
+
+
+def widest_bound(o: ArchitectureOption, end: str) -> float | None:
+    """The widest range of a shared flag's architectures (each one's own range is checked by its
+    options' dataclass): the command line takes what any of them takes."""
+    values = [_declared(a)[o.field.name] for a in o.archs]
+    bounds = [getattr(v, end) for v in values]
+    if any(b is None for b in bounds):
+        return None
+    return min(bounds) if end == "low" else max(bounds)
+
+
+def _declared(arch: str) -> dict[str, config.Option]:
+    """One architecture's options by name."""
+    return {f.name: opt for f, opt in fields_with_options(registry.get(arch).options)}
 
 
 def own_fields(arch: str) -> list[str]:
@@ -151,10 +178,16 @@ def _shown(value) -> str:
 
 
 def architecture_sections() -> tuple[tuple[str, str], ...]:
+    """One help section per option group, naming the architectures that declare it."""
     groups: dict[str, list[str]] = {}
     for o in architecture_fields().values():
-        archs = groups.setdefault(o.option.group, [])
-        archs.extend(a for a in o.archs if a not in archs)
+        groups.setdefault(o.option.group, [])
+    for name in registry.names():
+        if not registry.get(name).options_in_config:
+            for _, opt in fields_with_options(registry.get(name).options):
+                archs = groups.setdefault(opt.group, [])
+                if name not in archs:
+                    archs.append(name)
     return tuple((group, f"--arch {', '.join(archs)} options") for group, archs in groups.items())
 
 

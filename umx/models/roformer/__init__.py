@@ -26,13 +26,13 @@ from torch import Tensor, nn
 
 from ...errors import UmxError
 from ...names import safe_name
-from ...option_table import check_values
+from ...option_table import options_from_json
 from ...shards.storage import write_json
 from ..chunked import ChunkedSeparation
 from ..directory import ARCHITECTURE_KEY, SEPARATOR_JSON, read_json
 from ..optimisers import adam, plateau
 from ..protocol import ModelSpec, OptimiserSettings, SeparationOptions, UnitOptimiser
-from ..weights import MAX_ELEMENT_BYTES, PICKLE_SLACK, check_stored, read_weights, save_torch, tied_keys
+from ..weights import read_state, save_torch
 from .loss import MultiResolutionLoss
 from .options import BSRoformerOptions, MelBandRoformerOptions
 
@@ -246,22 +246,8 @@ class RoformerArchitecture:
         torch reads them, then loaded strictly."""
         with torch.device("meta"):
             network = build_network(self.name, described.spec, described.options)
-            shapes, tied = {k: v.shape for k, v in network.state_dict().items()}, tied_keys(network)
-        path = Path(model_dir) / f"{self.name}.pth"
-        if not path.is_file():
-            raise UmxError(f"{path}: not found (is {model_dir} a {self.name} model directory?)")
-        limit = sum(s.numel() for s in shapes.values()) * MAX_ELEMENT_BYTES + PICKLE_SLACK
-        state = read_weights(path, limit, described.path.name)
-        if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-            raise UmxError(f"{path}: not a state dict (a mapping of names to tensors)")
-        for key in shapes.keys() - state.keys():
-            raise UmxError(f"{path}: does not hold the network {described.path.name} describes (no {key})")
-        for key in state.keys() - shapes.keys():
-            raise UmxError(f"{path}: does not hold the network {described.path.name} describes (unexpected {key})")
-        for key, shape in shapes.items():
-            if state[key].shape != shape:
-                raise UmxError(f"{path}: {key} is {list(state[key].shape)}, {described.path.name} gives {list(shape)}")
-        check_stored([state], path, tied)
+        state = read_state(Path(model_dir) / f"{self.name}.pth", network, described.path.name,
+                           f"a {self.name} model directory")
         model = self.build(described.spec, described.options, None)
         model.network.load_state_dict(state)
         return model
@@ -276,30 +262,6 @@ class Described:
 
 def _plain(options: Any) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()}
-
-
-def options_from_json(cls: type, raw: Any, where: str) -> Any:
-    """An options dataclass from a JSON object: known keys only, each of its field's type and range."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    if not isinstance(raw, dict):
-        raise UmxError(f"{where}: must be an object")
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise UmxError(f"{where}: unknown option {unknown[0]!r:.60}")
-    values = {}
-    for name, value in raw.items():
-        default = fields[name].default
-        if isinstance(default, tuple):
-            if not isinstance(value, list) or not value or len(value) > 4096 \
-                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                raise UmxError(f"{where}.{name}: must be a list of whole numbers")
-            value = tuple(value)
-        elif type(value) is not type(default) and not (isinstance(default, float) and type(value) is int):
-            raise UmxError(f"{where}.{name}: must be {type(default).__name__}, got {value!r:.40}")
-        values[name] = value
-    options = cls(**values)
-    check_values(options, flag_prefix=f"{where}.")
-    return options
 
 
 BS_ROFORMER = RoformerArchitecture("bs_roformer", BSRoformerOptions)
