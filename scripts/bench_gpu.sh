@@ -21,8 +21,9 @@
 #   6. fast BSSv4 on the GPU against museval (scripts/bench_bss.py --device cuda) and what --eval-every costs
 #      there, both --eval-separation modes (scripts/bench_valid_sdr.py --umxhq, 1 and 4 targets) (#18);
 #   7. umx-train for 3 short epochs with each step (loss curves, wall time), and its start to its first step;
-#   8. umx-bench of every architecture of the model seam (#28, #29): open-unmix's 4 targets, BS-RoFormer and
-#      Mel-Band RoFormer at MSST's MUSDB18 sizes (bf16 autocast, MSST's chunk), the CUDA-graph step and eager.
+#   8. umx-bench of every architecture of the model seam (#28, #29, #30): open-unmix's 4 targets, BS-RoFormer and
+#      Mel-Band RoFormer at MSST's MUSDB18 sizes (bf16 autocast, MSST's chunk), HTDemucs at Demucs' htdemucs
+#      sizes (fp32, its 7.8 s training length), the CUDA-graph step and eager.
 # Needs: the umx package importable (pip install -e ., or PYTHONPATH=.), openunmix 1.3.0 (--no-deps).
 set -uo pipefail
 work=${1:-bench-gpu}
@@ -101,7 +102,7 @@ step "joint training of 4 targets against 4 single-target runs and open-unmix's 
   $py "$here/bench_joint.py" --work "$work/joint-data" --nb-workers "$workers" --reference "${joint[@]}" \
   --json "$work/bench-joint.json"
 
-augs=(gain channelswap flipsign scale shift speed pitch)
+augs=(repitch gain channelswap flipsign scale shift speed pitch)
 step "umx-bench, umxhq recipe with every augmentation and --ema 0.999: each augmentation's share of the step (#19)" \
   bash -c "$py -m umx.bench_cli $(printf '%q ' --shards "$work/data/fix-shards" --target vocals --random-track-mix \
 --samples-per-track 64 "${model[@]}" "${timing[@]}") --source-augmentations ${augs[*]} --ema 0.999 \
@@ -133,6 +134,11 @@ if [[ "${QUICK:-0}" == 1 ]]; then
 else
   roformer=(--seq-dur 2.9837 --batch-size 4 --precision bf16); bands=(); mel=()  # 131584 samples: MSST's chunk
 fi
+if [[ "${QUICK:-0}" == 1 ]]; then
+  htdemucs=(--seq-dur 0.5 --batch-size 2 --channels 8 --growth 1 --t-layers 1 --t-heads 2)
+else
+  htdemucs=(--seq-dur 7.8 --batch-size 4 --lr 3e-4)  # Demucs' htdemucs sizes, fp32, its 7.8 s training length
+fi
 arch_data=(--shards "$work/data/fix-shards" --targets vocals drums bass other --samples-per-track 64 --random-track-mix
            --source-augmentations gain)
 for graph in auto off; do
@@ -143,6 +149,8 @@ for graph in auto off; do
   step "umx-bench --arch mel_band_roformer (MSST's MUSDB18 sizes), --cuda-graph $graph" $py -m umx.bench_cli \
     "${arch_data[@]}" --arch mel_band_roformer "${roformer[@]}" "${mel[@]}" "${short[@]}" --nb-workers "$workers" \
     --cuda-graph "$graph" --json
+  step "umx-bench --arch htdemucs (Demucs' htdemucs sizes), --cuda-graph $graph" $py -m umx.bench_cli \
+    "${arch_data[@]}" --arch htdemucs "${htdemucs[@]}" "${short[@]}" --nb-workers "$workers" --cuda-graph "$graph" --json
 done
 
 step "umx-train start to first step (prepared set; statistics from the manifest)" \

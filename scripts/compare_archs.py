@@ -34,6 +34,8 @@ SMALL = {
                           "--stft-hop-length", "512", "--stft-win-length", "1024", "--num-bands", "16",
                           "--attn-dropout", "0", "--ff-dropout", "0", "--chunk-size", "88200", "--num-overlap", "2",
                           "--inference-batch-size", "4"],
+    # Demucs' geometry (nfft 4096, depth 4), 8 channels (growth 2: 64 at the transformer), one transformer layer
+    "htdemucs": ["--channels", "8", "--t-layers", "1", "--t-heads", "2"],
 }
 
 

@@ -138,6 +138,20 @@ def test_separation_with_a_residual_and_without_shifts_is_deterministic(trained,
     torch.testing.assert_close(a.sum(1), audio, rtol=0, atol=1e-5)
 
 
+def test_some_targets_of_the_network(trained):
+    """--targets of umx-separate/umx-eval: the network's stems of those names, the residual the rest."""
+    arch, cpu = registry.get("htdemucs"), torch.device("cpu")
+    audio = torch.from_numpy(np.random.default_rng(2).uniform(-0.3, 0.3, (1, 2, 20_000)).astype(np.float32))
+    every = arch.separation(trained, None, _separation_options(), cpu)(audio)
+    some = arch.separation(trained, ["bass", "vocals"], _separation_options(residual=True), cpu)
+    out = some(audio)
+    assert some.target_names == ["bass", "vocals", "residual"]
+    torch.testing.assert_close(out[:, :2], every[:, [2, 0]], rtol=0, atol=0)
+    torch.testing.assert_close(out[:, 2], audio - every[:, [2, 0]].sum(1), rtol=0, atol=1e-6)
+    with pytest.raises(UmxError, match="not piano"):
+        arch.separation(trained, ["piano"], _separation_options(), cpu)
+
+
 def test_resumes_mid_epoch_exactly_with_ema_and_accumulation(shard_set, tmp_path, monkeypatch, one_torch_thread):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     args = dict(targets=["vocals", "drums"], ema=0.9, grad_accum=2, samples_per_track=4, epochs=1,

@@ -163,17 +163,20 @@ class DemucsSeparation:
     the residual (the mixture minus the targets) where asked."""
 
     def __init__(self, network: nn.Module, targets: list[str], sample_rate: int, options: HTDemucsOptions,
-                 residual: bool | str = False):
+                 residual: bool | str = False, chosen: Sequence[str] | None = None):
         self.network, self.options, self.sample_rate = network, options, sample_rate
         self.residual = bool(residual)
-        self.target_names = list(targets) + ([residual if isinstance(residual, str) else "residual"]
-                                             if residual else [])
+        chosen = list(chosen or targets)
+        self.picked = [targets.index(t) for t in chosen]  # the network's stems kept, in the order asked
+        self.target_names = chosen + ([residual if isinstance(residual, str) else "residual"] if residual else [])
 
     @torch.no_grad()
     def __call__(self, audio: Tensor) -> Tensor:
         """`[batch, channels, time]` → `[batch, sources, channels, time]`."""
         o = self.options
         est = apply_demucs(self.network, audio, o.shifts, o.overlap, o.transition_power)
+        if self.picked != list(range(est.shape[1])):
+            est = est[:, self.picked]
         if self.residual:
             est = torch.cat([est, (audio - est.sum(1))[:, None]], dim=1)
         return est
@@ -280,15 +283,17 @@ class HTDemucsArchitecture:
 
     def separation(self, model_dir: Path, targets: Sequence[str] | None, how: SeparationOptions,
                    device: torch.device) -> DemucsSeparation:
+        """Every target of the directory, or those of `targets` (the network separates them all; the
+        others are dropped, and a residual is the mixture less those kept)."""
         described = self.describe(model_dir)
-        if targets and list(targets) != list(described.spec.targets):
-            raise UmxError(f"{model_dir}: one network separates {', '.join(described.spec.targets)} together, "
-                           f"not {', '.join(targets)}")
+        unknown = [t for t in targets or () if t not in described.spec.targets]
+        if unknown:
+            raise UmxError(f"{model_dir}: separates {', '.join(described.spec.targets)}, not {', '.join(unknown)}")
         model = self.load(model_dir, described).to(device).eval()
         for p in model.parameters():
             p.requires_grad = False
         return DemucsSeparation(model.network, list(described.spec.targets), described.spec.sample_rate,
-                                described.options, how.residual)
+                                described.options, how.residual, targets)
 
     def directory_targets(self, model_dir: Path) -> list[str]:
         return list(self.describe(model_dir).spec.targets)
