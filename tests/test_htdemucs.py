@@ -152,10 +152,11 @@ def test_some_targets_of_the_network(trained):
         arch.separation(trained, ["piano"], _separation_options(), cpu)
 
 
-def test_resumes_mid_epoch_exactly_with_ema_and_accumulation(shard_set, tmp_path, monkeypatch, one_torch_thread):
+def test_resumes_mid_epoch_exactly_with_ema_accumulation_and_fp16(shard_set, tmp_path, monkeypatch,
+                                                                   one_torch_thread):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    args = dict(targets=["vocals", "drums"], ema=0.9, grad_accum=2, samples_per_track=4, epochs=1,
-                source_augmentations=["shift:441", "flipsign"])
+    args = dict(targets=["vocals", "drums"], ema=0.9, grad_accum=2, samples_per_track=4, epochs=1, precision="fp16",
+                source_augmentations=["repitch:0.5", "shift:441", "flipsign"])
     assert train_main(_args(shard_set, whole, "--save-every", "2", **args)) == 0
     with interrupted(monkeypatch, (1, 3)):
         train_main(_args(shard_set, cut, "--save-every", "2", **args))
@@ -164,9 +165,11 @@ def test_resumes_mid_epoch_exactly_with_ema_and_accumulation(shard_set, tmp_path
     assert a["train_loss_history"] == b["train_loss_history"] and a["valid_loss_history"] == b["valid_loss_history"]
     wa, wb = (torch.load(p / "htdemucs.pth", weights_only=True) for p in (whole, cut))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert set(torch.load(cut / "htdemucs.chkpnt", weights_only=True)["ema"]) == {"ema0.9"}
+    ckpt = torch.load(cut / "htdemucs.chkpnt", weights_only=True)
+    assert set(ckpt["ema"]) == {"ema0.9"} and ckpt["scaler"]["_growth_tracker"] > 0
 
 
+@pytest.mark.slow  # (~19 s; the seam's DDP and elastic path runs by default in test_arch_plugin and test_elastic)
 def test_two_gloo_ranks_killed_then_continued_on_one(shard_set, tmp_path):
     """Under torchrun (gloo): killed mid-epoch on two ranks after a checkpoint, continued on one
     (elastic), ending with a model."""
@@ -350,6 +353,17 @@ def test_the_package_is_imported_only_when_an_htdemucs_is_built():
     code = "import sys, umx.models.htdemucs, umx.train.cli; print('demucs' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "False", r.stderr[-2000:]
+
+
+def test_training_and_separating_import_no_torchaudio_and_no_demucs_training_code(trained, tmp_path):
+    """umx uses demucs' model and apply modules only: no torchaudio, no Dora/Hydra, no demucs.train."""
+    code = ("import sys; from umx.models import registry; from umx.models.protocol import SeparationOptions; "
+            "import torch; registry.get('htdemucs').separation(sys.argv[1], None, SeparationOptions(), "
+            "torch.device('cpu'))(torch.zeros(1, 2, 4410)); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchaudio', 'dora', 'hydra', 'omegaconf') "
+            "or m in ('demucs.train', 'demucs.solver', 'demucs.repitch', 'demucs.wav')))")
+    r = subprocess.run([sys.executable, "-c", code, str(trained)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-2000:]
 
 
 def test_a_model_directory_s_segment_and_weights_are_checked(trained, tmp_path, capsys):
