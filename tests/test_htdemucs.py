@@ -382,3 +382,42 @@ def test_a_model_directory_s_segment_and_weights_are_checked(trained, tmp_path, 
     (model / "separator.json").write_text(json.dumps({**conf, "options": {**conf["options"], "channels": 16}}))
     assert separate_main([str(model), str(tmp_path / "x.wav"), "--outdir", str(tmp_path / "out")]) == 2
     one_line(capsys, "htdemucs.pth")
+
+
+# --- MSST's HTDemucs config ---------------------------------------------------------------------
+
+MSST_CONFIG = Path(__file__).parent / "data" / "msst" / "config_musdb18_htdemucs.yaml"
+
+
+def test_msst_s_htdemucs_config_becomes_umx_options(tmp_path, shard_set, monkeypatch, capsys):
+    """MSST's config_musdb18_htdemucs.yaml (`model: htdemucs` and Demucs' keys in its own section) read by
+    --config: the network it describes, MSST's training options; the command line overrides it."""
+    seen = {}
+    monkeypatch.setattr("umx.train.build.train", lambda cfg: seen.update(cfg=cfg))
+    assert train_main(["--shards", str(shard_set), "--arch", "htdemucs", "--config", str(MSST_CONFIG), "--lr", "0.01",
+                       "--output", str(tmp_path / "o")]) == 0
+    cfg, o = seen["cfg"], seen["cfg"].arch_options
+    assert cfg.targets == ["drums", "bass", "other", "vocals"] and cfg.seq_dur == 11.0 and cfg.batch_size == 8
+    assert (cfg.lr, cfg.precision, cfg.ema, cfg.epoch_steps, cfg.min_mean_abs) == (0.01, "fp16", [0.999], 1000, 0.001)
+    assert cfg.source_augmentations == ["gain:0.5:1.5"]
+    assert (o.bottom_channels, o.dconv_mode, o.stft_n_fft, o.segment, o.overlap) == (512, 3, 4096, 11, 0.75)
+    assert (o.channels_time, o.t_lr, o.multi_freqs) == (0, 0.0, ())  # Demucs' None: the options' "off"
+    warned = capsys.readouterr().err
+    for key in ("training.shift", "training.normalize", "training.q", "audio.hop_length"):
+        assert key in warned, key
+    # the package's network of those options, at MSST's sizes (on the meta device: nothing allocated)
+    with torch.device("meta"):
+        model = registry.get("htdemucs").build(ModelSpec(tuple(cfg.targets), 44100, 2, 485100), o, None)
+    assert model.network.bottom_channels == 512 and model.network.segment == Fraction(11)
+
+
+def test_an_msst_config_of_another_model_or_sparse_attention_is_one_line(tmp_path, shard_set, capsys):
+    text = MSST_CONFIG.read_text()
+    for name, changed, arch, phrase in [
+            ("bs.yaml", text, "bs_roformer", "configures MSST's model 'htdemucs', not --arch bs_roformer"),
+            ("sparse.yaml", text.replace("t_sparse_self_attn: False", "t_sparse_self_attn: True"), "htdemucs",
+             "htdemucs.t_sparse_self_attn True: the demucs package's network takes only False")]:
+        (tmp_path / name).write_text(changed)
+        assert train_main(["--shards", str(shard_set), "--arch", arch, "--config", str(tmp_path / name),
+                           "--output", str(tmp_path / "o")]) == 2
+        one_line(capsys, phrase)

@@ -45,6 +45,13 @@ class ConfigValues:
 MODEL_FIXED = {"linear_transformer_depth": 0, "mlp_expansion_factor": 4, "stereo": True}
 MODEL_UNHONOURED = {"skip_connection": False}
 MODEL_UNUSED = ("dim_freqs_in",)  # read by neither MSST's network nor the package's
+# MSST's configs of Demucs' networks (`model: htdemucs` and a section of that name, Demucs' own keys)
+MODEL_RENAMED = {"nfft": "stft_n_fft"}  # MSST's key → the option's name where they differ
+MODEL_FIXED_DEMUCS = {"num_subbands": 1, "t_sparse_self_attn": False, "t_sparse_cross_attn": False}
+# read by Demucs' transformer only with sparse attention, which MODEL_FIXED_DEMUCS keeps off
+MODEL_INERT = ("t_mask_type", "t_mask_random_seed", "t_sparse_attn_window", "t_global_window", "t_sparsity",
+               "t_auto_sparsity")
+DEMUCS_DATASET = ("shift", "normalize")  # Demucs' dataset: crop stride, per-track standardisation
 AUDIO_UNUSED = ("n_fft", "hop_length", "dim_f", "dim_t")  # MSST's other models' STFT, not RoFormers'
 TRAINING_UNUSED = ("q", "coarse_loss_clip", "other_fix")  # not used for RoFormers by MSST either
 TRAINING_MAP = {"batch_size": "batch_size", "lr": "lr", "num_epochs": "epochs", "num_steps": "epoch_steps",
@@ -80,9 +87,11 @@ def load(path: str | Path) -> dict:
     return raw
 
 
-def read(path: str | Path, model_fields: dict[str, type]) -> ConfigValues:
+def read(path: str | Path, model_fields: dict[str, type], arch: str | None = None) -> ConfigValues:
     """An MSST config file as umx options. `model_fields`: the architecture's option names → their
-    types (the model section's keys that are the package's constructor arguments)."""
+    types (the model section's keys that are the package's constructor arguments). MSST's configs of
+    Demucs' networks name the model (`model: htdemucs`) and give its arguments in a section of that
+    name; `arch` (umx's name of the architecture trained) must then be that name."""
     raw = load(path)
     out = ConfigValues()
     where = f"--config {Path(path).name}"
@@ -90,10 +99,16 @@ def read(path: str | Path, model_fields: dict[str, type]) -> ConfigValues:
     def warn(key: str, why: str) -> None:
         out.warnings.append(f"{where}: {key} {why}")
 
+    named = raw.get("model") if isinstance(raw.get("model"), str) else None
+    if named is not None and named != arch:
+        raise UmxError(f"{where}: configures MSST's model '{named[:40]}', not --arch {arch}")
+    sections = ("audio", "model", "training", "augmentations", "inference", "loss_multistft") + \
+        ((named,) if named else ())
     for section in raw:
-        if section not in ("audio", "model", "training", "augmentations", "inference", "loss_multistft"):
+        if section not in sections:
             warn(section, "is not a section umx reads (not honoured)")
-    audio, model, training = _section(raw, "audio", path), _section(raw, "model", path), _section(raw, "training", path)
+    model = _section(raw, named, path) if named else _section(raw, "model", path)
+    audio, training = _section(raw, "audio", path), _section(raw, "training", path)
     augmentations, inference = _section(raw, "augmentations", path), _section(raw, "inference", path)
     if "loss_multistft" in raw:
         warn("loss_multistft", "configures MSST's --loss multistft, not the RoFormers' own loss (not honoured)")
@@ -112,12 +127,23 @@ def read(path: str | Path, model_fields: dict[str, type]) -> ConfigValues:
         elif key == "min_mean_abs":
             out.train["min_mean_abs"] = float(value)
         elif key in AUDIO_UNUSED:
-            warn(f"audio.{key}", "is used by MSST's other models, not by RoFormers (not honoured)")
+            warn(f"audio.{key}", "is used by MSST's other models, not by this one (not honoured)")
         else:
             warn(f"audio.{key}", "is not an MSST key umx knows (not honoured)")
 
     for key, value in model.items():
-        if key in model_fields:
+        if named and value is None:
+            continue  # Demucs' "None": the option's own "off" value, its default
+        if named and key in MODEL_FIXED_DEMUCS:
+            if value != MODEL_FIXED_DEMUCS[key]:
+                raise UmxError(f"{where}: {named}.{key} {value!r}: the demucs package's network takes only "
+                               f"{MODEL_FIXED_DEMUCS[key]!r} (sparse attention needs xformers; subbands are MSST's)")
+        elif named and key in MODEL_INERT:
+            pass
+        elif MODEL_RENAMED.get(key, key) in model_fields and named:
+            name = MODEL_RENAMED.get(key, key)
+            out.model[name] = tuple(value) if isinstance(value, list) else _yaml_float(value, model_fields[name])
+        elif key in model_fields:
             out.model[key] = tuple(value) if isinstance(value, list) else value
         elif key == "num_stems":
             out.train["_num_stems"] = value
@@ -150,19 +176,41 @@ def read(path: str | Path, model_fields: dict[str, type]) -> ConfigValues:
                 out.train["precision"] = "fp16"  # autocast with a GradScaler, as MSST's
         elif key == "optimizer":
             out.model["optimizer"] = value
+        elif named and key == "segment" and "segment" in model_fields:
+            out.model["segment"] = value  # Demucs' model window, in seconds
+        elif named and key == "channels":
+            out.train["nb_channels"] = value
+        elif named and key == "samplerate":
+            pass  # the shard set has its own rate
+        elif named and key in DEMUCS_DATASET:
+            warn(f"training.{key}", "belongs to Demucs' dataset (not honoured: umx draws crops anywhere and does "
+                 "not standardise tracks)")
         elif key in TRAINING_UNUSED:
-            warn(f"training.{key}", "is not used for RoFormers (MSST reads it only with --use_standard_loss)")
+            warn(f"training.{key}", "is not used for this model (MSST reads it only with --use_standard_loss)")
         else:
             warn(f"training.{key}", "is not an MSST key umx knows (not honoured)")
     _targets(out, path)
 
     out.train["source_augmentations"] = _augmentations(augmentations, warn)
     for key, value in inference.items():
-        if key in INFERENCE_MAP:
+        if key in INFERENCE_MAP and INFERENCE_MAP[key] in model_fields:
             out.model[INFERENCE_MAP[key]] = value
+        elif key == "num_overlap" and "overlap" in model_fields:  # windows overlapping each sample → a fraction
+            out.model["overlap"] = 1 - 1 / _number(value, "inference.num_overlap", path)
         else:
             warn(f"inference.{key}", "is not honoured (umx's overlap-add takes chunk_size, num_overlap, batch_size)")
     return out
+
+
+def _yaml_float(value: Any, kind: Any) -> Any:
+    """YAML 1.1 reads `1e-3` (no dot) as a string; for a float option it is the number it spells (an
+    unparsable string stays a string, which the option's check refuses in one line)."""
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _section(raw: dict, name: str, path) -> dict:

@@ -246,7 +246,7 @@ def _with_config(params: dict, given: dict, arch: str, given_names: set[str]) ->
                        f"(--arch {', '.join(n for n in registry.names() if not registry.get(n).options_in_config)}), "
                        f"not --arch {arch}")
     hints = get_type_hints(chosen.options)
-    values = msst_config.read(params["config"], hints)
+    values = msst_config.read(params["config"], hints, arch)
     msst_config.print_warnings(values)
     train, model = msst_config.merged(values, given, given_names, set(hints))
     unknown = [k for k in train if k not in TRAIN_FIELDS]
