@@ -221,7 +221,7 @@ def test_solver_checkpoint(model, tmp_path):
 # files that are not packages
 
 @pytest.mark.parametrize("change, phrase", [
-    (lambda p: p["state"], "it has no 'klass', 'args', 'kwargs', 'state'"),  # a bare state dict
+    (lambda p: {"epoch": 3, "state": {"w": 1.0}}, "it has no 'klass', 'args', 'kwargs'"),  # nor a state dict
     (lambda p: [p], "it holds a list, not the dict"),
     (lambda p: {**p, "klass": "HTDemucs"}, "its 'klass' is a str, not one of Demucs' model classes"),
     (lambda p: {**p, "klass": torch.nn.Module}, "refused, it pickles the global torch.nn.modules.module.Module"),
@@ -239,11 +239,22 @@ def test_solver_checkpoint(model, tmp_path):
     (lambda p: {**p, "state": {"w": torch.zeros(2, dtype=torch.int64)}}, "state['w'] is a torch.int64"),
     (lambda p: {**p, "state": {"w": torch.zeros(2).to_sparse()}}, "torch.sparse_coo"),
     (lambda p: {**p, "state": {"w": torch.zeros(1).expand(10**6)}}, "views claiming more elements"),
-], ids=["bare-state", "list", "klass-str", "klass-other", "args", "klass-tensor", "kwargs-list", "kwargs-key",
+], ids=["no-state", "list", "klass-str", "klass-other", "args", "klass-tensor", "kwargs-list", "kwargs-key",
         "kwargs-tensor", "kwargs-set", "kwargs-bytes", "kwargs-deep", "state-list", "state-float", "state-int",
         "state-sparse", "state-view"])
 def test_not_a_package(package, tmp_path, change, phrase):
     _refused(_save(change(package), tmp_path / "x.th"), phrase)
+
+
+@pytest.mark.parametrize("wrap", [lambda s: s, lambda s: {"model_state_dict": s, "epoch": 3, "best_metric": 1.5},
+                                  lambda s: {"state_dict": s}], ids=["bare", "msst-training", "state_dict"])
+def test_msst_s_state_dicts_are_read_without_class_or_arguments(package, tmp_path, wrap):
+    """MSST saves its HTDemucs as a state dict (bare, or under model_state_dict while training): read,
+    with no class and no arguments (the run's options decide the network; its shapes are checked)."""
+    read = read_demucs_package(_save(wrap(package["state"]), tmp_path / "msst.ckpt"), 10**8)
+    assert read.klass is None and read.kwargs is None
+    assert read.state.keys() == package["state"].keys()
+    assert all(torch.equal(read.state[k], v) for k, v in package["state"].items())
 
 
 def test_over_max_bytes_refused_before_torch_reads(package, tmp_path, monkeypatch):

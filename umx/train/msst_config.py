@@ -198,7 +198,7 @@ def read(path: str | Path, model_fields: dict[str, type], arch: str | None = Non
         elif key == "num_overlap" and "overlap" in model_fields:  # windows overlapping each sample → a fraction
             out.model["overlap"] = 1 - 1 / _number(value, "inference.num_overlap", path)
         else:
-            warn(f"inference.{key}", "is not honoured (umx's overlap-add takes chunk_size, num_overlap, batch_size)")
+            warn(f"inference.{key}", "is not honoured (not an inference option of this architecture)")
     return out
 
 

@@ -400,13 +400,22 @@ def trial_forward(options: HTDemucsOptions, spec: ModelSpec) -> None:
 
 
 def demucs_state(path: Path, spec: ModelSpec, options: HTDemucsOptions, network: nn.Module) -> dict[str, Tensor]:
-    """The weights of a Demucs model package (`.th`) for this run's network, read without running its
-    pickle (`package.py`), bounded by this run's network; its sources, rate, channels and the
-    constructor arguments that shape weights must be this run's (one line naming them)."""
+    """The weights of a Demucs model package (`.th`), or of MSST's HTDemucs checkpoint (a state dict),
+    for this run's network, read without running its pickle (`package.py`), bounded by this run's
+    network (room for a training checkpoint's optimizer moments); a package's sources, rate, channels
+    and the constructor arguments that shape weights must be this run's (one line naming them); every
+    file's keys and shapes must be the network's."""
     from .package import read_demucs_package
 
-    limit = sum(p.numel() for p in network.state_dict().values()) * MAX_ELEMENT_BYTES + PICKLE_SLACK
+    limit = sum(p.numel() for p in network.state_dict().values()) * MAX_ELEMENT_BYTES * 4 + PICKLE_SLACK
     package = read_demucs_package(path, limit, declared_in="this run's --arch htdemucs options")
+    if package.klass is not None:
+        check_package(path, package, spec, options)
+    return fitting_state(path, package.state, network)
+
+
+def check_package(path: Path, package: Any, spec: ModelSpec, options: HTDemucsOptions) -> None:
+    """A Demucs package's class, sources, rate, channels and weight-shaping arguments against the run's."""
     if package.klass != "HTDemucs":
         raise UmxError(f"{path}: a {package.klass:.40} model; --arch {NAME} fine-tunes HTDemucs packages only")
     kw = package.kwargs
@@ -436,15 +445,20 @@ def demucs_state(path: Path, spec: ModelSpec, options: HTDemucsOptions, network:
     if other:
         print(f"{path}: fine-tuning with this run's options where the package had {' '.join(other[:8])}",
               file=sys.stderr)
+
+
+def fitting_state(path: Path, state: dict[str, Tensor], network: nn.Module) -> dict[str, Tensor]:
+    """`state` as float32 where its keys and shapes are exactly the network's, else one line counting
+    the keys that differ and naming one of each kind."""
     expected = {k: v.shape for k, v in network.state_dict().items()}
-    state = package.state
     missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
     wrong = sorted(k for k in expected.keys() & state.keys() if state[k].shape != expected[k])
     if missing or unexpected or wrong:
         parts = [f"{len(missing)} missing (such as {missing[0]})" if missing else "",
                  f"{len(unexpected)} unexpected (such as {unexpected[0]:.80})" if unexpected else "",
                  f"{len(wrong)} of other shapes (such as {wrong[0]})" if wrong else ""]
-        raise UmxError(f"{path}: its weights do not fit this run's network: " + ", ".join(p for p in parts if p))
+        raise UmxError(f"{path}: its weights do not fit this run's network (its --arch htdemucs options and --targets "
+                       "must be the checkpoint's): " + ", ".join(p for p in parts if p))
     return {k: v.float() for k, v in state.items()}
 
 

@@ -1,4 +1,4 @@
-"""Reading Demucs' exported model packages without running their pickle.
+"""Reading Demucs' exported model packages (and MSST's HTDemucs state dicts) without running their pickle.
 
 Demucs exports a model (`demucs.states.serialize_model`: the solver's best.th, a release .th) as a
 torch.save'd dict `{'klass': <the model class>, 'args': (), 'kwargs': {...}, 'state': {name: tensor},
@@ -31,15 +31,18 @@ SHOWN_GLOBAL_CHARS = 120  # of a refused global's name, in its error line
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+MSST_WRAPPERS = ("state_dict", "model_state_dict", "state")  # how MSST saves (and unwraps) its weights
+
+
 @dataclass(frozen=True)
 class DemucsPackage:
     """What a Demucs package holds that umx uses: the model class's short name ("HTDemucs",
     "HDemucs" or "Demucs": which ones umx builds is its caller's to say), its constructor's keyword
     arguments (plain values and Fractions) and its weights (CPU tensors, memory-mapped where the file
-    is a zip)."""
+    is a zip). A bare state dict (MSST's HTDemucs checkpoints) has no class and no arguments: None."""
 
-    klass: str
-    kwargs: dict[str, Any]
+    klass: str | None
+    kwargs: dict[str, Any] | None
     state: dict[str, torch.Tensor]
 
 
@@ -177,6 +180,12 @@ def read_demucs_package(path: Path, max_bytes: int, *,
     if "klass" not in package and {"optimizer", "best_state"} <= set(package):
         raise UmxError(f"{where}: it is Demucs' solver checkpoint.th: umx reads exported packages such as best.th "
                        "or a release .th")
+    if "klass" not in package:
+        bare = _bare_state(package)
+        if bare is not None:  # MSST saves its HTDemucs as a state dict, bare or under one of MSST_WRAPPERS
+            _check_tensors(bare, where)
+            check_stored([bare], path)
+            return DemucsPackage(klass=None, kwargs=None, state=dict(bare))
     missing = [k for k in ("klass", "args", "kwargs", "state") if k not in package]
     if missing:
         raise UmxError(f"{where}: it has no {', '.join(repr(k) for k in missing)}, so it is not a package "
@@ -206,6 +215,23 @@ def read_demucs_package(path: Path, max_bytes: int, *,
         raise UmxError(f"{where}: its 'state' is a {type(state).__name__}, not a dict of tensors")
     if state.get("__quantized") is True:
         raise UmxError(f"{where}: it is quantized with diffq: umx fine-tunes unquantized packages")
+    _check_tensors(state, where)
+    check_stored([state], path)
+    return DemucsPackage(klass=klass.name, kwargs=dict(kwargs), state=dict(state))
+
+
+def _bare_state(package: dict) -> dict | None:
+    """The state dict of MSST's format: the dict itself where every key is a string naming a tensor,
+    or the dict under the first of MSST_WRAPPERS that holds one; None for anything else."""
+    for candidate in (package, *(package.get(w) for w in MSST_WRAPPERS)):
+        if isinstance(candidate, dict) and candidate and all(
+                type(k) is str and isinstance(v, torch.Tensor) for k, v in candidate.items()):
+            return candidate
+    return None
+
+
+def _check_tensors(state: dict, where: str) -> None:
+    """Every weight a dense float CPU tensor under a string name."""
     for key, tensor in state.items():
         if type(key) is not str:
             raise UmxError(f"{where}: its 'state' has a key of type {type(key).__name__}, not str")
@@ -215,5 +241,3 @@ def read_demucs_package(path: Path, max_bytes: int, *,
                 if isinstance(tensor, torch.Tensor) else f"a {type(tensor).__name__}"
             raise UmxError(f"{where}: its state[{key[:SHOWN_GLOBAL_CHARS]!r}] is {what}, not a dense floating "
                            "point tensor")
-    check_stored([state], path)
-    return DemucsPackage(klass=klass.name, kwargs=dict(kwargs), state=dict(state))
