@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import UmxError
 from ..json_input import parse_object
+from ..names import safe_name
 
 SEPARATOR_JSON = "separator.json"  # open-unmix's: the STFT, rate and channels every target shares
 ARCHITECTURE_KEY = "architecture"  # separator.json's key naming the architecture (absent: open-unmix)
@@ -28,3 +29,21 @@ def read_json(path: Path, hint: str) -> dict:
     if len(data) > MAX_JSON_BYTES:
         raise UmxError(f"{path}: larger than {MAX_JSON_BYTES // 2**20} MiB ({hint})")
     return parse_object(data, str(path), hint)
+
+
+MAX_TARGETS = 64  # of a one-network model directory
+
+
+def read_targets_and_rate(conf: dict, path: Path) -> tuple[tuple[str, ...], int]:
+    """separator.json's `targets` (different names, each safe as a file name) and `sample_rate`, checked,
+    for the architectures whose one network separates every target."""
+    targets = conf.get("targets")
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets) \
+            or len(set(targets)) != len(targets) or len(targets) > MAX_TARGETS:
+        raise UmxError(f"{path}: targets must be a list of up to {MAX_TARGETS} different target names")
+    for t in targets:
+        safe_name(t, "target", str(path))
+    rate = conf.get("sample_rate")
+    if type(rate) is not int or not 8000 <= rate <= 384000:
+        raise UmxError(f"{path}: sample_rate must be a whole number in [8000, 384000], got {rate!r:.40}")
+    return tuple(targets), rate

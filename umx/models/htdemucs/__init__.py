@@ -32,10 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import UmxError
-from ...names import safe_name
 from ...option_table import options_from_json
 from ...shards.storage import write_json
-from ..directory import ARCHITECTURE_KEY, SEPARATOR_JSON, read_json
+from ..directory import ARCHITECTURE_KEY, SEPARATOR_JSON, read_json, read_targets_and_rate
 from ..optimisers import adam, plateau
 from ..protocol import ModelSpec, OptimiserSettings, SeparationOptions, UnitOptimiser
 from ..weights import MAX_ELEMENT_BYTES, PICKLE_SLACK, read_state, save_torch
@@ -303,15 +302,7 @@ class HTDemucsArchitecture:
         """separator.json, every value checked."""
         path = Path(model_dir) / SEPARATOR_JSON
         conf = read_json(path, f"is {model_dir} an {NAME} model directory?")
-        targets = conf.get("targets")
-        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets) \
-                or len(set(targets)) != len(targets) or len(targets) > 64:
-            raise UmxError(f"{path}: targets must be a list of different target names")
-        for t in targets:
-            safe_name(t, "target", str(path))
-        rate = conf.get("sample_rate")
-        if type(rate) is not int or not 8000 <= rate <= 384000:
-            raise UmxError(f"{path}: sample_rate must be a whole number in [8000, 384000], got {rate!r:.40}")
+        targets, rate = read_targets_and_rate(conf, path)
         channels = conf.get("nb_channels")
         if channels not in (1, 2) or type(channels) is not int:
             raise UmxError(f"{path}: nb_channels must be 1 or 2, got {channels!r:.40}")
@@ -321,7 +312,7 @@ class HTDemucsArchitecture:
             raise UmxError(f"{path}: {SEGMENT_KEY} must be [numerator, denominator] of at most {MAX_SEGMENT} s, "
                            f"got {segment!r:.60}")
         options = options_from_json(HTDemucsOptions, conf.get("options"), f"{path}: options")
-        spec = ModelSpec(tuple(targets), rate, channels)
+        spec = ModelSpec(targets, rate, channels)
         check_network(options, spec)
         return Described(spec, options, Fraction(*segment), path)
 

@@ -25,11 +25,10 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from ...errors import UmxError
-from ...names import safe_name
 from ...option_table import options_from_json
 from ...shards.storage import write_json
 from ..chunked import ChunkedSeparation
-from ..directory import ARCHITECTURE_KEY, SEPARATOR_JSON, read_json
+from ..directory import ARCHITECTURE_KEY, SEPARATOR_JSON, read_json, read_targets_and_rate
 from ..optimisers import adam, plateau
 from ..protocol import ModelSpec, OptimiserSettings, SeparationOptions, UnitOptimiser
 from ..weights import read_state, save_torch
@@ -225,19 +224,11 @@ class RoformerArchitecture:
         """separator.json, every value checked."""
         path = Path(model_dir) / SEPARATOR_JSON
         conf = read_json(path, f"is {model_dir} a {self.name} model directory?")
-        targets = conf.get("targets")
-        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets) \
-                or len(set(targets)) != len(targets):
-            raise UmxError(f"{path}: targets must be a list of different target names")
-        for t in targets:
-            safe_name(t, "target", str(path))
-        rate = conf.get("sample_rate")
-        if not isinstance(rate, int) or isinstance(rate, bool) or not 8000 <= rate <= 384000:
-            raise UmxError(f"{path}: sample_rate must be a whole number in [8000, 384000], got {rate!r:.40}")
+        targets, rate = read_targets_and_rate(conf, path)
         if conf.get("nb_channels") != 2:
             raise UmxError(f"{path}: nb_channels must be 2, got {conf.get('nb_channels')!r:.40}")
         options = options_from_json(self.options, conf.get("options"), f"{path}: options")
-        spec = ModelSpec(tuple(targets), rate, 2)
+        spec = ModelSpec(targets, rate, 2)
         self.check(options, spec, "exact")
         return Described(spec, options, path)
 
