@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,19 @@ def check_archive(path: Path, max_bytes: int, declared_in: str) -> bool:
     return True
 
 
+SHOWN_GLOBAL_CHARS = 120  # of a refused global's name, in its error line
+
+
+def unpickler_detail(message: str) -> str:
+    """The part of torch's weights_only refusal that says what was refused (torch wraps it in advice
+    to load the file unsafely, with terminal colour codes)."""
+    found = re.search(r"GLOBAL (\S+)", message)
+    if found:
+        return f"it pickles the global {found.group(1)[:SHOWN_GLOBAL_CHARS]}"
+    tail = message.rpartition("WeightsUnpickler error:")[2].strip() or message.strip()
+    return tail.splitlines()[0][:200] if tail else "the unpickler refused it"
+
+
 def read_weights(path: Path, max_bytes: int, declared_in: str) -> object:
     """The plain data of a weights file (`check_archive` first): tensors memory-mapped, not read,
     so their shapes are checked before anything of their size is allocated; never a pickle that
@@ -100,10 +114,9 @@ def read_weights(path: Path, max_bytes: int, declared_in: str) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UmxError(f"{path}: cannot be loaded: refused, this model holds more than plain tensors and numbers "
-                       f"(umx loads model files with weights_only=True and never runs their pickled code; {first})"
-                       ) from None
+                       f"(umx loads model files with weights_only=True and never runs their pickled code; "
+                       f"{unpickler_detail(str(e))})") from None
     except Exception as e:  # a truncated or foreign file: torch raises anything
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         detail = f"{type(e).__name__}: {first}" if first else type(e).__name__

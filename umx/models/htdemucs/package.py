@@ -22,12 +22,11 @@ from typing import Any, ClassVar
 import torch
 
 from ...errors import UmxError
-from ..weights import check_archive, check_stored
+from ..weights import SHOWN_GLOBAL_CHARS, check_archive, check_stored, unpickler_detail
 
 MAX_FRACTION_CHARS = 64  # of a Fraction's string form: Fraction('1e999999999') would compute 10**999999999
 MAX_FRACTION_BITS = 128  # of a Fraction's numerator and denominator
 MAX_KWARGS_DEPTH = 8  # containers inside containers in 'kwargs' (Demucs' own go two deep: a list of str)
-SHOWN_GLOBAL_CHARS = 120  # of a refused global's name, in its error line
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -125,16 +124,6 @@ def _plain(value: object, depth: int = 0) -> bool:
     return False
 
 
-def _unpickler_detail(message: str) -> str:
-    """The part of torch's weights_only refusal that says what was refused (torch wraps it in advice
-    to load the file unsafely)."""
-    found = re.search(r"GLOBAL (\S+)", message)
-    if found:
-        return f"it pickles the global {found.group(1)[:SHOWN_GLOBAL_CHARS]}"
-    tail = message.rpartition("WeightsUnpickler error:")[2].strip() or message.strip()
-    return tail.splitlines()[0][:200] if tail else "the unpickler refused it"
-
-
 def _load(path: Path, zipped: bool) -> object:
     """torch.load with weights_only and our allow-list, which holds for this load only; every
     failure one line naming the file."""
@@ -154,7 +143,7 @@ def _load(path: Path, zipped: bool) -> object:
             raise UmxError(f"{path}: cannot be loaded as a Demucs package: it is in torch's legacy format, which "
                            "stores the model class as a record (with its source code) that umx does not read: umx "
                            "reads packages in torch's zip format (what torch.save writes since torch 1.6)") from None
-        raise UmxError(f"{path}: cannot be loaded as a Demucs package: refused, {_unpickler_detail(str(e))} "
+        raise UmxError(f"{path}: cannot be loaded as a Demucs package: refused, {unpickler_detail(str(e))} "
                        "(umx never runs pickled code: it reads tensors, plain values, Fractions and the names "
                        "of Demucs' model classes)") from None
     except Exception as e:  # a truncated or foreign file: torch raises anything
