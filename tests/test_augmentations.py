@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from pitch_measure import cents, peak_hz
 from umx.train.augment import (AUGMENTATIONS, SYNTAX, Augment, FlipSign, Gain, Pitch, Scale, Shift, Speed,
                                parse_augmentation)
 
@@ -38,20 +39,6 @@ def _tone(freq, n, batch=1, rows=(1, 1), amp=1.0, start=0):
     t = torch.arange(n, dtype=torch.float64)
     x = amp * torch.sin(2 * math.pi * freq * t / SR) * (t >= start)
     return x.float().expand(batch, *rows, n).clone()
-
-
-def _peak_hz(x):
-    """The strongest frequency of each row of `x` `[..., time]`: Hann window, 4x zero-padded FFT,
-    parabolic interpolation of the log magnitude (bias far below a cent at these lengths)."""
-    n = x.shape[-1]
-    spec = torch.fft.rfft(x.double() * torch.hann_window(n, dtype=torch.float64), n=4 * n).abs().log()
-    k = spec.argmax(-1, keepdim=True)
-    a, b, c = spec.gather(-1, k - 1), spec.gather(-1, k), spec.gather(-1, k + 1)
-    return ((k + 0.5 * (a - c) / (a - 2 * b + c)) * SR / (4 * n))[..., 0]
-
-
-def _cents(got, want):
-    return 1200 * torch.log2(got / want)
 
 
 def _max_step(freq, amp=1.0):
@@ -133,7 +120,7 @@ def test_speed_multiplies_frequency_by_the_factor():
     out = speed(wav, _gen(2), out_len)
     assert out.shape == (12, 2, 1, out_len)
     assert torch.equal(out[:, 0], out[:, 1])  # all sources of a sample alike
-    err = _cents(_peak_hz(out[:, 0, 0]), freq * factors).abs().max().item()
+    err = cents(peak_hz(out[:, 0, 0], SR), freq * factors).abs().max().item()
     assert err < 5, err  # measured ~0.001 cents
     assert (factors.max() - factors.min()) > 0.05  # the batch really spread over the range
 
@@ -143,7 +130,7 @@ def test_speed_extremes_and_anti_aliasing():
     n = speed.frames_needed(out_len)
     factors = torch.tensor([0.92, 1.08], dtype=torch.float64)
     out = speed.apply(_tone(2000.0, n, batch=2), factors, out_len)
-    assert _cents(_peak_hz(out[:, 0, 0]), 2000 * factors).abs().max() < 5
+    assert cents(peak_hz(out[:, 0, 0], SR), 2000 * factors).abs().max() < 5
     # a tone just below the input's Nyquist would alias to ~0.93 Nyquist when read 8 % faster
     near_nyquist = torch.sin(math.pi * 0.99 * torch.arange(n)).float()[None, None, None]
     assert speed.apply(near_nyquist, factors[1:], out_len).square().mean().sqrt() < 0.01 * 0.5 ** 0.5
@@ -163,7 +150,7 @@ def test_pitch_shifts_a_tone_by_the_given_semitones():
     wav = _tone(freq, pitch.frames_needed(out_len), batch=len(semitones))
     out = pitch.apply(wav, semitones, out_len)
     assert out.shape == (len(semitones), 1, 1, out_len)  # duration kept
-    err = _cents(_peak_hz(out[:, 0, 0]), freq * 2 ** (semitones / 12)).abs().max().item()
+    err = cents(peak_hz(out[:, 0, 0], SR), freq * 2 ** (semitones / 12)).abs().max().item()
     assert err < 5, err  # measured ~0.001 cents
     level = out[..., 1000:-1000].abs().amax(-1)
     assert torch.all((level > 0.97) & (level < 1.03))  # a steady tone stays a steady tone

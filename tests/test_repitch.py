@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from pitch_measure import cents, peak_hz
 from umx.train.augment import SYNTAX, Augment, Pitch, Repitch, Shift, parse_augmentation
 
 SR = 44100
@@ -30,20 +31,6 @@ def _params(*rows):
 def _tone(freq, n, batch=1, rows=(1, 1)):
     t = torch.arange(n, dtype=torch.float64)
     return torch.sin(2 * math.pi * freq * t / SR).float().expand(batch, *rows, n).clone()
-
-
-def _peak_hz(x):
-    """The strongest frequency of each row of `x` `[..., time]`: Hann window, 4x zero-padded FFT,
-    parabolic interpolation of the log magnitude (bias far below a cent at these lengths)."""
-    n = x.shape[-1]
-    spec = torch.fft.rfft(x.double() * torch.hann_window(n, dtype=torch.float64), n=4 * n).abs().log()
-    k = spec.argmax(-1, keepdim=True)
-    a, b, c = spec.gather(-1, k - 1), spec.gather(-1, k), spec.gather(-1, k + 1)
-    return ((k + 0.5 * (a - c) / (a - 2 * b + c)) * SR / (4 * n))[..., 0]
-
-
-def _cents(got, want):
-    return 1200 * torch.log2(got / want)
 
 
 def _input_frame(repitch, n, tempo):
@@ -159,7 +146,7 @@ def test_pitch_moves_by_the_semitones_whatever_the_tempo(semitones, tempo):
     wav = _tone(freq, repitch.frames_needed(out_len))
     out = repitch.apply(wav, _params((1, semitones, tempo)), out_len)
     assert out.shape == (1, 1, 1, out_len)
-    err = _cents(_peak_hz(out[0, 0, 0]), torch.tensor(freq * 2 ** (semitones / 12))).abs().item()
+    err = cents(peak_hz(out[0, 0, 0], SR), torch.tensor(freq * 2 ** (semitones / 12))).abs().item()
     assert err < 5, err  # measured < 0.01 cents; a semitone is 100, a 10 % tempo read as pitch 165
     level = out[..., 2000:-2000].abs().amax(-1)
     assert torch.all((level > 0.97) & (level < 1.03))  # a steady tone stays a steady tone
