@@ -119,7 +119,6 @@ class HTDemucsModel(nn.Module):
         self.unit_targets = {NAME: tuple(targets)}
         self.options = options
         self.segment = network.segment
-        self.capturable = False
 
     @property
     def network(self) -> nn.Module:
