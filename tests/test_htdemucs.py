@@ -13,7 +13,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from cli_flags import flags
 from conftest import interrupted
+from msst_fixture import make_fixture
 from one_line import one_line
 from umx import synth
 from umx.errors import UmxError
@@ -34,14 +36,7 @@ TINY = dict(channels=8, growth=1, t_layers=1, t_heads=2)
 def _args(shard_set, out, *extra, **options):
     opts = {**dict(arch="htdemucs", targets=TARGETS, seq_dur=1.0, batch_size=4, samples_per_track=2, epochs=2,
                    lr=0.003, quiet=True), **TINY, **options}
-    args = ["--shards", str(shard_set), "--output", str(out)]
-    for k, v in opts.items():
-        flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
-            args += [flag if v else f"--no-{flag[2:]}"]
-        else:
-            args += [flag, *map(str, v)] if isinstance(v, (list, tuple)) else [flag, str(v)]
-    return args + list(extra)
+    return ["--shards", str(shard_set), "--output", str(out), *flags(opts), *extra]
 
 
 def _results(out):
@@ -423,21 +418,11 @@ def test_an_msst_config_of_another_model_or_sparse_attention_is_one_line(tmp_pat
         one_line(capsys, phrase)
 
 
-def _msst_fixture():
-    """tests/data/msst/make_fixture.py, imported (its tensors and inputs are functions of names and seeds)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("msst_fixture", MSST_CONFIG.parent / "make_fixture.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_msst_s_htdemucs_checkpoint_fine_tunes_and_gives_msst_s_output(tmp_path, shard_set, capsys):
     """A checkpoint of MSST's own HTDemucs (its MUSDB18 config at a tiny width: names and shapes recorded
     by make_fixture.py from MSST's code) in MSST's training format loads into the package's network,
     which then separates as MSST's network did; `umx-train --model` trains on from it."""
-    fixture = _msst_fixture()
+    fixture = make_fixture()
     record = json.loads((MSST_CONFIG.parent / "htdemucs.json").read_text())
     state = {k: fixture.fixture_tensor(k, shape) for k, shape in record["keys"].items()}
     path = tmp_path / "model_htdemucs.ckpt"

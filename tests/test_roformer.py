@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from cli_flags import flags
 from conftest import interrupted
+from msst_fixture import make_fixture
 from one_line import one_line
 from umx.errors import UmxError
 from umx.evaluate_cli import main as eval_main
@@ -38,30 +40,13 @@ def _options(name, **kw):
 def _cli(shard_set, out, name, *extra, **options):
     opts = {**dict(arch=name, targets=TARGETS, seq_dur=0.25, batch_size=2, samples_per_track=2, epochs=2, lr=0.002,
                    quiet=True, chunk_size=11025, inference_batch_size=4), **TINY, **EXTRA[name], **options}
-    args = ["--shards", str(shard_set), "--output", str(out)]
-    for k, v in opts.items():
-        flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
-            args += [flag if v else f"--no-{flag[2:]}"]
-        else:
-            args += [flag, *map(str, v)] if isinstance(v, (list, tuple)) else [flag, str(v)]
-    return args + list(extra)
-
-
-def _fixture():
-    """tests/data/msst/make_fixture.py, imported (its tensors and input are functions of names and seeds)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("msst_fixture", MSST / "make_fixture.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return ["--shards", str(shard_set), "--output", str(out), *flags(opts), *extra]
 
 
 def msst_checkpoint(name: str, folder: Path) -> Path:
     """A checkpoint as MSST's train.py saves it, of MSST's state-dict names and shapes (recorded from MSST's
     own network by make_fixture.py), every tensor `fixture_tensor(name, shape)`."""
-    fixture, record = _fixture(), json.loads((MSST / f"{name}.json").read_text())
+    fixture, record = make_fixture(), json.loads((MSST / f"{name}.json").read_text())
     state = {k: fixture.fixture_tensor(k, shape) for k, shape in record["keys"].items()}
     path = folder / f"{name}.ckpt"
     torch.save({"epoch": 3, "optimizer_name": "adam", "optimizer_state_dict": {"state": {}, "param_groups": []},
@@ -78,7 +63,7 @@ def test_msst_checkpoint_gives_msst_output(name, tmp_path):
     load_msst_checkpoint(msst_checkpoint(name, tmp_path), model.network, name)
     record = json.loads((MSST / f"{name}.json").read_text())
     with torch.no_grad():
-        out = model(_fixture().fixture_input())
+        out = model(make_fixture().fixture_input())
     assert list(out.shape) == record["output_shape"]
     # measured: 2.9e-7 at most between kernel sets (ATEN_CPU_CAPABILITY default, avx2), outputs up to 0.52
     torch.testing.assert_close(out.flatten()[::record["every"]], torch.tensor(record["output"]), rtol=1e-4, atol=1e-5)
